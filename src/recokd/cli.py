@@ -1,0 +1,65 @@
+"""The ``recokd`` command.
+
+Every sub-command lives in its own module, which exposes ``register(subparsers)``: it adds its
+parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an
+exit code). Command modules keep heavy imports (torch, nnunetv2) inside their ``func`` so that
+``recokd --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from recokd import __version__
+
+#: modules that provide sub-commands, in the order ``recokd --help`` lists them
+COMMAND_MODULES: tuple[str, ...] = (
+    "recokd.data.cli",
+    "recokd.nnunet.cli",
+    "recokd.kd.cli",
+)
+
+
+class UserError(Exception):
+    """An error caused by user input; ``recokd`` prints its message (no traceback) and exits 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recokd",
+        description="ReCo-KD: distil a large nnU-Net teacher into a small, fast student.",
+    )
+    parser.add_argument("--version", action="version", version=f"reco-kd {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:  # a command module not written yet
+            if e.name == name:
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"recokd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Synthetic datasets written in nnU-Net raw format."""

@@ -1,0 +1,1 @@
+"""Export (ONNX) and CPU inference."""

@@ -1,0 +1,1 @@
+"""Backbone-agnostic knowledge-distillation core of reco-kd (depends on torch only)."""
