@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from recokd import __version__
+from recokd.errors import UserError
 
 #: modules that provide sub-commands, in the order ``recokd --help`` lists them
 COMMAND_MODULES: tuple[str, ...] = (
@@ -21,10 +22,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recokd.nnunet.cli",
     "recokd.kd.cli",
 )
-
-
-class UserError(Exception):
-    """An error caused by user input; ``recokd`` prints its message (no traceback) and exits 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
