@@ -19,8 +19,8 @@ from recokd.errors import UserError
 #: modules that provide sub-commands, in the order ``recokd --help`` lists them
 COMMAND_MODULES: tuple[str, ...] = (
     "recokd.data.cli",
+    "recokd.nnunet.plans_cli",
     "recokd.nnunet.cli",
-    "recokd.kd.cli",
 )
 
 
