@@ -1,0 +1,23 @@
+"""Spatial and channel attention maps of MS-SARD (spec section 3)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def attention_maps(feat: torch.Tensor, temperature: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spatial and channel attention of a flattened feature ``F`` (``B x C x N``).
+
+    ``g(v) = mean_c |F[c,v]|``, ``A_sp(v) = N * softmax_v(g / T)``  -> ``B x N``
+    ``h(c) = mean_v |F[c,v]|``, ``A_ch(c) = C * softmax_c(h / T)``  -> ``B x C``
+
+    Both maps average to 1. The softmaxes run in at least float32 (also under autocast).
+    """
+    if feat.dim() != 3:
+        raise ValueError(f"expected a flattened feature B x C x N, got shape {tuple(feat.shape)}")
+    dtype = torch.promote_types(feat.dtype, torch.float32)
+    absf = feat.to(dtype).abs()
+    _, C, N = absf.shape
+    a_sp = torch.softmax(absf.mean(1) / temperature, dim=-1) * N
+    a_ch = torch.softmax(absf.mean(2) / temperature, dim=-1) * C
+    return a_sp, a_ch

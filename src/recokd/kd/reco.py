@@ -1,0 +1,236 @@
+"""ReCo-KD: MS-SARD + MS-CA over several feature levels (spec sections 2-5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from recokd.kd.adapters import make_adapter
+from recokd.kd.attention import attention_maps
+from recokd.kd.base import KDMethod
+from recokd.kd.context import GlobalContextBlock, affinity_loss, gc_alignment_loss
+from recokd.kd.masks import check_labels, region_weights, target_for_level
+
+COMPONENTS = ("fg", "bg", "att", "ctx")
+
+
+def default_level_weights(num_levels: int, alpha: float = 0.4) -> list[float]:
+    """``w_l ∝ r**l`` with ``r = 2**(-3 alpha)``, normalised to sum 1 (spec section 5).
+
+    Level 0 is the highest resolution; with ``alpha > 0`` it dominates (a level with 8x fewer
+    voxels weighs ``2**(-3 alpha)`` as much).
+    """
+    r = 2.0 ** (-3.0 * alpha)
+    raw = [r**level for level in range(num_levels)]
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+class ReCoKD(KDMethod):
+    """Region- and Context-aware KD loss over ``L`` feature levels.
+
+    Args:
+        student_channels: ``C'_l`` for each distilled level, highest resolution first.
+        teacher_channels: ``C_l`` for the same levels.
+        num_classes: ``K`` including background (integer targets), or the number of regions.
+        alpha: level-weight exponent (spec 5); ignored if ``level_weights`` is given.
+        level_weights: explicit per-level weights (used as given, not renormalised).
+        temperature: ``T`` of the attention softmaxes (spec 3), default 0.5.
+        tau: exponent on the size-normalised weights (1: every class weighs 1; 0: plain masks).
+        fg, bg, att, ctx: component coefficients (spec 5, all 1). A coefficient of 0 skips that
+            component's computation (MS-SARD-only: ``ctx=0``; MS-CA-only: ``fg=bg=att=0``).
+        context: ``"gc"`` (global-context blocks, default) or ``"affinity"`` (spec 4).
+        freeze_adapters: ablation: keep the adapters at their random initialisation.
+        ignore_label: nnU-Net's ignore label, weight 0 in both region masks.
+        regions: targets are multi-channel binary region maps (nnU-Net region training).
+        validate_targets: check integer labels lie in ``0..K-1`` (one min/max per call).
+
+    ``forward(student_feats, teacher_feats, target)``: features are ``B x C x D x H x W`` lists, one
+    per level; ``target`` is a full-resolution map (``B x 1 x ...`` or ``B x R x ...``) or a list of
+    maps (nnU-Net's deep-supervision targets). Returns ``{"loss": tensor}`` plus detached floats:
+    ``"<comp>/<l>"`` per level and ``"<comp>"`` level-weighted, for ``comp`` in fg, bg, att, ctx.
+
+    ``L = sum_l w_l (c_fg L_fg + c_bg L_bg + c_att L_att + c_ctx L_ctx)``; the schedule weight
+    ``lambda(e)`` is applied by the trainer. The computation runs outside autocast, in at least
+    float32; ``E`` (spec 3) is computed once per level and shared by ``L_fg`` and ``L_bg``.
+    """
+
+    uses_features = True
+    uses_logits = False
+    uses_target = True
+
+    def __init__(
+        self,
+        student_channels: Sequence[int],
+        teacher_channels: Sequence[int],
+        num_classes: int,
+        *,
+        alpha: float = 0.4,
+        level_weights: Sequence[float] | None = None,
+        temperature: float = 0.5,
+        tau: float = 1.0,
+        fg: float = 1.0,
+        bg: float = 1.0,
+        att: float = 1.0,
+        ctx: float = 1.0,
+        context: str = "gc",
+        freeze_adapters: bool = False,
+        ignore_label: int | None = None,
+        regions: bool = False,
+        validate_targets: bool = True,
+    ):
+        super().__init__()
+        student_channels = [int(c) for c in student_channels]
+        teacher_channels = [int(c) for c in teacher_channels]
+        if len(student_channels) != len(teacher_channels) or not student_channels:
+            raise ValueError(
+                f"student_channels {student_channels} and teacher_channels {teacher_channels} must "
+                "name the same, non-empty list of levels"
+            )
+        if context not in ("gc", "affinity"):
+            raise ValueError(f"context must be 'gc' or 'affinity', got {context!r}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        n = len(student_channels)
+        if level_weights is None:
+            weights = default_level_weights(n, alpha)
+        else:
+            weights = [float(w) for w in level_weights]
+            if len(weights) != n:
+                raise ValueError(f"level_weights has {len(weights)} entries for {n} levels")
+        self.student_channels = student_channels
+        self.teacher_channels = teacher_channels
+        self.num_classes = int(num_classes)
+        self.weights = weights
+        self.temperature = float(temperature)
+        self.tau = float(tau)
+        self.coef = {"fg": float(fg), "bg": float(bg), "att": float(att), "ctx": float(ctx)}
+        self.context = context
+        self.ignore_label = ignore_label
+        self.regions = bool(regions)
+        self.validate_targets = validate_targets
+        self.adapters = nn.ModuleList(
+            make_adapter(s, t) for s, t in zip(student_channels, teacher_channels, strict=True)
+        )
+        if freeze_adapters:
+            self.adapters.requires_grad_(False)
+        if context == "gc" and self.coef["ctx"] != 0:
+            self.context_student = nn.ModuleList(GlobalContextBlock(c) for c in teacher_channels)
+            self.context_teacher = nn.ModuleList(GlobalContextBlock(c) for c in teacher_channels)
+
+    @property
+    def uses_sard(self) -> bool:
+        return any(self.coef[k] != 0 for k in ("fg", "bg", "att"))
+
+    def forward(
+        self,
+        student_feats: Sequence[torch.Tensor],
+        teacher_feats: Sequence[torch.Tensor],
+        target: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        *,
+        student_logits: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor | float]:
+        n = len(self.adapters)
+        if len(student_feats) != n or len(teacher_feats) != n:
+            raise ValueError(
+                f"ReCoKD was built for {n} levels but got {len(student_feats)} student and "
+                f"{len(teacher_feats)} teacher features"
+            )
+        if self.uses_sard and target is None:
+            raise ValueError("ReCoKD needs the ground-truth target for MS-SARD (fg/bg weights)")
+        if self.uses_sard and self.validate_targets and not self.regions:
+            full = target if isinstance(target, torch.Tensor) else target[0]
+            check_labels(full, self.num_classes, self.ignore_label)
+        device_type = student_feats[0].device.type
+        logs: dict[str, float] = {}
+        total = None
+        with torch.autocast(device_type=device_type, enabled=False):
+            for level in range(n):
+                s, t = student_feats[level], teacher_feats[level]
+                self._check_pair(level, s, t)
+                parts = self._level_losses(level, s, t, target)
+                level_loss = sum(self.coef[k] * v for k, v in parts.items())
+                weighted = self.weights[level] * level_loss
+                total = weighted if total is None else total + weighted
+                for k, v in parts.items():
+                    value = float(v.detach())
+                    logs[f"{k}/{level}"] = value
+                    logs[k] = logs.get(k, 0.0) + self.weights[level] * value
+        return {"loss": total, **logs}
+
+    def _check_pair(self, level: int, s: torch.Tensor, t: torch.Tensor) -> None:
+        if s.dim() != t.dim() or s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+            raise ValueError(
+                f"level {level}: student feature {tuple(s.shape)} and teacher feature "
+                f"{tuple(t.shape)} must share batch and spatial size (B x C x D x H x W)"
+            )
+        if s.shape[1] != self.student_channels[level] or t.shape[1] != self.teacher_channels[level]:
+            raise ValueError(
+                f"level {level}: expected {self.student_channels[level]} student / "
+                f"{self.teacher_channels[level]} teacher channels, got {s.shape[1]} / {t.shape[1]}"
+            )
+
+    def _level_losses(
+        self,
+        level: int,
+        s: torch.Tensor,
+        t: torch.Tensor,
+        target: torch.Tensor | Sequence[torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor]:
+        """The components of one level (spec 3-4) on flattened features (``B x C x N``)."""
+        dtype = torch.promote_types(s.dtype, torch.float32)
+        sf = s.flatten(2).to(dtype)
+        tf = t.detach().flatten(2).to(dtype)
+        s_ad = self.adapters[level](sf)  # S~ (B x C x N), teacher channel space
+        C = tf.shape[1]
+        out: dict[str, torch.Tensor] = {}
+        diff = s_ad - tf
+        diff2 = None
+        if self.uses_sard:
+            a_sp_t, a_ch_t = attention_maps(tf, self.temperature)
+            diff2 = diff.square()
+            # E(v) = A_sp_T(v) * sum_c A_ch_T(c) (S~[c,v] - T[c,v])^2, computed once (B x N)
+            e = torch.einsum("bc,bcn->bn", a_ch_t, diff2) * a_sp_t
+            y = target_for_level(target, t.shape[2:])
+            w_fg, w_bg = region_weights(
+                y,
+                self.num_classes,
+                regions=self.regions,
+                ignore_label=self.ignore_label,
+                tau=self.tau,
+                dtype=dtype,
+            )
+            if self.coef["fg"] != 0:
+                out["fg"] = _weighted_mean(e, w_fg, C)
+            if self.coef["bg"] != 0:
+                out["bg"] = _weighted_mean(e, w_bg, C)
+            if self.coef["att"] != 0:
+                a_sp_s, a_ch_s = attention_maps(s_ad, self.temperature)
+                out["att"] = (a_ch_s - a_ch_t).abs().mean() + (a_sp_s - a_sp_t).abs().mean()
+        if self.coef["ctx"] != 0:
+            if self.context == "gc":
+                d_s = self.context_student[level].delta(s_ad)
+                d_t = self.context_teacher[level].delta(tf)
+                out["ctx"] = gc_alignment_loss(diff, d_s, d_t, diff2)
+            else:
+                out["ctx"] = affinity_loss(sf, tf)
+        return out
+
+    def extra_repr(self) -> str:
+        w = ", ".join(f"{x:.3f}" for x in self.weights)
+        return (
+            f"levels={len(self.adapters)}, student={self.student_channels}, teacher={self.teacher_channels}, "
+            f"classes={self.num_classes}, weights=[{w}], T={self.temperature}, tau={self.tau}, "
+            f"coef={self.coef}, context={self.context!r}"
+        )
+
+
+def _weighted_mean(e: torch.Tensor, w: torch.Tensor, channels: int) -> torch.Tensor:
+    """``sum_{b,v} w E / (C sum_{b,v} w)``, and 0 when ``w`` is all zero (no such voxels)."""
+    denom = (w.sum() * channels).clamp_min(torch.finfo(w.dtype).tiny)
+    return (w * e).sum() / denom
