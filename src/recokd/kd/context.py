@@ -41,12 +41,28 @@ class GlobalContextBlock(nn.Module):
         a = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(feat.dtype)
         return torch.einsum("bcn,bn->bc", feat, a)
 
-    def delta(self, feat: torch.Tensor) -> torch.Tensor:
-        """The additive context term ``W2 ReLU(GN(W1 ctx))``: ``B x C x N -> B x C``."""
-        ctx = self.context(feat)
+    def transform(self, ctx: torch.Tensor) -> torch.Tensor:
+        """``W2 ReLU(GN(W1 ctx))``: ``B x C -> B x C``."""
         h = self.w1(ctx.to(self.w1.weight.dtype))
         h = torch.relu(self.norm(h[:, :, None]))[:, :, 0]
-        return self.w2(h).to(feat.dtype)
+        return self.w2(h).to(ctx.dtype)
+
+    def delta(self, feat: torch.Tensor) -> torch.Tensor:
+        """The additive context term ``W2 ReLU(GN(W1 ctx))``: ``B x C x N -> B x C``."""
+        return self.transform(self.context(feat))
+
+    def delta_affine(self, feat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``delta(W F + b)`` without forming ``W F + b`` (``F``: ``B x C' x N``, ``W``: ``C x C'``).
+
+        The key logits and the context are linear in the feature: ``w_k . (W F + b) = (W^T w_k) . F
+        + w_k . b`` and ``sum_v a(v) (W F + b)[:, v] = W (F a) + b`` (the weights ``a`` sum to 1), so
+        both are computed on the narrow ``C'``-channel feature.
+        """
+        k = self.key.weight[0].to(feat.dtype)
+        logits = torch.einsum("bcn,c->bn", feat, weight.t() @ k) + k @ bias
+        a = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(feat.dtype)
+        ctx = torch.einsum("bcn,bn->bc", feat, a) @ weight.t() + bias
+        return self.transform(ctx)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         """``R(F) = F + delta(F)`` for a flattened ``B x C x N`` feature."""
@@ -54,23 +70,22 @@ class GlobalContextBlock(nn.Module):
 
 
 def gc_alignment_loss(
-    diff: torch.Tensor,
+    sum_diff: torch.Tensor,
+    sum_sq_diff: torch.Tensor,
     delta_student: torch.Tensor,
     delta_teacher: torch.Tensor,
-    diff2: torch.Tensor | None = None,
+    num_voxels: int,
 ) -> torch.Tensor:
-    """``mean_{b,c,v} (R_S(S~) - R_T(T))**2`` from ``diff = S~ - T`` (``B x C x N``).
+    """``mean_{b,c,v} (R_S(S~) - R_T(T))**2`` from per-channel sums of ``diff = S~ - T``.
 
     Since ``R(F) = F + delta`` with ``delta`` constant over voxels, the residual is
-    ``diff + (delta_S - delta_T)`` and its mean square expands to
-    ``sum_bc [ sum_v diff^2 + 2 d_bc sum_v diff + N d_bc^2 ] / (B C N)``: two reductions of
-    ``diff`` and no second ``B x C x N`` tensor (``diff2 = diff**2`` is reused when given).
+    ``diff + d`` with ``d = delta_S - delta_T`` (``B x C``), and its mean square is
+    ``sum_bc [ sum_v diff^2 + 2 d sum_v diff + N d^2 ] / (B C N)``. ``sum_diff`` and ``sum_sq_diff``
+    are ``B x C`` (sums over voxels), so no second ``B x C x N`` tensor is needed.
     """
-    B, C, N = diff.shape
+    B, C = sum_diff.shape
     d = delta_student - delta_teacher
-    s1 = diff.sum(-1)
-    s2 = (diff.square() if diff2 is None else diff2).sum(-1)
-    return (s2 + 2 * d * s1 + N * d.square()).sum() / (B * C * N)
+    return (sum_sq_diff + 2 * d * sum_diff + num_voxels * d.square()).sum() / (B * C * num_voxels)
 
 
 def affinity_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

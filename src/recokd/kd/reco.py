@@ -11,6 +11,7 @@ from recokd.kd.adapters import make_adapter
 from recokd.kd.attention import attention_maps
 from recokd.kd.base import KDMethod
 from recokd.kd.context import GlobalContextBlock, affinity_loss, gc_alignment_loss
+from recokd.kd.fused import DEFAULT_CHUNK, sard_statistics
 from recokd.kd.masks import check_labels, region_weights, target_for_level
 
 COMPONENTS = ("fg", "bg", "att", "ctx")
@@ -46,6 +47,7 @@ class ReCoKD(KDMethod):
         ignore_label: nnU-Net's ignore label, weight 0 in both region masks.
         regions: targets are multi-channel binary region maps (nnU-Net region training).
         validate_targets: check integer labels lie in ``0..K-1`` (one min/max per call).
+        chunk: voxels per chunk of the fused statistics (memory/cache trade-off, not semantics).
 
     ``forward(student_feats, teacher_feats, target)``: features are ``B x C x D x H x W`` lists, one
     per level; ``target`` is a full-resolution map (``B x 1 x ...`` or ``B x R x ...``) or a list of
@@ -80,6 +82,7 @@ class ReCoKD(KDMethod):
         ignore_label: int | None = None,
         regions: bool = False,
         validate_targets: bool = True,
+        chunk: int = DEFAULT_CHUNK,
     ):
         super().__init__()
         student_channels = [int(c) for c in student_channels]
@@ -113,6 +116,7 @@ class ReCoKD(KDMethod):
         self.ignore_label = ignore_label
         self.regions = bool(regions)
         self.validate_targets = validate_targets
+        self.chunk = int(chunk)
         self.adapters = nn.ModuleList(
             make_adapter(s, t) for s, t in zip(student_channels, teacher_channels, strict=True)
         )
@@ -182,20 +186,33 @@ class ReCoKD(KDMethod):
         t: torch.Tensor,
         target: torch.Tensor | Sequence[torch.Tensor] | None,
     ) -> dict[str, torch.Tensor]:
-        """The components of one level (spec 3-4) on flattened features (``B x C x N``)."""
+        """The components of one level (spec 3-4) on flattened features (``B x C x N``).
+
+        The non-linear statistics of ``S~ = A(S)`` come from :func:`~recokd.kd.fused.sard_statistics`
+        (chunked, ``S~`` never stored whole); everything linear in ``S~`` is computed on the
+        narrow student feature through the adapter's weights.
+        """
         dtype = torch.promote_types(s.dtype, torch.float32)
         sf = s.flatten(2).to(dtype)
         tf = t.detach().flatten(2).to(dtype)
-        s_ad = self.adapters[level](sf)  # S~ (B x C x N), teacher channel space
-        C = tf.shape[1]
+        B, C, N = tf.shape
+        adapter = self.adapters[level]
+        weight = getattr(adapter, "weight", None)
+        bias = getattr(adapter, "bias", None)
+        if weight is not None:
+            weight, bias = weight.to(dtype), bias.to(dtype)
         out: dict[str, torch.Tensor] = {}
-        diff = s_ad - tf
-        diff2 = None
+        gc = self.coef["ctx"] != 0 and self.context == "gc"
+        if self.uses_sard or gc:
+            with torch.no_grad():
+                if self.uses_sard:
+                    a_sp_t, a_ch_t = attention_maps(tf, self.temperature)
+                else:
+                    a_ch_t = tf.new_ones(B, C)
+            r1, r2, r3, r7 = sard_statistics(sf, weight, bias, tf, a_ch_t, self.chunk)
         if self.uses_sard:
-            a_sp_t, a_ch_t = attention_maps(tf, self.temperature)
-            diff2 = diff.square()
             # E(v) = A_sp_T(v) * sum_c A_ch_T(c) (S~[c,v] - T[c,v])^2, computed once (B x N)
-            e = torch.einsum("bc,bcn->bn", a_ch_t, diff2) * a_sp_t
+            e = r1 * a_sp_t
             y = target_for_level(target, t.shape[2:])
             w_fg, w_bg = region_weights(
                 y,
@@ -210,13 +227,21 @@ class ReCoKD(KDMethod):
             if self.coef["bg"] != 0:
                 out["bg"] = _weighted_mean(e, w_bg, C)
             if self.coef["att"] != 0:
-                a_sp_s, a_ch_s = attention_maps(s_ad, self.temperature)
+                # student attention from the sums of |S~| (spec 3): g = R2 / C, h = R3 / N
+                a_sp_s = torch.softmax(r2 / (C * self.temperature), dim=-1) * N
+                a_ch_s = torch.softmax(r3 / (N * self.temperature), dim=-1) * C
                 out["att"] = (a_ch_s - a_ch_t).abs().mean() + (a_sp_s - a_sp_t).abs().mean()
         if self.coef["ctx"] != 0:
-            if self.context == "gc":
-                d_s = self.context_student[level].delta(s_ad)
-                d_t = self.context_teacher[level].delta(tf)
-                out["ctx"] = gc_alignment_loss(diff, d_s, d_t, diff2)
+            if gc:
+                block_s, block_t = self.context_student[level], self.context_teacher[level]
+                if weight is None:
+                    d_s = block_s.delta(sf)
+                    sum_s = sf.sum(-1)
+                else:
+                    d_s = block_s.delta_affine(sf, weight, bias)
+                    sum_s = sf.sum(-1) @ weight.t() + N * bias  # sum_v S~
+                d_t = block_t.delta(tf)
+                out["ctx"] = gc_alignment_loss(sum_s - tf.sum(-1), r7, d_s, d_t, N)
             else:
                 out["ctx"] = affinity_loss(sf, tf)
         return out

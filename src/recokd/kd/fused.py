@@ -1,0 +1,116 @@
+"""Memory-lean, chunked computation of the non-linear MS-SARD statistics (spec section 3).
+
+MS-SARD and the context loss need, per level, only a few reductions of the adapted student
+feature ``S~ = W S + b`` (``B x C x N``) against the teacher feature ``T``:
+
+    R1[b,v] = sum_c a[b,c] (S~[b,c,v] - T[b,c,v])**2      (a = A_ch_T; gives E = A_sp_T * R1)
+    R2[b,v] = sum_c |S~[b,c,v]|                            (student spatial attention)
+    R3[b,c] = sum_v |S~[b,c,v]|                            (student channel attention)
+    R7[b,c] = sum_v (S~[b,c,v] - T[b,c,v])**2              (context loss)
+
+:func:`sard_statistics` computes them chunk by chunk over voxels, so ``S~`` and ``S~ - T`` only
+ever exist one cache-sized chunk at a time, and its backward recomputes them the same way
+instead of storing them: nothing of size ``B x C x N`` is kept for the backward pass besides
+the inputs. The gradient is exact (no algebraic expansion of the squares, so no cancellation).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: voxels per chunk: 32 channels x 16384 voxels x 4 bytes = 2 MiB per temporary
+DEFAULT_CHUNK = 16384
+
+
+def _adapt(s: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return s
+    B, _, n = s.shape
+    return torch.baddbmm(bias[None, :, None].expand(B, -1, n), weight.expand(B, -1, -1), s)
+
+
+class _SardStatistics(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s, weight, bias, t, a_ch, chunk):  # noqa: D401 - autograd API
+        B, C, N = t.shape
+        r1 = t.new_empty(B, N)
+        r2 = t.new_empty(B, N)
+        r3 = t.new_zeros(B, C)
+        r7 = t.new_zeros(B, C)
+        for lo in range(0, N, chunk):
+            hi = min(N, lo + chunk)
+            s_ad = _adapt(s[:, :, lo:hi], weight, bias)
+            r3 += s_ad.abs().sum(2)
+            r2[:, lo:hi] = s_ad.abs().sum(1)  # abs recomputed: cheaper than keeping a copy in cache
+            d2 = (
+                s_ad.sub_(t[:, :, lo:hi]).square_()
+                if weight is not None
+                else (s_ad - t[:, :, lo:hi]).square_()
+            )
+            r7 += d2.sum(2)
+            r1[:, lo:hi] = torch.bmm(a_ch[:, None, :], d2)[:, 0]
+        ctx.save_for_backward(s, weight, bias, t, a_ch)
+        ctx.chunk = chunk
+        return r1, r2, r3, r7
+
+    @staticmethod
+    def backward(ctx, g1, g2, g3, g7):
+        s, weight, bias, t, a_ch = ctx.saved_tensors
+        chunk = ctx.chunk
+        B, C, N = t.shape
+        zeros_bn = t.new_zeros(B, N)
+        zeros_bc = t.new_zeros(B, C)
+        g1 = zeros_bn if g1 is None else g1
+        g2 = zeros_bn if g2 is None else g2
+        g3 = zeros_bc if g3 is None else g3
+        g7 = zeros_bc if g7 is None else g7
+        grad_s = torch.empty_like(s) if ctx.needs_input_grad[0] else None
+        need_w = weight is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_w else None
+        a1 = a_ch[:, :, None]  # B x C x 1
+        g7c = g7[:, :, None]
+        g3c = g3[:, :, None]
+        for lo in range(0, N, chunk):
+            hi = min(N, lo + chunk)
+            s_c = s[:, :, lo:hi]
+            s_ad = _adapt(s_c, weight, bias)
+            # d/dS~ of  sum g1 * sum_c a (S~-T)^2 + sum g7 * sum_v (S~-T)^2  = 2 (S~-T)(a g1 + g7)
+            g = (s_ad - t[:, :, lo:hi]).mul_(a1 * g1[:, None, lo:hi] + g7c).mul_(2.0)
+            # d/dS~ of  sum g2 * sum_c |S~| + sum g3 * sum_v |S~|  = sign(S~) (g2 + g3)
+            sign = s_ad.sign_() if weight is not None else s_ad.sign()  # s_ad is a view of s if W is None
+            g.addcmul_(sign, g2[:, None, lo:hi] + g3c)
+            if weight is None:
+                if grad_s is not None:
+                    grad_s[:, :, lo:hi] = g
+                continue
+            if grad_s is not None:
+                grad_s[:, :, lo:hi] = torch.bmm(weight.t().expand(B, -1, -1), g)
+            if need_w:
+                grad_w += torch.bmm(g, s_c.transpose(1, 2)).sum(0)
+                grad_b += g.sum((0, 2))
+        return grad_s, grad_w, grad_b, None, None, None
+
+
+def sard_statistics(
+    s: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    t: torch.Tensor,
+    a_ch: torch.Tensor,
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(R1, R2, R3, R7)`` of the module docstring, differentiable w.r.t. ``s``, ``weight``, ``bias``.
+
+    Args:
+        s: student feature ``B x C' x N`` (contiguous; flattened spatial axes).
+        weight, bias: the adapter ``C x C'`` and ``C`` (``None`` for an identity adapter, ``C' = C``).
+        t: teacher feature ``B x C x N`` (no gradient).
+        a_ch: teacher channel attention ``B x C`` (no gradient).
+        chunk: voxels per chunk.
+    """
+    if (weight is None) != (bias is None):
+        raise ValueError("adapter weight and bias must both be given or both be None")
+    return _SardStatistics.apply(
+        s.contiguous(), weight, bias, t.detach().contiguous(), a_ch.detach(), int(chunk)
+    )
