@@ -71,7 +71,9 @@ def _variant(name: str, args, queue) -> None:
         from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
         loss_fn = DeepSupervisionWrapper(
-            DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False}, {}, weight_ce=1, weight_dice=1),
+            DC_and_CE_loss(
+                {"batch_dice": True, "smooth": 1e-5, "do_bg": False}, {}, weight_ce=1, weight_dice=1
+            ),
             [1 / 2**i for i in range(4)],
         )
         opt = torch.optim.SGD(student.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
@@ -139,11 +141,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     names = ["student_step", "reco_loss"] + ([] if args.skip_reference else ["reference"])
     res = {n: run(n, args) for n in names}
-    print(f"ReCo-KD loss benchmark: device={args.device} threads={args.threads} B=2 patch={args.size}^3 "
-          f"teacher widths [32,64,128,256,320], student t=2, 4 levels, fwd+bwd, median of {args.repeats}")
+    print(
+        f"ReCo-KD loss benchmark: device={args.device} threads={args.threads} B=2 patch={args.size}^3 "
+        f"teacher widths [32,64,128,256,320], student t=2, 4 levels, fwd+bwd, median of {args.repeats}"
+    )
     print(f"{'variant':<28}{'time [ms]':>12}{'peak mem [MiB]':>16}")
-    labels = {"student_step": "student training step", "reco_loss": "ReCo-KD loss (ours)",
-              "reference": "straightforward reference"}
+    labels = {
+        "student_step": "student training step",
+        "reco_loss": "ReCo-KD loss (ours)",
+        "reference": "straightforward reference",
+    }
     for n in names:
         print(f"{labels[n]:<28}{res[n][0] * 1e3:>12.1f}{res[n][1]:>16.1f}")
     ratio = res["reco_loss"][0] / res["student_step"][0]
