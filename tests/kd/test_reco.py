@@ -166,7 +166,7 @@ def test_w2_zero_init_makes_context_block_identity_but_trainable():
     out = model(s, t, torch.zeros(1, 1, 4, 4, 4, dtype=torch.long))
     adapted = model.adapters[0](s[0].flatten(2))
     expected = ((adapted - t[0].flatten(2)) ** 2).mean()
-    assert out["ctx/0"] == pytest.approx(float(expected), rel=1e-5)
+    assert out["ctx/0"] == pytest.approx(float(expected.detach()), rel=1e-5)
     out["loss"].backward()
     assert model.context_student[0].w2.weight.grad.abs().sum() > 0
 
