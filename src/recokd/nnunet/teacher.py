@@ -1,0 +1,264 @@
+"""Load a trained nnU-Net v2 network as a frozen ReCo-KD teacher (spec section 1).
+
+nnU-Net checkpoints (``nnUNetTrainer.save_checkpoint``, nnunetv2 2.8) are dicts with
+``network_weights`` (state dict of the un-wrapped network), ``init_args`` (the trainer's
+``__init__`` arguments: ``plans``, ``configuration``, ``fold``, ``dataset_json``, ``device``),
+``trainer_name``, ``optimizer_state``, ``grad_scaler_state``, ``logging``, ``_best_ema``,
+``current_epoch`` and ``inference_allowed_mirroring_axes``. Everything needed to rebuild the
+network is in the checkpoint itself, so a bare ``.pth`` file is enough; the plans and dataset.json
+are taken from ``init_args`` (the exact ones the weights were trained with).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from recokd.errors import UserError
+
+if TYPE_CHECKING:
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+#: keys a checkpoint must have to be loadable as a teacher
+REQUIRED_CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name")
+#: keys ``init_args`` must have
+REQUIRED_INIT_ARGS = ("plans", "configuration", "dataset_json")
+#: prefixes that wrappers add to state-dict keys (DDP / DataParallel, torch.compile)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class LoadedTeacher:
+    """A trained nnU-Net network, frozen, and everything nnU-Net knows about how it was trained."""
+
+    network: nn.Module  #: eval mode, ``requires_grad=False``, on the requested device, deep supervision on
+    plans_manager: PlansManager
+    configuration_manager: ConfigurationManager
+    configuration_name: str
+    dataset_json: dict
+    trainer_name: str
+    checkpoint_path: Path
+    label_manager: LabelManager  #: ``plans_manager.get_label_manager(dataset_json)``
+    num_input_channels: int  #: as nnU-Net's ``determine_num_input_channels``
+    fold: int | str | None  #: ``init_args["fold"]`` (``None`` if the checkpoint does not say)
+
+
+def _normalise_fold(fold: int | str) -> int | str:
+    if isinstance(fold, bool):
+        raise UserError(f"fold must be an integer or 'all', got {fold!r}")
+    if isinstance(fold, int) and fold >= 0:
+        return fold
+    if isinstance(fold, str):
+        if fold == "all":
+            return fold
+        if fold.isdigit():
+            return int(fold)
+    raise UserError(f"fold must be a non-negative integer or 'all', got {fold!r}")
+
+
+def _listing(folder: Path, pattern: str) -> str:
+    names = sorted(p.name for p in folder.glob(pattern))
+    return ", ".join(names) if names else "(none)"
+
+
+def resolve_checkpoint(
+    path: str | Path, fold: int | str = 0, checkpoint: str = "checkpoint_final.pth"
+) -> Path:
+    """The checkpoint file ``path`` designates.
+
+    ``path`` may be a ``.pth`` file, an nnU-Net results folder ``.../Trainer__Plans__Configuration``
+    (-> ``fold_<fold>/<checkpoint>``) or a ``fold_X`` folder inside one (-> ``<checkpoint>``).
+    Raises :class:`UserError` naming what is missing and listing what exists.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"teacher path {path} does not exist")
+    if path.is_file():
+        return path
+    if not checkpoint or "/" in checkpoint or "\\" in checkpoint:
+        raise UserError(f"checkpoint must be a file name such as checkpoint_final.pth, got {checkpoint!r}")
+    if re.fullmatch(r"fold_(\d+|all)", path.name) and not any(path.glob("fold_*")):
+        fold_dir = path
+    else:
+        fold_dir = path / f"fold_{_normalise_fold(fold)}"
+        if not fold_dir.is_dir():
+            raise UserError(
+                f"teacher folder {path} has no {fold_dir.name}/ (expected an nnU-Net results folder "
+                f".../DatasetXXX_Name/Trainer__Plans__Configuration); folds present: "
+                f"{_listing(path, 'fold_*')}"
+            )
+    file = fold_dir / checkpoint
+    if not file.is_file():
+        raise UserError(f"teacher checkpoint {file} does not exist; checkpoints in {fold_dir}: "
+                        f"{_listing(fold_dir, '*.pth')}")
+    return file
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Remove leading ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) from every key."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _read_checkpoint(file: Path) -> dict:
+    try:
+        # weights_only=False: an nnU-Net checkpoint is not a plain tensor dict. ``init_args`` holds
+        # the plans/dataset.json and a torch.device, ``logging`` holds python/numpy values; the
+        # safe unpickler of torch >= 2.6 (weights_only=True) refuses those, and nnU-Net itself
+        # loads its checkpoints this way. Unpickling runs code: only load checkpoints you trust.
+        ckpt = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as e:  # not a torch file, truncated, pickled classes that do not import
+        raise UserError(f"teacher checkpoint {file} could not be read by torch.load: {e}") from e
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{file} is not an nnU-Net checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+    missing = [k for k in REQUIRED_CHECKPOINT_KEYS if k not in ckpt]
+    init_args = ckpt.get("init_args")
+    if isinstance(init_args, dict):
+        missing += [f"init_args.{k}" for k in REQUIRED_INIT_ARGS if k not in init_args]
+    elif "init_args" in ckpt:
+        missing.append("init_args (not a dict)")
+    if missing:
+        raise UserError(
+            f"{file} is not an nnU-Net v2 checkpoint: missing {', '.join(missing)} "
+            f"(keys present: {', '.join(sorted(map(str, ckpt))) or '(none)'})"
+        )
+    return ckpt
+
+
+def _trainer_class(trainer_name: str) -> type:
+    """The trainer class named in the checkpoint; falls back to ``nnUNetTrainer`` if not importable."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    if trainer_name == "nnUNetTrainer":
+        return nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        return recursive_find_trainer_class_by_name(trainer_name)
+    except (RuntimeError, AssertionError, ImportError) as e:
+        warnings.warn(
+            f"trainer class {trainer_name!r} of the teacher checkpoint was not found ({e}); building the "
+            "network with nnUNetTrainer's default builder instead",
+            stacklevel=3,
+        )
+        return nnUNetTrainer
+
+
+def build_trainer_network(
+    trainer_class: type,
+    plans_manager: PlansManager,
+    configuration_manager: ConfigurationManager,
+    num_input_channels: int,
+    num_outputs: int,
+    enable_deep_supervision: bool = True,
+) -> nn.Module:
+    """Build the network exactly as nnU-Net does for ``trainer_class`` (new and old builder signatures)."""
+    builder = trainer_class.build_network_architecture
+    if "plans_manager" in inspect.signature(builder).parameters:
+        return builder(plans_manager, configuration_manager, num_input_channels, num_outputs,
+                       enable_deep_supervision=enable_deep_supervision)
+    return builder(  # nnunetv2 < 2.6 signature, as nnU-Net's predictor still supports
+        configuration_manager.network_arch_class_name,
+        configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import,
+        num_input_channels,
+        num_outputs,
+        enable_deep_supervision=enable_deep_supervision,
+    )
+
+
+def load_teacher(
+    path: str | Path,
+    fold: int | str = 0,
+    checkpoint: str = "checkpoint_final.pth",
+    device: torch.device | str = "cpu",
+) -> LoadedTeacher:
+    """Load a trained nnU-Net v2 network, frozen, as a ReCo-KD teacher.
+
+    ``path``: an nnU-Net results folder ``.../DatasetXXX_Name/Trainer__Plans__Configuration``
+    (the checkpoint is ``fold_<fold>/<checkpoint>``; ``fold`` may be ``"all"``; ``checkpoint`` may
+    be e.g. ``checkpoint_best.pth``), a ``fold_X`` folder, or a checkpoint file.
+
+    The network is rebuilt from the checkpoint's own plans/configuration/dataset.json with the
+    builder of the trainer class that trained it (``build_network_architecture``, deep supervision
+    enabled as in training), gets the checkpoint weights (``module.``/``_orig_mod.`` prefixes
+    stripped, strict loading), and is returned in eval mode with ``requires_grad=False`` on
+    ``device``.
+    """
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"device: {device!r} is not a torch device ({e})") from e
+    file = resolve_checkpoint(path, fold, checkpoint)
+    ckpt = _read_checkpoint(file)
+    init_args = ckpt["init_args"]
+    plans = dict(init_args["plans"])
+    plans.pop("continue_training", None)  # run_training adds it; nnUNetTrainer.__init__ pops it
+    configuration_name = init_args["configuration"]
+    dataset_json = init_args["dataset_json"]
+    trainer_name = str(ckpt["trainer_name"])
+    try:
+        plans_manager = PlansManager(plans)
+        configuration_manager = plans_manager.get_configuration(configuration_name)
+        label_manager = plans_manager.get_label_manager(dataset_json)
+        num_input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+        network = build_trainer_network(
+            _trainer_class(trainer_name), plans_manager, configuration_manager,
+            num_input_channels, label_manager.num_segmentation_heads, enable_deep_supervision=True,
+        )
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(
+            f"teacher checkpoint {file}: could not build configuration {configuration_name!r} "
+            f"of trainer {trainer_name} from its plans ({type(e).__name__}: {e})"
+        ) from e
+
+    weights = ckpt["network_weights"]
+    if not isinstance(weights, dict):
+        raise UserError(f"{file}: network_weights is a {type(weights).__name__}, expected a state dict")
+    try:
+        network.load_state_dict(strip_wrapper_prefixes(weights), strict=True)
+    except RuntimeError as e:
+        raise UserError(
+            f"teacher checkpoint {file}: network_weights do not fit the network that trainer "
+            f"{trainer_name} builds from the checkpoint's plans: {e}"
+        ) from e
+
+    try:
+        network.to(device)
+    except (RuntimeError, AssertionError) as e:  # e.g. CUDA requested but not available
+        raise UserError(f"device: cannot move the teacher to {device} ({e})") from e
+    network.eval()
+    network.requires_grad_(False)
+    return LoadedTeacher(
+        network=network,
+        plans_manager=plans_manager,
+        configuration_manager=configuration_manager,
+        configuration_name=configuration_name,
+        dataset_json=dataset_json,
+        trainer_name=trainer_name,
+        checkpoint_path=file,
+        label_manager=label_manager,
+        num_input_channels=num_input_channels,
+        fold=init_args.get("fold"),
+    )

@@ -1,0 +1,193 @@
+"""Loading nnU-Net checkpoints as frozen teachers (recokd.nnunet.teacher)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from recokd.errors import UserError
+from recokd.nnunet.teacher import load_teacher, resolve_checkpoint, strip_wrapper_prefixes
+from tests.nnunet.test_plans import (
+    TINY_NAME,
+    load_tiny_dataset_json,
+    load_tiny_plans,
+    set_nnunet_env,
+    tiny_nnunet_dirs,
+)
+
+TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
+
+
+def nnunet_checkpoint(plans: dict, dataset_json: dict, configuration: str = "3d_fullres",
+                      fold: int | str = 0, prefix: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
+    """A checkpoint dict with the keys ``nnUNetTrainer.save_checkpoint`` writes (nnunetv2 2.8),
+    for a network built from ``plans`` the way the trainer builds it; returns it and the weights."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    torch.manual_seed(1)
+    net = nnUNetTrainer.build_network_architecture(pm, cm, 1, 3, enable_deep_supervision=True)
+    with torch.no_grad():  # make the weights recognisable (fresh He init would also differ)
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
+    checkpoint = {
+        "network_weights": {prefix + k: v for k, v in weights.items()},
+        "optimizer_state": optimizer.state_dict(),
+        "grad_scaler_state": None,
+        "logging": {"mean_fg_dice": [0.5], "ema_fg_dice": [0.5], "train_losses": [0.1]},
+        "_best_ema": 0.5,
+        "current_epoch": 1,
+        "init_args": {"plans": plans, "configuration": configuration, "fold": fold,
+                      "dataset_json": dataset_json, "device": torch.device("cpu")},
+        "trainer_name": "nnUNetTrainer",
+        "inference_allowed_mirroring_axes": (0, 1, 2),
+    }
+    return checkpoint, weights
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tmp_path_factory):
+    """``$nnUNet_results/Dataset901_.../nnUNetTrainer__nnUNetPlans__3d_fullres`` with fold_0 (final +
+    best checkpoints) and fold_all, laid out like nnU-Net's training output; yields (folder, weights)."""
+    dirs = tiny_nnunet_dirs(tmp_path_factory)
+    results = tmp_path_factory.mktemp("teacher_results")
+    with pytest.MonkeyPatch.context() as mp:
+        set_nnunet_env(mp, {**dirs, "results": results})
+        plans, ds = load_tiny_plans(dirs), load_tiny_dataset_json(dirs)
+        folder = results / TINY_NAME / TRAINER_FOLDER
+        (folder / "fold_0").mkdir(parents=True)
+        (folder / "fold_all").mkdir()
+        (folder / "plans.json").write_text(json.dumps(plans))
+        (folder / "dataset.json").write_text(json.dumps(ds))
+        checkpoint, weights = nnunet_checkpoint(plans, ds)
+        torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
+        shutil.copy(folder / "fold_0" / "checkpoint_final.pth", folder / "fold_0" / "checkpoint_best.pth")
+        checkpoint["init_args"]["fold"] = "all"
+        torch.save(checkpoint, folder / "fold_all" / "checkpoint_final.pth")
+        yield folder, weights
+
+
+def _assert_frozen_teacher(teacher, weights):
+    net = teacher.network
+    assert not net.training and all(not m.training for m in net.modules())
+    assert all(not p.requires_grad for p in net.parameters())
+    state = net.state_dict()
+    assert state.keys() == weights.keys()
+    assert all(torch.equal(state[k], weights[k]) for k in weights)
+    assert net.decoder.deep_supervision  # as in training
+
+
+def test_load_teacher_from_results_folder(teacher_folder):
+    folder, weights = teacher_folder
+    teacher = load_teacher(folder)
+    _assert_frozen_teacher(teacher, weights)
+    assert teacher.checkpoint_path == folder / "fold_0" / "checkpoint_final.pth"
+    assert teacher.configuration_name == "3d_fullres" and teacher.trainer_name == "nnUNetTrainer"
+    assert teacher.fold == 0 and teacher.num_input_channels == 1
+    assert teacher.plans_manager.plans_name == "nnUNetPlans"
+    assert teacher.configuration_manager.patch_size == [32, 32, 32]
+    assert teacher.label_manager.num_segmentation_heads == 3
+    assert teacher.dataset_json["labels"] == {"background": 0, "blob_a": 1, "blob_b": 2}
+    assert next(teacher.network.parameters()).device.type == "cpu"
+
+    with torch.no_grad():
+        outputs = teacher.network(torch.randn(1, 1, 32, 32, 32))
+    assert [tuple(o.shape) for o in outputs] == [(1, 3, 32, 32, 32), (1, 3, 16, 16, 16), (1, 3, 8, 8, 8)]
+
+
+def test_load_teacher_from_file_fold_dir_and_fold_all(teacher_folder):
+    folder, weights = teacher_folder
+    by_file = load_teacher(folder / "fold_0" / "checkpoint_best.pth")
+    _assert_frozen_teacher(by_file, weights)
+    assert by_file.checkpoint_path.name == "checkpoint_best.pth"
+    assert load_teacher(folder, fold="0", checkpoint="checkpoint_best.pth").checkpoint_path == \
+        folder / "fold_0" / "checkpoint_best.pth"
+    assert load_teacher(folder / "fold_0").checkpoint_path == folder / "fold_0" / "checkpoint_final.pth"
+    all_fold = load_teacher(folder, fold="all")
+    assert all_fold.fold == "all"
+    _assert_frozen_teacher(all_fold, weights)
+
+
+def test_load_teacher_strips_wrapper_prefixes(teacher_folder, tmp_path):
+    folder, weights = teacher_folder
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    wrapped = {"module._orig_mod." + k: v for k, v in checkpoint["network_weights"].items()}
+    checkpoint["network_weights"] = wrapped
+    checkpoint["init_args"]["plans"]["continue_training"] = True  # as get_trainer_from_args adds it
+    torch.save(checkpoint, tmp_path / "wrapped.pth")
+    _assert_frozen_teacher(load_teacher(tmp_path / "wrapped.pth"), weights)
+    assert strip_wrapper_prefixes({"_orig_mod.module.a.b": 1, "c": 2}) == {"a.b": 1, "c": 2}
+
+
+def test_bad_paths_list_what_exists(teacher_folder, tmp_path):
+    folder, _ = teacher_folder
+    with pytest.raises(UserError, match="does not exist"):
+        load_teacher(tmp_path / "nope")
+    with pytest.raises(UserError, match=r"no fold_3/.*folds present: fold_0, fold_all"):
+        load_teacher(folder, fold=3)
+    with pytest.raises(UserError, match=r"checkpoint_latest\.pth does not exist.*"
+                                        r"checkpoint_best\.pth, checkpoint_final\.pth"):
+        load_teacher(folder, checkpoint="checkpoint_latest.pth")
+    with pytest.raises(UserError, match="fold must be"):
+        resolve_checkpoint(folder, fold="first")
+    with pytest.raises(UserError, match="folds present: \\(none\\)"):
+        load_teacher(tmp_path)
+
+
+def test_files_that_are_not_nnunet_checkpoints(teacher_folder, tmp_path):
+    folder, _ = teacher_folder
+    torch.save({"state_dict": {}, "epoch": 3}, tmp_path / "lightning.pth")
+    with pytest.raises(UserError, match=r"not an nnU-Net v2 checkpoint: missing network_weights, init_args, "
+                                        r"trainer_name \(keys present: epoch, state_dict\)"):
+        load_teacher(tmp_path / "lightning.pth")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    with pytest.raises(UserError, match="holds a Tensor"):
+        load_teacher(tmp_path / "tensor.pth")
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(UserError, match="could not be read by torch.load"):
+        load_teacher(tmp_path / "text.pth")
+
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    del checkpoint["init_args"]["dataset_json"]
+    torch.save(checkpoint, tmp_path / "no_ds.pth")
+    with pytest.raises(UserError, match=r"missing init_args\.dataset_json"):
+        load_teacher(tmp_path / "no_ds.pth")
+
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    checkpoint["network_weights"].pop("decoder.seg_layers.0.weight")
+    torch.save(checkpoint, tmp_path / "partial.pth")
+    with pytest.raises(UserError, match=r"(?s)do not fit.*decoder\.seg_layers\.0\.weight"):
+        load_teacher(tmp_path / "partial.pth")
+
+
+def test_unknown_trainer_falls_back_to_default_builder(teacher_folder, tmp_path):
+    folder, weights = teacher_folder
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    checkpoint["trainer_name"] = "nnUNetTrainer_DoesNotExist"
+    torch.save(checkpoint, tmp_path / "custom.pth")
+    from nnunetv2.utilities import find_objects
+
+    def not_found(name):
+        raise RuntimeError(f"Could not find requested nnunet trainer {name}")
+
+    with pytest.MonkeyPatch.context() as mp:  # skip nnU-Net's slow walk over all trainer modules
+        mp.setattr(find_objects, "recursive_find_trainer_class_by_name", not_found)
+        with pytest.warns(UserWarning, match="nnUNetTrainer_DoesNotExist"):
+            teacher = load_teacher(tmp_path / "custom.pth")
+    assert teacher.trainer_name == "nnUNetTrainer_DoesNotExist"
+    _assert_frozen_teacher(teacher, weights)
+
+
+def test_relative_path_and_str(teacher_folder, monkeypatch):
+    folder, _ = teacher_folder
+    monkeypatch.chdir(folder.parent)
+    expected = Path(TRAINER_FOLDER) / "fold_0" / "checkpoint_final.pth"
+    assert load_teacher(TRAINER_FOLDER).checkpoint_path == expected
