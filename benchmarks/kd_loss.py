@@ -72,7 +72,10 @@ def _variant(name: str, args, queue) -> None:
 
         loss_fn = DeepSupervisionWrapper(
             DC_and_CE_loss(
-                {"batch_dice": True, "smooth": 1e-5, "do_bg": False}, {}, weight_ce=1, weight_dice=1
+                {"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False},
+                {},
+                weight_ce=1,
+                weight_dice=1,
             ),
             [1 / 2**i for i in range(4)],
         )
@@ -126,8 +129,12 @@ def run(name: str, args) -> tuple[float, float]:
     q = ctx.Queue()
     p = ctx.Process(target=_variant, args=(name, args, q))
     p.start()
-    result = q.get()
     p.join()
+    if p.exitcode != 0:
+        raise SystemExit(
+            f"benchmark variant {name!r} failed (exit code {p.exitcode}); see its traceback above"
+        )
+    result = q.get(timeout=10)
     return result[1], result[2]
 
 

@@ -16,8 +16,11 @@ def attention_maps(feat: torch.Tensor, temperature: float = 0.5) -> tuple[torch.
     if feat.dim() != 3:
         raise ValueError(f"expected a flattened feature B x C x N, got shape {tuple(feat.shape)}")
     dtype = torch.promote_types(feat.dtype, torch.float32)
-    absf = feat.to(dtype).abs()
-    _, C, N = absf.shape
-    a_sp = torch.softmax(absf.mean(1) / temperature, dim=-1) * N
-    a_ch = torch.softmax(absf.mean(2) / temperature, dim=-1) * C
+    feat = feat.to(dtype)
+    _, C, N = feat.shape
+    # L1 norms: sum |F| without materialising |F|
+    g = torch.linalg.vector_norm(feat, ord=1, dim=1) / C
+    h = torch.linalg.vector_norm(feat, ord=1, dim=2) / N
+    a_sp = torch.softmax(g / temperature, dim=-1) * N
+    a_ch = torch.softmax(h / temperature, dim=-1) * C
     return a_sp, a_ch

@@ -37,18 +37,16 @@ class _SardStatistics(torch.autograd.Function):
         r2 = t.new_empty(B, N)
         r3 = t.new_zeros(B, C)
         r7 = t.new_zeros(B, C)
+        a_row = a_ch[:, None, :]  # B x 1 x C
         for lo in range(0, N, chunk):
             hi = min(N, lo + chunk)
             s_ad = _adapt(s[:, :, lo:hi], weight, bias)
-            r3 += s_ad.abs().sum(2)
-            r2[:, lo:hi] = s_ad.abs().sum(1)  # abs recomputed: cheaper than keeping a copy in cache
-            d2 = (
-                s_ad.sub_(t[:, :, lo:hi]).square_()
-                if weight is not None
-                else (s_ad - t[:, :, lo:hi]).square_()
-            )
+            mag = s_ad.abs()
+            r3 += mag.sum(2)
+            r2[:, lo:hi] = mag.sum(1)
+            d2 = mag.copy_(s_ad).sub_(t[:, :, lo:hi]).square_()  # reuse the buffer: S~ may be a view of s
             r7 += d2.sum(2)
-            r1[:, lo:hi] = torch.bmm(a_ch[:, None, :], d2)[:, 0]
+            r1[:, lo:hi] = torch.bmm(a_row, d2)[:, 0]
         ctx.save_for_backward(s, weight, bias, t, a_ch)
         ctx.chunk = chunk
         return r1, r2, r3, r7
@@ -58,34 +56,38 @@ class _SardStatistics(torch.autograd.Function):
         s, weight, bias, t, a_ch = ctx.saved_tensors
         chunk = ctx.chunk
         B, C, N = t.shape
-        zeros_bn = t.new_zeros(B, N)
-        zeros_bc = t.new_zeros(B, C)
-        g1 = zeros_bn if g1 is None else g1
-        g2 = zeros_bn if g2 is None else g2
-        g3 = zeros_bc if g3 is None else g3
-        g7 = zeros_bc if g7 is None else g7
+        # d/dS~ of  sum g1 * sum_c a (S~-T)^2 + sum g7 * sum_v (S~-T)^2  = (S~-T) * 2 (a g1 + g7)
+        # d/dS~ of  sum g2 * sum_c |S~|       + sum g3 * sum_v |S~|       = sign(S~) * (g2 + g3)
+        # both factors are rank-1 updates of a per-channel term: one baddbmm each
+        g1 = t.new_zeros(B, N) if g1 is None else g1
+        g2 = t.new_zeros(B, N) if g2 is None else g2
+        g3 = t.new_zeros(B, C) if g3 is None else g3
+        g7 = t.new_zeros(B, C) if g7 is None else g7
+        two_a = (2.0 * a_ch)[:, :, None]  # B x C x 1
+        two_g7 = (2.0 * g7)[:, :, None]
+        g3c = g3[:, :, None]
+        ones = t.new_ones(B, C, 1)
         grad_s = torch.empty_like(s) if ctx.needs_input_grad[0] else None
         need_w = weight is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if need_w else None
-        a1 = a_ch[:, :, None]  # B x C x 1
-        g7c = g7[:, :, None]
-        g3c = g3[:, :, None]
+        w_t = weight.t().expand(B, -1, -1) if weight is not None else None
         for lo in range(0, N, chunk):
             hi = min(N, lo + chunk)
+            n = hi - lo
             s_c = s[:, :, lo:hi]
             s_ad = _adapt(s_c, weight, bias)
-            # d/dS~ of  sum g1 * sum_c a (S~-T)^2 + sum g7 * sum_v (S~-T)^2  = 2 (S~-T)(a g1 + g7)
-            g = (s_ad - t[:, :, lo:hi]).mul_(a1 * g1[:, None, lo:hi] + g7c).mul_(2.0)
-            # d/dS~ of  sum g2 * sum_c |S~| + sum g3 * sum_v |S~|  = sign(S~) (g2 + g3)
+            g = torch.baddbmm(two_g7.expand(B, C, n), two_a, g1[:, None, lo:hi])
+            g.mul_(s_ad - t[:, :, lo:hi])
+            h = torch.baddbmm(g3c.expand(B, C, n), ones, g2[:, None, lo:hi])
             sign = s_ad.sign_() if weight is not None else s_ad.sign()  # s_ad is a view of s if W is None
-            g.addcmul_(sign, g2[:, None, lo:hi] + g3c)
+            g.addcmul_(sign, h)
             if weight is None:
                 if grad_s is not None:
                     grad_s[:, :, lo:hi] = g
                 continue
             if grad_s is not None:
-                grad_s[:, :, lo:hi] = torch.bmm(weight.t().expand(B, -1, -1), g)
+                grad_s[:, :, lo:hi] = torch.bmm(w_t, g)
             if need_w:
                 grad_w += torch.bmm(g, s_c.transpose(1, 2)).sum(0)
                 grad_b += g.sum((0, 2))
