@@ -21,6 +21,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recokd.data.cli",
     "recokd.nnunet.plans_cli",
     "recokd.nnunet.cli",
+    "recokd.evaluation.cli",
+    "recokd.kd.cli",
+    "recokd.evaluation.profile_cli",
+    "recokd.deploy.cli",
 )
 
 
