@@ -178,3 +178,7 @@ register_kd_method("reco-ca", "ReCo-KD ablation: MS-CA only (no region terms)", 
 register_kd_method("reco-affinity", "ReCo-KD with the voxel-affinity context variant", context="affinity")(
     _reco
 )
+
+# ---- baseline KD methods (spec section 7): the package registers them on import -------------
+
+import recokd.kd.baselines  # noqa: E402, F401  (at the end: it needs register_kd_method)

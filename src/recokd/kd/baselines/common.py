@@ -135,7 +135,8 @@ class FeatureKD(KDMethod):
         raise NotImplementedError
 
     def _check_pair(self, level: int, s: torch.Tensor, t: torch.Tensor) -> None:
-        if s.dim() not in (4, 5) or s.dim() != t.dim() or s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+        same_layout = s.dim() == t.dim() and s.shape[0] == t.shape[0] and s.shape[2:] == t.shape[2:]
+        if s.dim() not in (4, 5) or not same_layout:
             raise ValueError(
                 f"level {level}: student feature {tuple(s.shape)} and teacher feature "
                 f"{tuple(t.shape)} must share batch and spatial size (B x C x D x H x W or B x C x H x W)"

@@ -30,7 +30,9 @@ class FitNet(FeatureKD):
         alpha: float = 0.4,
         level_weights: Sequence[float] | None = None,
     ):
-        super().__init__(student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights)
+        super().__init__(
+            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
+        )
         self.coef = {"fitnet": 1.0}
         self.adapters = nn.ModuleList(
             make_adapter(s, t) for s, t in zip(self.student_channels, self.teacher_channels, strict=True)
@@ -63,7 +65,9 @@ class AttentionTransfer(FeatureKD):
         alpha: float = 0.4,
         level_weights: Sequence[float] | None = None,
     ):
-        super().__init__(student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights)
+        super().__init__(
+            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
+        )
         self.coef = {"at": 1.0}
 
     def level_losses(self, level, s, t, target):
@@ -95,7 +99,9 @@ class ChannelWiseDistillation(FeatureKD):
         alpha: float = 0.4,
         level_weights: Sequence[float] | None = None,
     ):
-        super().__init__(student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights)
+        super().__init__(
+            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
+        )
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)

@@ -38,7 +38,9 @@ class StructuredKD(FeatureKD):
         alpha: float = 0.4,
         level_weights: Sequence[float] | None = None,
     ):
-        super().__init__(student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights)
+        super().__init__(
+            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
+        )
         check_grid(grid, pool)
         self.grid, self.pool = int(grid), pool
         self.coef = {"skd": 1.0}
@@ -82,7 +84,9 @@ class CrossImageRelationalKD(FeatureKD):
         alpha: float = 0.4,
         level_weights: Sequence[float] | None = None,
     ):
-        super().__init__(student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights)
+        super().__init__(
+            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
+        )
         check_grid(grid, pool)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -121,9 +125,10 @@ class RelationalKD(FeatureKD):
     of 2, two global embeddings have a single distance (always 1 after normalisation) and no
     angle, so the batch-level variant carries almost no signal. The angle term costs ``n**3``:
     keep ``grid`` small (``across_batch`` multiplies ``n`` by ``B``). Distances are computed as
-    ``sqrt(max(d**2, 1e-12))`` (finite gradients for coincident points); sets of fewer than two
-    points give 0. Raw student features (relations need no adapter). Logs ``"dist/<l>"``,
-    ``"angle/<l>"`` and their level-weighted sums (before ``w_dist`` / ``w_angle``).
+    ``sqrt(max(d**2, 1e-12))`` and exactly 0 for coincident points (finite gradients; max pooling
+    of overlapping windows can give coincident cells); sets of fewer than two points give 0.
+    Raw student features (relations need no adapter). Logs ``"dist/<l>"``, ``"angle/<l>"`` and
+    their level-weighted sums (before ``w_dist`` / ``w_angle``).
     """
 
     def __init__(
@@ -140,9 +145,13 @@ class RelationalKD(FeatureKD):
         alpha: float = 0.4,
         level_weights: Sequence[float] | None = None,
     ):
-        super().__init__(student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights)
+        super().__init__(
+            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
+        )
         check_grid(grid, pool)
         self.grid, self.pool, self.across_batch = int(grid), pool, bool(across_batch)
+        if distance_weight == 0 and angle_weight == 0:
+            raise ValueError("RKD needs distance_weight or angle_weight != 0 (both are 0: nothing to distil)")
         self.coef = {"dist": float(distance_weight), "angle": float(angle_weight)}
 
     def _points(self, f: torch.Tensor) -> torch.Tensor:
@@ -173,14 +182,14 @@ class RelationalKD(FeatureKD):
 def _relations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RKD's normalised distances ``G x n x n`` and angles ``G x n x n x n`` of point sets ``G x n x C``.
 
-    ``angle[g, j, i, k] = <e_ij, e_kj>`` (vertex ``j``); diagonal distances and degenerate
-    difference vectors are 0.
+    ``angle[g, j, i, k] = <e_ij, e_kj>`` (vertex ``j``); distances and difference vectors of
+    coincident points (the diagonal included) are 0.
     """
     G, n, _ = x.shape
     diff = x[:, None, :, :] - x[:, :, None, :]  # diff[g, j, i] = x_i - x_j
     sq = (diff**2).sum(-1)
     off = ~torch.eye(n, dtype=torch.bool, device=x.device)
-    d = torch.where(off, sq.clamp_min(1e-12).sqrt(), torch.zeros_like(sq))
+    d = torch.where(off & (sq > 0), sq.clamp_min(1e-12).sqrt(), torch.zeros_like(sq))
     if n >= 2:
         mu = d.sum((1, 2), keepdim=True) / (n * (n - 1))
         d = d / mu.clamp_min(1e-12)
