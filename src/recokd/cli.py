@@ -18,6 +18,7 @@ from recokd.errors import UserError
 
 #: modules that provide sub-commands, in the order ``recokd --help`` lists them
 COMMAND_MODULES: tuple[str, ...] = (
+    "recokd.demo",
     "recokd.data.cli",
     "recokd.nnunet.plans_cli",
     "recokd.nnunet.cli",
