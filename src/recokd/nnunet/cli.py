@@ -1,0 +1,466 @@
+"""``recokd train`` and ``recokd predict``: ReCo-KD training and inference on nnU-Net's own machinery.
+
+``recokd train`` creates the student plans if needed, checks teacher and student, writes the KD
+settings into the fold folder and calls nnU-Net's ``run_training`` with
+``-tr nnUNetTrainerReCoKD -p <student plans>`` (its DDP path for ``--num-gpus > 1``). The results
+land where nnU-Net puts them:
+``$nnUNet_results/DatasetXXX_Name/nnUNetTrainerReCoKD__<student plans>__<configuration>/fold_X``.
+
+``recokd predict`` is ``nnUNetv2_predict`` for such a model (nnU-Net's ``nnUNetPredictor``) that sets
+``nnUNet_extTrainer`` itself; stock ``nnUNetv2_predict`` works too once it is exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from recokd.errors import UserError
+
+TRAINER_NAME = "nnUNetTrainerReCoKD"
+CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+#: settings field -> (argparse dest, default for a fresh start); ``None`` dest defaults mean "not given"
+_SETTINGS_ARGS: dict[str, tuple[str, Any]] = {
+    "teacher_fold": ("teacher_fold", 0),
+    "teacher_checkpoint": ("teacher_checkpoint", "checkpoint_final.pth"),
+    "method": ("method", "reco"),
+    "method_options": ("kd_option", {}),
+    "kd_weight": ("kd_weight", 0.01),
+    "schedule": ("schedule", "linear"),
+    "warmup": ("warmup", 0.6),
+    "ema_decay": ("ema", None),
+    "epochs": ("epochs", 1000),
+    "iters_per_epoch": ("iters_per_epoch", 250),
+    "val_iters": ("val_iters", 50),
+    "save_every": ("save_every", 50),
+}
+
+
+# ---------------------------------------------------------------------------- argument parsing
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _kd_option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw  # plain strings need no JSON quotes
+    return key.strip(), value
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", "-device", choices=("cuda", "cpu", "mps"), default="cuda",
+                   help="device, as nnU-Net's -device (default: %(default)s; pick the GPU with "
+                        "CUDA_VISIBLE_DEVICES)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` and ``predict`` sub-commands."""
+    t = subparsers.add_parser(
+        "train",
+        help="distil a trained nnU-Net teacher into a width-reduced student (nnU-Net training + KD)",
+        description=(
+            "Train the width-scaled student of a teacher with nnU-Net's trainer plus a feature KD loss "
+            "(nnUNetTrainerReCoKD). Creates the student plans <plans>_recokd_t<t> if needed; results go to "
+            "$nnUNet_results/DatasetXXX_Name/nnUNetTrainerReCoKD__<student plans>__<CONFIG>/fold_<FOLD>. "
+            "KD settings are stored in that folder (recokd_settings.json); --c continues with them."
+        ),
+    )
+    t.add_argument("dataset", metavar="DATASET", help="dataset id or name, as for nnUNetv2_train")
+    t.add_argument("configuration", metavar="CONFIG", help="configuration, e.g. 3d_fullres")
+    t.add_argument("fold", metavar="FOLD", help="fold (0-4 or 'all')")
+    t.add_argument("--teacher", default=None,
+                   help="trained teacher: nnU-Net results folder Trainer__Plans__Config, a fold_X folder "
+                        "or a .pth checkpoint (required unless --c)")
+    t.add_argument("--teacher-fold", default=None, help="teacher fold (default: 0)")
+    t.add_argument("--teacher-checkpoint", default=None, help="teacher checkpoint file name "
+                                                              "(default: checkpoint_final.pth)")
+    t.add_argument("-t", type=int, default=2, help="width reduction exponent: widths / 2**t (default: 2)")
+    t.add_argument("--c-min", type=int, default=4, help="minimum stage width (default: 4)")
+    t.add_argument("-p", default="nnUNetPlans",
+                   help="the teacher's plans identifier the student plans derive from (default: %(default)s)")
+    t.add_argument("--method", default=None,
+                   help="KD method spec, e.g. reco, reco-sard, reco+logits:0.5 (default: reco)")
+    t.add_argument("--kd-option", type=_kd_option, action="append", default=None, metavar="KEY=VALUE",
+                   help="KD method option (JSON value), repeatable, e.g. --kd-option alpha=0.5")
+    t.add_argument("--kd-weight", type=float, default=None,
+                   help="lambda_max of the KD weight (default: 0.01)")
+    t.add_argument("--schedule", choices=("constant", "linear", "cosine"), default=None,
+                   help="KD weight schedule (default: linear)")
+    t.add_argument("--warmup", type=float, default=None,
+                   help="fraction of the epochs over which lambda ramps up (default: 0.6)")
+    t.add_argument("--ema", type=float, nargs="?", const=0.999, default=None, metavar="DECAY",
+                   help="keep an EMA of the student weights (decay 0.999 if no value) for validation and the "
+                        "final checkpoint")
+    t.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: 1000)")
+    t.add_argument("--iters-per-epoch", type=_positive_int, default=None,
+                   help="training iterations per epoch (default: 250)")
+    t.add_argument("--val-iters", type=_positive_int, default=None,
+                   help="validation iterations per epoch (default: 50)")
+    t.add_argument("--save-every", type=_positive_int, default=None,
+                   help="write checkpoint_latest.pth every N epochs (default: 50)")
+    _add_device(t)
+    t.add_argument("--num-gpus", "-num_gpus", type=_positive_int, default=1,
+                   help="GPUs for DDP training (nnU-Net's -num_gpus)")
+    t.add_argument("--c", action="store_true",
+                   help="continue from the fold's latest checkpoint with its saved KD settings")
+    t.add_argument("--npz", action="store_true", help="also save softmax outputs of the final validation")
+    t.add_argument("--overwrite", action="store_true",
+                   help="delete an existing fold folder (and replace out-of-date student plans) and "
+                        "start over")
+    t.set_defaults(func=_train)
+
+    p = subparsers.add_parser(
+        "predict",
+        help="predict with a trained student (nnU-Net's predictor)",
+        description=(
+            "Run nnU-Net's nnUNetPredictor on a folder of images (nnU-Net naming: CASE_0000.nii.gz) with a "
+            "model in $nnUNet_results. Equivalent to nnUNetv2_predict with nnUNet_extTrainer set."
+        ),
+    )
+    p.add_argument("-i", dest="input", required=True, help="input folder (nnU-Net file naming)")
+    p.add_argument("-o", dest="output", required=True, help="output folder")
+    p.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
+    p.add_argument("-c", dest="configuration", default="3d_fullres",
+                   help="configuration (default: %(default)s)")
+    p.add_argument("-f", dest="folds", nargs="+", default=None,
+                   help="folds to ensemble (default: every fold with the checkpoint)")
+    p.add_argument("-tr", dest="trainer", default=TRAINER_NAME, help="trainer class (default: %(default)s)")
+    p.add_argument("-p", dest="plans", default=None,
+                   help="plans identifier (default: the only one trained with this trainer/configuration)")
+    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
+                   help="checkpoint file name (default: %(default)s)")
+    _add_device(p)
+    p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("--step-size", type=float, default=0.5, help="sliding window step size (default: 0.5)")
+    p.add_argument("-npp", type=int, default=3,
+                   help="preprocessing processes (default: 3; -npp 0 -nps 0: no worker processes)")
+    p.add_argument("-nps", type=int, default=3, help="segmentation export processes (default: 3)")
+    p.add_argument("--save-probabilities", action="store_true", help="also save probabilities (.npz)")
+    p.add_argument("--continue-prediction", action="store_true",
+                   help="skip cases whose output exists already")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_predict)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _require_env(name: str) -> Path:
+    value = os.environ.get(name)
+    if not value:
+        raise UserError(f"environment variable {name} is not set "
+                        "(see nnU-Net's documentation/setting_up_paths.md)")
+    return Path(value)
+
+
+def _parse_fold(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        fold = int(text)
+    except ValueError:
+        fold = -1
+    if fold < 0:
+        raise UserError(f"FOLD must be a non-negative integer or 'all', got {text!r}")
+    return fold
+
+
+def _device(name: str, num_gpus: int = 1):
+    import torch
+
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: CUDA is not available on this machine; use --device cpu (or mps)")
+        if num_gpus > torch.cuda.device_count():
+            raise UserError(f"--num-gpus {num_gpus}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif num_gpus > 1:
+        raise UserError(f"--num-gpus {num_gpus} needs --device cuda (nnU-Net's DDP is CUDA only)")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError("--device mps: MPS is not available on this machine")
+    return torch.device(name)
+
+
+def _set_threads(device) -> None:
+    """Torch threads as nnU-Net's entry points set them."""
+    import multiprocessing
+
+    import torch
+
+    if device.type == "cpu":
+        torch.set_num_threads(multiprocessing.cpu_count())
+    elif device.type == "cuda":
+        torch.set_num_threads(1)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # can only be set once per process
+            pass
+
+
+def fold_folder(dataset_name: str, student_plans: str, configuration: str, fold: int | str,
+                trainer: str = TRAINER_NAME) -> Path:
+    """``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>``."""
+    results = _require_env("nnUNet_results")
+    return results / dataset_name / f"{trainer}__{student_plans}__{configuration}" / f"fold_{fold}"
+
+
+def _explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings fields given on the command line (not left at their 'not given' value)."""
+    given: dict[str, Any] = {}
+    for field, (dest, _default) in _SETTINGS_ARGS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if field == "method_options":
+            value = dict(value)
+        if field == "teacher_fold" and isinstance(value, str) and value.isdigit():
+            value = int(value)
+        given[field] = value
+    return given
+
+
+def _fresh_settings(args: argparse.Namespace, given: dict[str, Any]):
+    from recokd.nnunet.settings import KDSettings
+
+    if not args.teacher:
+        raise UserError("--teacher is required to start a training (it may only be left out with --c)")
+    values = {field: default for field, (_dest, default) in _SETTINGS_ARGS.items()}
+    values.update(given)
+    settings = KDSettings(teacher=str(Path(args.teacher).expanduser().resolve()), t=args.t, c_min=args.c_min,
+                          teacher_plans=args.p, **values)
+    settings.validate("command line")
+    return settings
+
+
+def _check_resume_flags(saved, args: argparse.Namespace, given: dict[str, Any], where: Path) -> None:
+    """With --c, flags that contradict the saved settings are an error (nothing is silently ignored)."""
+    diffs = []
+    for field, value in given.items():
+        if getattr(saved, field) != value:
+            diffs.append(f"{field}: given {value!r}, saved {getattr(saved, field)!r}")
+    if args.teacher and Path(args.teacher).expanduser().resolve() != Path(saved.teacher).resolve():
+        diffs.append(f"teacher: given {args.teacher!r}, saved {saved.teacher!r}")
+    if diffs:
+        raise UserError(
+            f"--c continues with the KD settings saved in {where}; these flags differ: " + "; ".join(diffs)
+            + ". Leave them out to continue, or start over with --overwrite."
+        )
+
+
+def _validate_method(settings) -> None:
+    """Build the KD method once on dummy channels so a bad spec/option fails before nnU-Net starts."""
+    from recokd.kd.registry import build_kd_method
+
+    try:
+        build_kd_method(settings.method, [4, 4], [8, 8], 3, **settings.method_options)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"--method {settings.method!r} / --kd-option: {e}") from e
+
+
+def _check_teacher(settings, student_plans_file: Path, configuration: str, dataset_folder: Path) -> None:
+    """Load the teacher on the CPU and check it against the student plans (clean error before training)."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from recokd.nnunet.compat import check_teacher_student_compatible
+    from recokd.nnunet.teacher import load_teacher
+
+    teacher = load_teacher(settings.teacher, fold=settings.teacher_fold,
+                           checkpoint=settings.teacher_checkpoint, device="cpu")
+    with open(student_plans_file, encoding="utf-8") as f:
+        plans = json.load(f)
+    with open(dataset_folder / "dataset.json", encoding="utf-8") as f:
+        dataset_json = json.load(f)
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    channels = determine_num_input_channels(pm, cm, dataset_json)
+    check_teacher_student_compatible(teacher, pm, cm, dataset_json, student_num_input_channels=channels)
+    print(f"teacher:        {teacher.checkpoint_path} ({teacher.trainer_name}, {teacher.configuration_name}) "
+          "- compatible with the student plans")
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def _train(args: argparse.Namespace) -> int:
+    from recokd.nnunet import add_ext_trainer_dir_to_env, ext_trainer_dir
+    from recokd.nnunet.plans import make_student_plans, resolve_dataset_name, student_plans_identifier
+    from recokd.nnunet.settings import SETTINGS_ENV, SETTINGS_FILE, read_settings, write_settings
+
+    _require_env("nnUNet_preprocessed")
+    _require_env("nnUNet_results")
+    fold = _parse_fold(args.fold)
+    device = _device(args.device, args.num_gpus)
+    if args.c and args.overwrite:
+        raise UserError("--c (continue) and --overwrite (start over) exclude each other")
+    dataset_name = resolve_dataset_name(args.dataset)
+    student_id = student_plans_identifier(args.p, args.t, args.c_min)
+    out = fold_folder(dataset_name, student_id, args.configuration, fold)
+    settings_path = out / SETTINGS_FILE
+    checkpoints = [n for n in CHECKPOINT_NAMES if (out / n).is_file()]
+    given = _explicit_settings(args)
+    # nnU-Net resolves trainer classes (ours, and e.g. a teacher's nnUNetTrainerShort) through this
+    add_ext_trainer_dir_to_env()
+
+    resume = args.c
+    if args.c:
+        if settings_path.is_file():
+            settings = read_settings(settings_path)
+            _check_resume_flags(settings, args, given, settings_path)
+        elif checkpoints:
+            raise UserError(f"--c: {out} has {', '.join(checkpoints)} but no {SETTINGS_FILE}; it was not "
+                            "started by recokd train. Start over with --overwrite and --teacher.")
+        elif args.teacher:
+            print(f"--c: nothing to continue in {out}; starting a new training")
+            settings, resume = _fresh_settings(args, given), False
+        else:
+            raise UserError(f"--c: nothing to continue in {out} (no checkpoint, no {SETTINGS_FILE}); "
+                            "start a training with --teacher")
+    else:
+        if checkpoints and not args.overwrite:
+            raise UserError(
+                f"{out} already holds {', '.join(checkpoints)}: pass --c to continue that training or "
+                "--overwrite to delete the fold folder and start over"
+            )
+        settings = _fresh_settings(args, given)
+    _validate_method(settings)
+
+    sp = make_student_plans(dataset_name, args.p, args.configuration, args.t, c_min=args.c_min,
+                            overwrite=args.overwrite)
+    print(f"student plans:  {sp.identifier} ({sp.path}; widths {sp.student_widths}, "
+          f"{sp.student_params:,} parameters = 1/{sp.teacher_params / sp.student_params:.1f} of the teacher)")
+    _check_teacher(settings, sp.path, args.configuration, sp.path.parent)
+
+    if not resume:
+        if args.overwrite and out.exists():
+            shutil.rmtree(out)
+            print(f"--overwrite: removed {out}")
+        write_settings(settings, settings_path)
+    print(f"KD settings:    {settings_path}")
+    print(f"output folder:  {out}")
+
+    from nnunetv2.run.run_training import run_training
+
+    _set_threads(device)
+    previous = os.environ.get(SETTINGS_ENV)
+    os.environ[SETTINGS_ENV] = str(settings_path)  # read by the trainer (and by every DDP worker)
+    try:
+        run_training(dataset_name, args.configuration, fold, TRAINER_NAME, student_id, num_gpus=args.num_gpus,
+                     export_validation_probabilities=args.npz, continue_training=resume, device=device)
+    finally:
+        if previous is None:
+            os.environ.pop(SETTINGS_ENV, None)
+        else:
+            os.environ[SETTINGS_ENV] = previous
+
+    model_folder = out.parent
+    print()
+    print(f"Done. Student model: {model_folder}")
+    print("To predict with stock nnU-Net, let it find the trainer class:")
+    print(f"  export nnUNet_extTrainer={ext_trainer_dir()}")
+    print(f"  nnUNetv2_predict -i INPUT -o OUTPUT -d {dataset_name} -c {args.configuration} -f {fold} "
+          f"-tr {TRAINER_NAME} -p {student_id}")
+    print(f"or: recokd predict -i INPUT -o OUTPUT -d {dataset_name} -c {args.configuration} -f {fold} "
+          f"-p {student_id}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def _find_plans(dataset_folder: Path, trainer: str, configuration: str) -> str:
+    prefix, suffix = f"{trainer}__", f"__{configuration}"
+    found = sorted(p.name[len(prefix):-len(suffix)]
+                   for p in dataset_folder.glob(f"{prefix}*{suffix}") if p.is_dir())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        present = sorted(p.name for p in dataset_folder.iterdir() if p.is_dir()) if dataset_folder.is_dir() \
+            else []
+        raise UserError(f"no model trained with {trainer} and configuration {configuration} in "
+                        f"{dataset_folder} (present: {', '.join(present) or 'none'})")
+    raise UserError(f"several plans trained with {trainer}/{configuration} in {dataset_folder}: "
+                    f"{', '.join(found)}; choose one with -p")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from recokd.nnunet import add_ext_trainer_dir_to_env
+    from recokd.nnunet.plans import resolve_dataset_name
+
+    results = _require_env("nnUNet_results")
+    dataset_name = resolve_dataset_name(args.dataset)
+    dataset_folder = results / dataset_name
+    plans = args.plans or _find_plans(dataset_folder, args.trainer, args.configuration)
+    model = dataset_folder / f"{args.trainer}__{plans}__{args.configuration}"
+    if not model.is_dir():
+        raise UserError(f"model folder {model} does not exist")
+    folds: list[int | str] | None = None
+    if args.folds is not None:
+        folds = [_parse_fold(f) for f in args.folds]
+        for f in folds:
+            if not (model / f"fold_{f}" / args.checkpoint).is_file():
+                raise UserError(f"-f {f}: {model / f'fold_{f}' / args.checkpoint} does not exist")
+    elif not any(model.glob(f"fold_*/{args.checkpoint}")):
+        raise UserError(f"no fold of {model} has {args.checkpoint}")
+    if args.overwrite and args.continue_prediction:
+        raise UserError("--overwrite and --continue-prediction exclude each other")
+    if args.npp < 0 or args.nps < 0:
+        raise UserError("-npp and -nps must be >= 0")
+    if not 0 < args.step_size <= 1:
+        raise UserError(f"--step-size must be in (0, 1], got {args.step_size}")
+
+    in_dir, out_dir = Path(args.input), Path(args.output)
+    if not in_dir.is_dir():
+        raise UserError(f"input folder {in_dir} does not exist")
+    with open(model / "dataset.json", encoding="utf-8") as f:
+        file_ending = json.load(f)["file_ending"]
+    from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
+
+    cases = [str(c) for c in get_identifiers_from_splitted_dataset_folder(str(in_dir), file_ending)]
+    if not cases:
+        raise UserError(f"input folder {in_dir} has no images named CASE_XXXX{file_ending}")
+    existing = [c for c in cases if (out_dir / f"{c}{file_ending}").exists()]
+    if existing and not (args.overwrite or args.continue_prediction):
+        raise UserError(f"{out_dir} already holds predictions for {len(existing)} case(s) (e.g. "
+                        f"{existing[0]}{file_ending}); pass --overwrite to replace them or "
+                        "--continue-prediction to skip them")
+
+    add_ext_trainer_dir_to_env()
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    device = _device(args.device)
+    _set_threads(device)
+    predictor = nnUNetPredictor(tile_step_size=args.step_size, use_gaussian=True,
+                                use_mirroring=not args.disable_tta,
+                                perform_everything_on_device=device.type == "cuda",
+                                device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=args.checkpoint)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.npp == 0 and args.nps == 0:  # as nnUNetv2_predict: everything in this process
+        predictor.predict_from_files_sequential(str(in_dir), str(out_dir),
+                                                save_probabilities=args.save_probabilities,
+                                                overwrite=not args.continue_prediction)
+    else:
+        predictor.predict_from_files(str(in_dir), str(out_dir), save_probabilities=args.save_probabilities,
+                                     overwrite=not args.continue_prediction,
+                                     num_processes_preprocessing=max(1, args.npp),
+                                     num_processes_segmentation_export=max(1, args.nps))
+    print(f"predicted {len(cases)} case(s) with {model} into {out_dir}")
+    return 0

@@ -1,0 +1,61 @@
+"""``nnUNetTrainerShort``: stock nnU-Net training on a short schedule, for tests and demos.
+
+nnU-Net's own short variants (``nnUNetTrainer_1epoch``, ``_5epochs``, ...) only shorten the number
+of epochs; every epoch still has 250 training and 50 validation iterations, which takes minutes
+per epoch on a CPU even for 32^3 patches. This subclass changes nothing but the schedule, read
+from environment variables when the trainer is created (so nnU-Net's re-instantiation by name,
+DDP workers and ``--c`` see the same values):
+
+- ``RECOKD_SHORT_EPOCHS`` (default 2)
+- ``RECOKD_SHORT_ITERS`` training iterations per epoch (default 10)
+- ``RECOKD_SHORT_VAL_ITERS`` validation iterations per epoch (default 2)
+
+The network, loss, optimiser and checkpoints are exactly ``nnUNetTrainer``'s, so a model trained
+with it is an ordinary nnU-Net model (a valid ReCo-KD teacher). nnU-Net finds the class by name
+through ``nnUNet_extTrainer=$(python -c "import recokd.nnunet as n; print(n.ext_trainer_dir())")``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from recokd.errors import UserError
+
+#: environment variable -> (trainer attribute, default)
+SHORT_SCHEDULE_ENV = {
+    "RECOKD_SHORT_EPOCHS": ("num_epochs", 2),
+    "RECOKD_SHORT_ITERS": ("num_iterations_per_epoch", 10),
+    "RECOKD_SHORT_VAL_ITERS": ("num_val_iterations_per_epoch", 2),
+}
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"environment variable {name} must be a positive integer, got {raw!r}")
+    return value
+
+
+class nnUNetTrainerShort(nnUNetTrainer):
+    """``nnUNetTrainer`` with epochs / iterations per epoch from ``RECOKD_SHORT_*`` env vars."""
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 - nnU-Net's signature
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        for env, (attr, default) in SHORT_SCHEDULE_ENV.items():
+            setattr(self, attr, _env_int(env, default))

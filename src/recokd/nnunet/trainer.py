@@ -1,0 +1,525 @@
+"""``nnUNetTrainerReCoKD``: nnU-Net's trainer with a frozen teacher and a feature-KD loss.
+
+The student is the network nnU-Net builds from the (student) plans it is started with; everything
+else -- data loading, augmentation, deep supervision, the Dice+CE loss, SGD with poly LR, AMP,
+DDP, validation, checkpoints, the results folder layout -- is stock ``nnUNetTrainer`` (nnunetv2
+2.8). What this class adds:
+
+* **Settings**: read from a JSON file (:mod:`recokd.nnunet.settings`), because nnU-Net
+  re-creates trainers by class name with a fixed signature (DDP workers, ``--c``,
+  ``nnUNetv2_predict``). Without settings the class is a plain trainer of the student network,
+  so ``nnUNetv2_predict`` and ``nnUNetv2_train --val`` never need the teacher.
+* **Teacher**: :func:`recokd.nnunet.teacher.load_teacher` on the training device, frozen (eval,
+  no gradients), checked against the student with
+  :func:`recokd.nnunet.compat.check_teacher_student_compatible` before anything is trained.
+* **Loss**: ``loss = seg_loss + lambda(epoch) * kd["loss"]`` with a
+  :class:`recokd.kd.distiller.Distiller` (student features at every encoder stage but the
+  bottleneck; the teacher runs its encoder only), ``lambda`` from
+  :func:`recokd.kd.schedules.build_schedule` (evaluated once per epoch). The deep-supervision
+  target list (highest resolution first) is the KD target. Forward and both losses run inside
+  nnU-Net's autocast (CUDA only); the KD loss module computes in float32 itself.
+* **Optimiser**: nnU-Net's SGD (Nesterov, momentum 0.99, weight decay 3e-5) over the student's
+  parameters *and* the KD method's trainable parameters (adapters, context blocks), one
+  parameter group, so the poly LR schedule applies to all of them. Gradients of both are clipped
+  to norm 12 (separately: the student's clipping is exactly nnU-Net's).
+* **EMA** (optional): :class:`recokd.kd.ema.StudentEMA` updated after every optimiser step;
+  per-epoch validation (pseudo Dice, hence ``checkpoint_best``) and the final validation use
+  the EMA weights.
+* **Checkpoints**: nnU-Net's format plus a ``"recokd"`` entry (see :meth:`save_checkpoint`);
+  written atomically (temporary file + rename), so a run killed while saving keeps its previous
+  checkpoint and ``--c`` resumes exactly (KD modules, optimiser incl. KD parameters, EMA, epoch).
+* **Logging**: per epoch, the means over the epoch's iterations of ``seg_loss``, ``kd_loss``
+  (unweighted) and every KD component (``kd/<component>``, ``kd/<component>/<level>``), plus
+  ``kd_lambda``, in nnU-Net's logger (and so in the checkpoint and W&B) and in the text log.
+
+What ``network_weights`` of a checkpoint holds: the weights to *evaluate* -- the EMA weights when
+EMA is on, the trained weights otherwise. This is what ``nnUNetv2_predict`` loads from
+``checkpoint_final.pth`` (and ``checkpoint_best.pth``, selected on the EMA's pseudo Dice). With
+EMA, the trained (non-averaged) weights needed to resume are in
+``checkpoint["recokd"]["train_network_weights"]``.
+
+DDP: nnU-Net wraps only the student in ``DistributedDataParallel``; the KD method's parameters
+are not part of it, so after ``backward`` their gradients are averaged over the ranks by one
+all-reduce of a flattened buffer (:func:`recokd.nnunet.ddp.all_reduce_mean_grads`), in a fixed
+parameter order and before the grad scaler's ``unscale_``/inf check, so every rank takes the same
+optimiser step (the KD method is built identically on every rank).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from torch import autocast
+from torch import distributed as dist
+
+from recokd.errors import UserError
+from recokd.kd.ema import unwrap
+from recokd.nnunet.ddp import all_reduce_mean_grads
+from recokd.nnunet.settings import SETTINGS_ENV, SETTINGS_FILE, KDSettings, resolve_settings, write_settings
+
+#: key of the KD extras in a checkpoint
+CHECKPOINT_KEY = "recokd"
+#: version of the ``"recokd"`` checkpoint entry
+CHECKPOINT_FORMAT = 1
+#: key under which train_step hands its KD logs to on_train_epoch_end
+_STEP_LOGS = "recokd_logs"
+#: nnU-Net's gradient clipping norm
+GRAD_CLIP = 12.0
+
+
+class nnUNetTrainerReCoKD(nnUNetTrainer):
+    """nnU-Net trainer that distils a frozen teacher into the student it trains (see module docs)."""
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 - nnU-Net's signature
+    ):
+        # nnUNetTrainer.__init__ pops this key (run_training always sets it)
+        plans.setdefault("continue_training", False)
+        continue_training = bool(plans["continue_training"])
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+        self.kd_settings: KDSettings | None
+        self.kd_settings_file: Path | None
+        self.kd_settings, self.kd_settings_file = resolve_settings(self.output_folder, continue_training)
+        self.teacher = None  # LoadedTeacher, -> initialize()
+        self.kd_method = None  # KDMethod, -> configure_optimizers()
+        self.distiller = None  # Distiller, -> initialize()
+        self.weight_ema = None  # StudentEMA, -> initialize() (if enabled)
+        self.kd_schedule = None  # epoch -> lambda, -> initialize()
+        self.kd_lambda = 0.0
+        self.student_taps: list[str] = []
+        self.teacher_taps: list[str] = []
+        self._stashed_weights: dict[str, torch.Tensor] | None = None
+
+        if self.kd_settings is not None:
+            s = self.kd_settings
+            self.num_epochs = s.epochs
+            self.num_iterations_per_epoch = s.iters_per_epoch
+            self.num_val_iterations_per_epoch = s.val_iters
+            self.save_every = s.save_every
+            if self.local_rank == 0 and self.output_folder is not None:
+                local = Path(self.output_folder) / SETTINGS_FILE
+                if self.kd_settings_file is None or self.kd_settings_file.resolve() != local.resolve():
+                    write_settings(s, local)  # so that --c finds them without RECOKD_SETTINGS
+            self.print_to_log_file(f"ReCo-KD settings (from {self.kd_settings_file}): {s.to_dict()}")
+
+    # ------------------------------------------------------------------ setup
+
+    def initialize(self):
+        if not self.was_initialized and self.kd_settings is not None and self.teacher is None:
+            self._load_teacher()
+        super().initialize()  # builds the student, calls configure_optimizers, wraps DDP
+        if self.kd_method is not None and self.distiller is None:
+            self._finish_kd_setup()
+
+    def _load_teacher(self) -> None:
+        from recokd.nnunet.compat import check_teacher_student_compatible
+        from recokd.nnunet.teacher import load_teacher
+
+        s = self.kd_settings
+        assert s is not None
+        teacher = load_teacher(
+            s.teacher, fold=s.teacher_fold, checkpoint=s.teacher_checkpoint, device=self.device
+        )
+        num_input_channels = determine_num_input_channels(
+            self.plans_manager, self.configuration_manager, self.dataset_json
+        )
+        check_teacher_student_compatible(
+            teacher,
+            self.plans_manager,
+            self.configuration_manager,
+            self.dataset_json,
+            student_num_input_channels=num_input_channels,
+        )
+        self.teacher = teacher
+        self.print_to_log_file(
+            f"ReCo-KD teacher: {teacher.checkpoint_path} (trainer {teacher.trainer_name}, plans "
+            f"{teacher.plans_manager.plans_name}, configuration {teacher.configuration_name}), frozen"
+        )
+
+    def configure_optimizers(self):
+        """nnU-Net's SGD + poly LR, over the student's and the KD method's trainable parameters."""
+        if self.teacher is not None and self.kd_method is None:
+            self.kd_method = self._build_kd_method()
+        params = list(self.network.parameters())
+        if self.kd_method is not None:
+            params += [p for p in self.kd_method.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True
+        )
+        lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return optimizer, lr_scheduler
+
+    def _kd_options(self) -> dict[str, Any]:
+        """The method options of the settings plus the dataset's ignore label / region mode,
+        the latter only for methods that accept them (and only where the user did not set them)."""
+        from recokd.kd.registry import available_methods, parse_method_spec
+
+        s = self.kd_settings
+        assert s is not None
+        try:
+            terms = parse_method_spec(s.method)
+        except ValueError as e:
+            raise UserError(f"KD settings {self.kd_settings_file}: field 'method': {e}") from e
+        accepted: set[str] = set()
+        for name, _ in terms:
+            accepted |= set(available_methods()[name].options())
+        options = dict(s.method_options)
+        lm = self.label_manager
+        automatic = {"ignore_label": lm.ignore_label, "regions": bool(lm.has_regions)}
+        for key, value in automatic.items():
+            if key in options or value in (None, False):
+                continue
+            if key in accepted:
+                options[key] = value
+            else:
+                self.print_to_log_file(
+                    f"WARNING: the dataset has {key}={value!r} but KD method {s.method!r} does not take it"
+                )
+        return options
+
+    def _build_kd_method(self):
+        from recokd.kd.registry import build_kd_method
+        from recokd.kd.taps import default_nnunet_taps, tap_channels
+
+        s = self.kd_settings
+        assert s is not None and self.teacher is not None
+        student = unwrap(self.network)
+        teacher = self.teacher.network
+        self.student_taps = default_nnunet_taps(student)
+        self.teacher_taps = default_nnunet_taps(teacher)
+        num_input_channels = determine_num_input_channels(
+            self.plans_manager, self.configuration_manager, self.dataset_json
+        )
+        shape = (1, num_input_channels, *self.configuration_manager.patch_size)
+        student_channels = tap_channels(student, self.student_taps, shape)
+        teacher_channels = tap_channels(teacher, self.teacher_taps, shape)
+        options = self._kd_options()
+        try:
+            method = build_kd_method(
+                s.method,
+                student_channels,
+                teacher_channels,
+                self.label_manager.num_segmentation_heads,
+                **options,
+            )
+        except (ValueError, TypeError) as e:
+            raise UserError(
+                f"KD settings {self.kd_settings_file}: cannot build KD method {s.method!r} with options "
+                f"{options}: {e}"
+            ) from e
+        self.print_to_log_file(
+            f"ReCo-KD method {s.method!r} options {options}; taps {self.student_taps}; student channels "
+            f"{student_channels}, teacher channels {teacher_channels}; "
+            f"{sum(p.numel() for p in method.parameters() if p.requires_grad)} trainable KD parameters"
+        )
+        return method.to(self.device)
+
+    def _finish_kd_setup(self) -> None:
+        from recokd.kd.distiller import Distiller
+        from recokd.kd.ema import StudentEMA
+        from recokd.kd.schedules import build_schedule
+
+        s = self.kd_settings
+        assert s is not None and self.teacher is not None and self.kd_method is not None
+        # self.network is DDP- / compile-wrapped by now: the Distiller runs the student through the
+        # wrapper (DDP gradient sync) and resolves its taps on the unwrapped module
+        self.distiller = Distiller(
+            self.teacher.network, self.network, self.kd_method, self.student_taps, self.teacher_taps
+        )
+        if s.ema_decay is not None:
+            self.weight_ema = StudentEMA(self.network, decay=s.ema_decay)
+        self.kd_schedule = build_schedule(s.schedule, s.kd_weight, s.warmup, self.num_epochs)
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        if self.distiller is None:
+            raise UserError(
+                f"{type(self).__name__} cannot train without KD settings: start it with `recokd train`, "
+                f"or point the environment variable {SETTINGS_ENV} at a settings JSON file (fresh start), "
+                f"or continue (--c) a run whose fold folder holds {SETTINGS_FILE}"
+            )
+        super().on_train_start()
+
+    # ------------------------------------------------------------------ training
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        if self.kd_schedule is not None:
+            self.kd_lambda = float(self.kd_schedule(self.current_epoch))
+            self.kd_method.train()
+            self.print_to_log_file(f"KD weight lambda: {self.kd_lambda:.6g}")
+
+    def train_step(self, batch: dict) -> dict:
+        if self.distiller is None:  # pragma: no cover - on_train_start refuses this
+            return super().train_step(batch)
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        if isinstance(target, list):
+            target = [i.to(self.device, non_blocking=True) for i in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        # nnU-Net's pattern: autocast on CUDA only (CPU autocast is slow, MPS complains)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output, kd = self.distiller(data, target)
+            seg_loss = self.loss(output, target)
+            loss = seg_loss + self.kd_lambda * kd["loss"]
+
+        kd_params = list(self.distiller.kd_parameters())
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self._all_reduce_kd_grads(kd_params)
+            self.grad_scaler.unscale_(self.optimizer)
+            self._clip_gradients(kd_params)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            self._all_reduce_kd_grads(kd_params)
+            self._clip_gradients(kd_params)
+            self.optimizer.step()
+        if self.weight_ema is not None:
+            self.weight_ema.update(self.network)
+
+        logs = {k: float(v) for k, v in kd.items() if k != "loss" and isinstance(v, (int, float))}
+        logs["kd_loss"] = float(kd["loss"].detach())
+        logs["seg_loss"] = float(seg_loss.detach())
+        return {"loss": loss.detach().cpu().numpy(), _STEP_LOGS: logs}
+
+    def _clip_gradients(self, kd_params: list[torch.nn.Parameter]) -> None:
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRAD_CLIP)
+        if kd_params:
+            torch.nn.utils.clip_grad_norm_(kd_params, GRAD_CLIP)
+
+    def _all_reduce_kd_grads(self, kd_params: list[torch.nn.Parameter]) -> None:
+        """Average the KD parameters' gradients over the DDP ranks (the student's are DDP's job)."""
+        if self.is_ddp:
+            all_reduce_mean_grads(kd_params)
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        step_logs = [o.pop(_STEP_LOGS, {}) for o in train_outputs]
+        super().on_train_epoch_end(train_outputs)
+        if self.distiller is None:
+            return
+        keys = sorted({k for logs in step_logs for k in logs})
+        means = {k: float(np.nanmean([logs.get(k, math.nan) for logs in step_logs])) for k in keys}
+        if self.is_ddp:
+            gathered: list[dict[str, float] | None] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, means)
+            keys = sorted({k for g in gathered if g for k in g})
+            means = {k: float(np.nanmean([g.get(k, math.nan) for g in gathered if g])) for k in keys}
+        values = {"kd_lambda": self.kd_lambda}
+        for k, v in means.items():
+            values[k if k in ("kd_loss", "seg_loss") else f"kd/{k}"] = v
+        self._log_values(values)
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k.count("/") < 2)
+        self.print_to_log_file(f"KD: {summary}")
+
+    def _log_values(self, values: dict[str, float]) -> None:
+        """Log ``values`` for the current epoch in nnU-Net's logger, which only knows its own keys.
+
+        New keys are registered (padded with NaN for earlier epochs); KD keys of earlier epochs
+        that are missing now get NaN, so every list keeps one entry per epoch (nnU-Net's progress
+        plot takes the shortest list as the epoch count).
+        """
+        local = getattr(self.logger, "local_logger", self.logger)  # nnunetv2 >= 2.7 / older
+        store: dict[str, list] = local.my_fantastic_logging
+        epoch = self.current_epoch
+        known = {k for k in store if k.startswith("kd/") or k in ("kd_lambda", "kd_loss", "seg_loss")}
+        for key in sorted(known - set(values)):
+            values[key] = math.nan
+        for key, value in values.items():
+            lst = store.setdefault(key, [])
+            if len(lst) < epoch:
+                lst.extend([math.nan] * (epoch - len(lst)))
+            self.logger.log(key, value, epoch)
+
+    # ------------------------------------------------------------------ validation with EMA weights
+
+    def _swap_in_ema(self) -> None:
+        if self.weight_ema is None or self._stashed_weights is not None:
+            return
+        net = unwrap(self.network)
+        self._stashed_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        net.load_state_dict(self.weight_ema.module.state_dict())
+
+    def _swap_back(self) -> None:
+        if self._stashed_weights is None:
+            return
+        unwrap(self.network).load_state_dict(self._stashed_weights)
+        self._stashed_weights = None
+
+    def on_validation_epoch_start(self):
+        self._swap_in_ema()
+        super().on_validation_epoch_start()
+
+    def on_validation_epoch_end(self, val_outputs: list[dict]):
+        try:
+            super().on_validation_epoch_end(val_outputs)
+        finally:
+            self._swap_back()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self._swap_in_ema()
+        try:
+            super().perform_actual_validation(save_probabilities)
+        finally:
+            self._swap_back()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _kd_checkpoint_entry(self, train_weights: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+        if self.kd_method is None:
+            return None
+        s = self.kd_settings
+        assert s is not None
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "settings": s.to_dict(),
+            "kd_method_state": self.kd_method.state_dict(),
+            "student_taps": list(self.student_taps),
+            "teacher_taps": list(self.teacher_taps),
+            "teacher_checkpoint": str(self.teacher.checkpoint_path) if self.teacher is not None else None,
+            "schedule": {
+                "name": s.schedule,
+                "lambda_max": s.kd_weight,
+                "warmup_fraction": s.warmup,
+                "total_epochs": self.num_epochs,
+                "last_lambda": self.kd_lambda,
+            },
+            "ema": self.weight_ema.state_dict() if self.weight_ema is not None else None,
+            # with EMA, network_weights holds the EMA weights; these are the ones to resume from
+            "train_network_weights": train_weights if self.weight_ema is not None else None,
+            "network_weights_are": "ema" if self.weight_ema is not None else "student",
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint (same keys, nnunetv2 2.8) plus ``"recokd"``, written atomically.
+
+        ``checkpoint["recokd"]`` (``None`` when the trainer runs without KD settings) holds:
+        ``format``, ``settings`` (the KD settings), ``kd_method_state`` (adapters, context blocks),
+        ``student_taps``/``teacher_taps``, ``teacher_checkpoint``, ``schedule`` (its parameters
+        and the last lambda), ``ema`` (:meth:`StudentEMA.state_dict` or ``None``),
+        ``train_network_weights`` (the trained weights when ``network_weights`` holds the EMA
+        weights, else ``None``) and ``network_weights_are`` (``"ema"`` or ``"student"``).
+        Only tensors and plain python values: loading it needs neither reco-kd nor the teacher.
+        """
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        weights = unwrap(self.network).state_dict()
+        extras = self._kd_checkpoint_entry(weights)
+        network_weights = self.weight_ema.module.state_dict() if self.weight_ema is not None else weights
+        checkpoint = {
+            "network_weights": network_weights,
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            CHECKPOINT_KEY: extras,
+        }
+        tmp = f"{filename}.tmp{os.getpid()}"
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, filename)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """nnU-Net's ``load_checkpoint`` (also for a checkpoint dict) plus the KD state.
+
+        With KD set up (training / ``--c``): restores the KD method, the optimiser (which holds the
+        KD parameters), the EMA and the trained weights. Without KD settings (``--val``) only the
+        network is restored, with ``network_weights`` (the EMA weights if EMA was on); the
+        optimiser state of a KD checkpoint is then skipped (it includes the KD parameters).
+        """
+        if not self.was_initialized:
+            self.initialize()
+        if isinstance(filename_or_checkpoint, dict):
+            checkpoint, where = filename_or_checkpoint, "checkpoint"
+        else:
+            where = str(filename_or_checkpoint)
+            checkpoint = torch.load(where, map_location=self.device, weights_only=False)
+        net = unwrap(self.network)
+        own_keys = net.state_dict().keys()
+
+        def fix_keys(state: dict) -> dict:  # DataParallel/DDP prefixes, as nnU-Net does
+            return {
+                (k[7:] if k not in own_keys and k.startswith("module.") else k): v for k, v in state.items()
+            }
+
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get(
+            "inference_allowed_mirroring_axes", self.inference_allowed_mirroring_axes
+        )
+        net.load_state_dict(fix_keys(checkpoint["network_weights"]))
+        extras = checkpoint.get(CHECKPOINT_KEY)
+
+        if self.kd_method is None:
+            if extras is None:
+                self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+            else:
+                self.print_to_log_file(
+                    "KD settings not loaded: restored the network only "
+                    "(the optimizer state of the KD run is skipped)"
+                )
+        else:
+            if extras is None:
+                raise UserError(
+                    f"{where} is not a ReCo-KD checkpoint (no '{CHECKPOINT_KEY}' entry): cannot continue KD "
+                    "training from it. Start fresh (recokd train --overwrite) instead."
+                )
+            if extras.get("format") != CHECKPOINT_FORMAT:
+                raise UserError(f"{where}: unsupported ReCo-KD checkpoint format {extras.get('format')!r}")
+            try:
+                self.kd_method.load_state_dict(extras["kd_method_state"])
+                self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise UserError(
+                    f"{where}: the KD state does not fit the KD method built from the settings "
+                    f"({self.kd_settings_file}): {e}"
+                ) from e
+            if extras.get("settings") != self.kd_settings.to_dict():
+                self.print_to_log_file(
+                    f"WARNING: KD settings differ from those saved in {where}: now "
+                    f"{self.kd_settings.to_dict()}, saved {extras.get('settings')}"
+                )
+            if extras.get("train_network_weights") is not None:
+                net.load_state_dict(fix_keys(extras["train_network_weights"]))
+            if self.weight_ema is not None:
+                if extras.get("ema") is not None:
+                    self.weight_ema.load_state_dict(extras["ema"])
+                    self.weight_ema.to(self.device)
+                else:  # EMA switched on for a run that had none: start averaging from here
+                    from recokd.kd.ema import StudentEMA
+
+                    self.weight_ema = StudentEMA(self.network, decay=self.weight_ema.decay)
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
