@@ -1,0 +1,387 @@
+"""Export a trained nnU-Net (teacher or ReCo-KD student) network to ONNX for CPU deployment.
+
+What is exported: the network nnU-Net's predictor runs, i.e. the configuration's network with deep
+supervision *off* (a single full-resolution logits output), in eval mode, float32, with weights
+from the checkpoint. Input ``input`` has shape ``(batch, channels, *spatial)`` and output
+``logits`` has shape ``(batch, classes, *spatial)``; batch and spatial axes are dynamic (spatial
+sizes must still be divisible by the network's total stride, as for the PyTorch network; nnU-Net's
+sliding window always feeds patch-sized tiles).
+
+Exporters (torch 2.14): ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript) is
+PyTorch's supported exporter; it needs the ``onnxscript`` package and works offline. The legacy
+TorchScript exporter (``dynamo=False``) still works in torch 2.14 without extra packages but is
+deprecated (``DeprecationWarning``; "will be removed"). ``exporter="auto"`` uses the dynamo
+exporter when onnxscript is importable and the TorchScript one otherwise; the sidecar records
+which one ran. The dynamo exporter implements opset >= 18 and converts down to a lower requested
+opset with ONNX's version converter (fine for the Conv/ConvTranspose/InstanceNormalization/
+LeakyRelu/Concat graph of PlainConvUNet and ResidualEncoderUNet, and checked numerically below).
+
+Every export is checked: ONNX Runtime (CPU) and PyTorch run the same random input of the patch
+size, and the export fails (:class:`UserError`) when the largest absolute difference of the logits
+exceeds ``tolerance * max(1, max |logits|)``.
+
+Sidecar: ``<OUT>.onnx`` gets ``<OUT>.onnx.json`` (:data:`SIDECAR_SUFFIX`) with the plans
+identifier, configuration, patch size, classes, input channels, mirroring axes, source checkpoint,
+exporter, opset and the measured difference, plus the full ``plans`` and ``dataset_json`` the
+network was trained with, so the ``.onnx`` file and its sidecar are all that
+:mod:`recokd.deploy.onnx_predictor` needs (no checkpoint, no results folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recokd.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from recokd.nnunet.teacher import LoadedTeacher
+
+#: ONNX graph input / output names
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+#: ``model.onnx`` -> ``model.onnx.json``
+SIDECAR_SUFFIX = ".json"
+#: sidecar format version
+SIDECAR_FORMAT = 1
+DEFAULT_OPSET = 17
+#: allowed max |onnx - torch| relative to max(1, max |torch logits|)
+DEFAULT_TOLERANCE = 1e-3
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+
+@dataclass(frozen=True)
+class InferenceModel:
+    """A trained network ready for inference, and what nnU-Net's predictor needs to run it."""
+
+    loaded: LoadedTeacher  #: network with deep supervision switched off
+    mirror_axes: tuple[int, ...] | None  #: ``inference_allowed_mirroring_axes`` of the checkpoint
+
+    @property
+    def network(self) -> nn.Module:
+        return self.loaded.network
+
+    @property
+    def patch_size(self) -> list[int]:
+        return [int(p) for p in self.loaded.configuration_manager.patch_size]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.loaded.label_manager.num_segmentation_heads)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    onnx_path: Path
+    sidecar_path: Path
+    exporter: str  #: "dynamo" or "torchscript"
+    opset: int
+    max_abs_diff: float  #: max |onnx - torch| on the check input
+    max_abs_logit: float  #: max |torch logits| on the check input
+    patch_size: list[int]
+    num_classes: int
+    num_input_channels: int
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def disable_deep_supervision(network: nn.Module) -> nn.Module:
+    """Switch deep supervision off the way nnU-Net's trainer does (``network.decoder.deep_supervision``)."""
+    decoder = getattr(network, "decoder", None)
+    if decoder is None or not hasattr(decoder, "deep_supervision"):
+        raise UserError(
+            f"network {type(network).__name__} has no decoder.deep_supervision switch; only nnU-Net's "
+            "dynamic_network_architectures UNets (PlainConvUNet, ResidualEncoderUNet, ...) are supported"
+        )
+    decoder.deep_supervision = False
+    return network
+
+
+def read_mirror_axes(checkpoint_file: Path) -> tuple[int, ...] | None:
+    """``inference_allowed_mirroring_axes`` of an nnU-Net checkpoint (``None`` if it has none).
+
+    Memory-maps the checkpoint where possible so that the weights are not read a second time.
+    """
+    import torch
+
+    try:
+        ckpt = torch.load(checkpoint_file, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # old (non-zip) serialisation cannot be memory-mapped
+        ckpt = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    axes = ckpt.get("inference_allowed_mirroring_axes") if isinstance(ckpt, dict) else None
+    return None if axes is None else tuple(int(a) for a in axes)
+
+
+def load_inference_model(
+    path: str | Path, fold: int | str = 0, checkpoint: str = "checkpoint_final.pth", device: str = "cpu"
+) -> InferenceModel:
+    """Load a trained nnU-Net model (results folder, ``fold_X`` folder or ``.pth``) for inference.
+
+    Uses :func:`recokd.nnunet.teacher.load_teacher` (the trainer's own network builder, strict
+    weight loading, eval mode, no gradients) after adding reco-kd's trainer folder to
+    ``nnUNet_extTrainer`` so that ReCo-KD students are built by their own trainer class; then turns
+    deep supervision off, as nnU-Net's predictor does.
+    """
+    from recokd.nnunet import add_ext_trainer_dir_to_env
+    from recokd.nnunet.teacher import load_teacher
+
+    add_ext_trainer_dir_to_env()
+    loaded = load_teacher(path, fold=fold, checkpoint=checkpoint, device=device)
+    disable_deep_supervision(loaded.network)
+    return InferenceModel(loaded=loaded, mirror_axes=read_mirror_axes(loaded.checkpoint_path))
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def resolve_exporter(exporter: str) -> str:
+    """``"dynamo"`` or ``"torchscript"`` for ``exporter`` in :data:`EXPORTERS`."""
+    if exporter not in EXPORTERS:
+        raise UserError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    has_onnxscript = importlib.util.find_spec("onnxscript") is not None
+    if exporter == "auto":
+        return "dynamo" if has_onnxscript else "torchscript"
+    if exporter == "dynamo" and not has_onnxscript:
+        raise UserError("exporter 'dynamo' needs the onnxscript package (pip install onnxscript); "
+                        "or use --exporter torchscript")
+    return exporter
+
+
+def sidecar_path_for(onnx_path: str | Path) -> Path:
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.name + SIDECAR_SUFFIX)
+
+
+def export_network(network: nn.Module, example: torch.Tensor, file: str | Path, opset: int = DEFAULT_OPSET,
+                   exporter: str = "auto") -> str:
+    """Export an inference network (single output) to ``file`` with dynamic batch and spatial axes;
+    ``example`` is a ``(1, C, *patch)`` input. Returns the exporter used. No numerical check."""
+    import torch
+
+    exporter = resolve_exporter(exporter)
+    file = str(file)
+
+    spatial = range(2, example.ndim)
+    if exporter == "dynamo":
+        from torch.export import Dim
+
+        shapes = {0: Dim("batch"), **{d: Dim.AUTO for d in spatial}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(network, (example,), file, dynamo=True, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=(shapes,), external_data=False, verbose=False)
+    else:
+        names = {0: "batch", **{d: f"spatial_{d - 2}" for d in spatial}}
+        with warnings.catch_warnings():
+            # TracerWarnings from InstanceNorm's input-size checks (data-independent for our
+            # inputs), the exporter's deprecation notice and its instance_norm train-mode note
+            # (InstanceNorm without running stats always uses instance statistics: same maths)
+            warnings.simplefilter("ignore")
+            torch.onnx.export(network, (example,), file, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: names, OUTPUT_NAME: dict(names)},
+                              do_constant_folding=True)
+    return exporter
+
+
+def create_session(onnx_path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with all graph optimisations; ``threads`` = intra-op threads
+    (``None``: ONNX Runtime's default, one per physical core); inter-op threads 1 (sequential
+    execution, as the graph is a chain)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"threads must be a positive integer, got {threads}")
+        options.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile classes
+        raise UserError(f"ONNX file {onnx_path} could not be loaded by ONNX Runtime: {e}") from e
+
+
+def compare_with_onnxruntime(network: nn.Module, session, x: torch.Tensor) -> tuple[float, float]:
+    """(max |onnx - torch|, max |torch|) of the logits for input ``x`` (CPU)."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        reference = network(x).float().cpu().numpy()
+    out = run_session(session, x.cpu().numpy())
+    if out.shape != reference.shape:
+        raise UserError(f"ONNX output shape {out.shape} differs from PyTorch's {reference.shape}")
+    return float(np.abs(out - reference).max()), float(np.abs(reference).max())
+
+
+def run_session(session, x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def _json_safe(value: Any) -> Any:
+    """Plans/dataset.json as loaded from a checkpoint may hold tuples or numpy scalars."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def export_onnx(
+    model: str | Path,
+    onnx_path: str | Path,
+    *,
+    fold: int | str = 0,
+    checkpoint: str = "checkpoint_final.pth",
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "auto",
+    tolerance: float = DEFAULT_TOLERANCE,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> ExportResult:
+    """Export ``model`` (see :func:`load_inference_model`) to ``onnx_path`` and write its sidecar.
+
+    Refuses to replace an existing ``.onnx`` or sidecar unless ``overwrite``. Files are written
+    under temporary names and renamed only after the numerical check passed, so a failed export
+    leaves nothing behind.
+    """
+    import torch
+
+    onnx_path = Path(onnx_path).expanduser()
+    if onnx_path.suffix != ".onnx":
+        raise UserError(f"--onnx {onnx_path}: expected a file name ending in .onnx")
+    sidecar = sidecar_path_for(onnx_path)
+    for target in (onnx_path, sidecar):
+        if target.exists() and not overwrite:
+            raise UserError(f"{target} already exists; pass --overwrite to replace it")
+    if not onnx_path.parent.is_dir():
+        raise UserError(f"--onnx {onnx_path}: folder {onnx_path.parent} does not exist")
+    if not isinstance(opset, int) or opset < 13:
+        raise UserError(f"opset must be an integer >= 13, got {opset!r}")
+    if not tolerance > 0:
+        raise UserError(f"tolerance must be positive, got {tolerance!r}")
+    exporter = resolve_exporter(exporter)
+
+    model_ = load_inference_model(model, fold=fold, checkpoint=checkpoint, device="cpu")
+    loaded = model_.loaded
+    network = loaded.network.float().eval()
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn(1, loaded.num_input_channels, *model_.patch_size, generator=generator)
+
+    tmp_onnx = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.tmp.onnx")
+    tmp_sidecar = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            export_network(network, example, tmp_onnx, opset, exporter)
+        except UserError:
+            raise
+        except Exception as e:
+            other = "torchscript" if exporter == "dynamo" else "dynamo"
+            raise UserError(f"ONNX export of {loaded.checkpoint_path} with the {exporter} exporter failed "
+                            f"({type(e).__name__}: {e}); try --exporter {other}") from e
+        session = create_session(tmp_onnx)
+        check = torch.randn(1, loaded.num_input_channels, *model_.patch_size, generator=generator)
+        max_diff, max_logit = compare_with_onnxruntime(network, session, check)
+        allowed = tolerance * max(1.0, max_logit)
+        if not max_diff <= allowed:  # also catches NaN
+            raise UserError(
+                f"ONNX export of {loaded.checkpoint_path} does not match PyTorch: max |onnx - torch| = "
+                f"{max_diff:.3g} on a random {tuple(check.shape)} input exceeds the tolerance "
+                f"{allowed:.3g} ({tolerance:g} x max(1, max |logits| = {max_logit:.3g}))"
+            )
+        result = ExportResult(
+            onnx_path=onnx_path, sidecar_path=sidecar, exporter=exporter, opset=_model_opset(tmp_onnx, opset),
+            max_abs_diff=max_diff, max_abs_logit=max_logit, patch_size=model_.patch_size,
+            num_classes=model_.num_classes, num_input_channels=int(loaded.num_input_channels),
+        )
+        with open(tmp_sidecar, "w", encoding="utf-8") as f:
+            json.dump(sidecar_content(model_, result, tolerance), f, indent=4)
+            f.write("\n")
+        os.replace(tmp_onnx, onnx_path)
+        os.replace(tmp_sidecar, sidecar)
+    finally:
+        for tmp in (tmp_onnx, tmp_sidecar):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return result
+
+
+def _model_opset(file: Path, requested: int) -> int:
+    import onnx
+
+    model = onnx.load(str(file), load_external_data=False)
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return requested
+
+
+def sidecar_content(model: InferenceModel, result: ExportResult, tolerance: float) -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    loaded = model.loaded
+    return {
+        "format": SIDECAR_FORMAT,
+        "onnx_file": result.onnx_path.name,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "plans_identifier": loaded.plans_manager.plans_name,
+        "dataset_name": loaded.plans_manager.dataset_name,
+        "configuration": loaded.configuration_name,
+        "trainer_name": loaded.trainer_name,
+        "fold": loaded.fold,
+        "source_checkpoint": str(loaded.checkpoint_path.resolve()),
+        "network_class": loaded.configuration_manager.network_arch_class_name,
+        "patch_size": result.patch_size,
+        "num_classes": result.num_classes,
+        "num_input_channels": result.num_input_channels,
+        "inference_allowed_mirroring_axes": None if model.mirror_axes is None else list(model.mirror_axes),
+        "deep_supervision": False,
+        "dynamic_axes": ["batch", "spatial"],
+        "exporter": result.exporter,
+        "opset": result.opset,
+        "torch_version": torch.__version__,
+        "onnxruntime_version": onnxruntime.__version__,
+        "check": {"max_abs_diff": result.max_abs_diff, "max_abs_logit": result.max_abs_logit,
+                  "tolerance": tolerance, "input_shape": [1, result.num_input_channels, *result.patch_size]},
+        "plans": _json_safe(loaded.plans_manager.plans),
+        "dataset_json": _json_safe(loaded.dataset_json),
+    }
+
+
+def read_sidecar(onnx_path: str | Path) -> dict[str, Any]:
+    """The sidecar of an exported model; :class:`UserError` if missing or malformed."""
+    file = sidecar_path_for(onnx_path)
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as e:
+        raise UserError(f"{file} does not exist: it is written by 'recokd export' next to the .onnx file "
+                        "and holds the plans needed for inference") from e
+    except (OSError, ValueError) as e:
+        raise UserError(f"{file} could not be read as JSON: {e}") from e
+    required = ("plans", "dataset_json", "configuration", "patch_size", "num_classes", "num_input_channels")
+    missing = [k for k in required if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise UserError(f"{file} is not a recokd ONNX sidecar: missing {', '.join(missing)}")
+    return data
+
+
+def export_summary(result: ExportResult) -> dict[str, Any]:
+    out = asdict(result)
+    out["onnx_path"], out["sidecar_path"] = str(result.onnx_path), str(result.sidecar_path)
+    return out

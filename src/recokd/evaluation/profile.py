@@ -1,0 +1,650 @@
+"""Efficiency profile of trained nnU-Net models (teacher vs ReCo-KD students): parameters, FLOPs,
+peak memory and full-volume sliding-window latency, measured as /work/shared/spec/evaluation.md asks.
+
+Conventions (also written into every JSON/CSV/table this module produces):
+
+- **Parameters**: ``sum(p.numel() for p in network.parameters())`` of the network as nnU-Net builds
+  it for the checkpoint (all segmentation heads included).
+- **FLOPs**: ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass of the inference
+  network (deep supervision off) at the configuration's patch size, batch 1. Unit: FLOPs, 2 per
+  multiply-add (thop/fvcore count MACs, half as many). The counter counts convolutions, transposed
+  convolutions and matrix products; normalisation, non-linearities, biases and additions are not
+  counted (they are < 1% of a 3D U-Net's arithmetic).
+- **Latency**: wall clock of nnU-Net's ``nnUNetPredictor.predict_sliding_window_return_logits`` on
+  one full preprocessed-space volume (padding, tiling with ``tile_step_size``, Gaussian weighting,
+  fp16 accumulation, mirroring if on), after ``warmup`` runs, median of ``repeats`` runs; with and
+  without mirroring test-time augmentation (3D: 8 network passes per tile with it, 1 without).
+  The volume is either synthetic (standard normal, i.e. like z-scored data, of ``volume_shape``; by
+  default twice the first model's patch size per axis) or a real case preprocessed by the model's
+  own nnU-Net preprocessor (preprocessing itself is not timed). Torch threads are set to
+  ``threads`` (note: ``nnUNetv2_predict``/``recokd predict`` cap torch threads at
+  ``nnUNet_def_n_proc``, 8 by default; this profile does not).
+- **Peak memory**: CPU: the process's resident-set high-water mark during the runs of a mode
+  minus its resident set just before them (after model and volume were set up). The high-water
+  mark is reset through ``/proc/self/clear_refs`` (Linux >= 4.0) before each mode; where that is
+  not possible the ``ru_maxrss`` increase is reported instead (a lower bound) and the method field
+  says so. Each model is measured in a fresh process (``isolate=True``) so that one model's freed
+  memory, kept by the allocator, does not hide the next one's. CUDA: ``max_memory_allocated``
+  minus ``memory_allocated`` before the runs (tensors only, not the caching allocator's reserve).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recokd.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+FLOPS_UNIT = "FLOPs (2 per multiply-add)"
+FLOPS_COUNTER = "torch.utils.flop_counter.FlopCounterMode (conv, transposed conv, matmul; batch 1, one patch)"
+MIRROR_MODES = ("off", "on")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to profile: ``path`` as :func:`recokd.nnunet.teacher.load_teacher` takes it."""
+
+    path: str
+    label: str = ""
+
+    @staticmethod
+    def parse(text: str) -> ModelSpec:
+        """``PATH`` or ``LABEL=PATH`` (the label is used in tables and by ``--eval-json``)."""
+        label, sep, path = text.partition("=")
+        if sep and label and "/" not in label and not Path(text).exists():
+            return ModelSpec(path=path, label=label)
+        return ModelSpec(path=text, label=default_label(text))
+
+
+def default_label(path: str | Path) -> str:
+    """The results folder name ``Trainer__Plans__Configuration`` (from a folder, a ``fold_X``
+    folder or a checkpoint inside one), else the file/folder name."""
+    p = Path(path)
+    parts = [p] + list(p.parents)[:2]
+    for part in parts:
+        if part.name.count("__") >= 2:
+            return part.name
+    return p.stem if p.suffix == ".pth" else p.name
+
+
+@dataclass
+class ProfileSettings:
+    device: str = "cpu"
+    threads: int | None = None  #: torch threads (None: torch's default)
+    repeats: int = 3
+    warmup: int = 1
+    step_size: float = 0.5
+    mirroring: tuple[str, ...] = MIRROR_MODES  #: subset of ("off", "on")
+    volume_shape: tuple[int, ...] | None = None  #: synthetic volume (preprocessed space)
+    case_files: tuple[str, ...] | None = None  #: one file per input channel, preprocessed per model
+    fold: int | str = 0
+    checkpoint: str = "checkpoint_final.pth"
+    isolate: bool = True  #: each model in its own process (clean peak memory)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise UserError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"threads must be a positive integer, got {self.threads}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise UserError(f"repeats must be >= 1 and warm-up runs >= 0, got {self.repeats} and "
+                            f"{self.warmup}")
+        if not 0 < self.step_size <= 1:
+            raise UserError(f"step size must be in (0, 1], got {self.step_size}")
+        if not self.mirroring or any(m not in MIRROR_MODES for m in self.mirroring):
+            raise UserError(f"mirroring modes must be a non-empty subset of {MIRROR_MODES}, got "
+                            f"{self.mirroring}")
+        if self.volume_shape is not None and self.case_files is not None:
+            raise UserError("give either a volume shape or a case, not both")
+        shape = self.volume_shape
+        if shape is not None and (len(shape) not in (2, 3) or min(shape) < 1):
+            raise UserError(f"volume shape must be 2 or 3 positive sizes, got {self.volume_shape}")
+        for f in self.case_files or ():
+            if not Path(f).is_file():
+                raise UserError(f"case file {f} does not exist")
+
+
+@dataclass
+class ModeTiming:
+    mirroring: bool
+    passes_per_tile: int
+    times_s: list[float]
+    median_s: float
+    peak_memory_bytes: int
+
+
+@dataclass
+class ModelProfile:
+    label: str
+    path: str
+    checkpoint: str
+    trainer: str
+    plans: str
+    configuration: str
+    network_class: str
+    widths: list[int] | None
+    patch_size: list[int]
+    num_input_channels: int
+    num_classes: int
+    parameters: int
+    flops_per_patch: int
+    volume_shape: list[int]  #: preprocessed-space shape fed to the sliding window (channels excluded)
+    volume_source: str  #: "synthetic" or the case file(s)
+    n_tiles: int
+    mirror_axes: list[int] | None
+    device: str
+    device_name: str
+    threads: int
+    memory_method: str
+    timings: dict[str, ModeTiming] = field(default_factory=dict)  #: "off"/"on" -> timing
+
+
+@dataclass
+class ProfileReport:
+    settings: ProfileSettings
+    models: list[ModelProfile]
+    environment: dict[str, Any]
+
+    def ratios(self, model: ModelProfile) -> dict[str, float | None]:
+        """Ratios against the first model: params/FLOPs as this/first, speed-ups as first/this."""
+        ref = self.models[0]
+        out: dict[str, float | None] = {
+            "parameters_ratio": model.parameters / ref.parameters if ref.parameters else None,
+            "flops_ratio": model.flops_per_patch / ref.flops_per_patch if ref.flops_per_patch else None,
+        }
+        for mode in MIRROR_MODES:
+            a, b = ref.timings.get(mode), model.timings.get(mode)
+            out[f"speedup_mirroring_{mode}"] = a.median_s / b.median_s if a and b and b.median_s > 0 else None
+        return out
+
+
+# ---------------------------------------------------------------------------- measurements
+
+
+def count_parameters(network: nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())
+
+
+def count_flops(network: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu") -> int:
+    """FLOPs (2 per multiply-add) of one forward pass on a zero input of ``input_shape``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(input_shape, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(x)
+    return int(counter.get_total_flops())
+
+
+class PeakMemory:
+    """Peak memory of a block, relative to a baseline taken by :meth:`set_baseline` (see module doc)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.baseline = 0
+        self.method = ""
+
+    @staticmethod
+    def _status_kib(key: str) -> int | None:
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                m = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.MULTILINE)
+        except OSError:
+            return None
+        return int(m.group(1)) if m else None
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _release_freed_memory() -> None:
+        """Give memory that was freed during setup back to the OS (glibc ``malloc_trim``), so that
+        the measured window cannot reuse it unseen."""
+        import ctypes
+        import ctypes.util
+
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+    def set_baseline(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device.type == "cpu":
+            self._release_freed_memory()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+            self.method = "cuda max_memory_allocated - memory_allocated before"
+        elif self._reset_hwm() and self._status_kib("VmRSS") is not None:
+            self.baseline = self._status_kib("VmRSS") * 1024
+            self.method = "cpu RSS high-water mark (VmHWM after clear_refs) - RSS before"
+        else:
+            self.baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.method = "cpu ru_maxrss increase (lower bound: high-water mark could not be reset)"
+
+    def start(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.method.startswith("cpu RSS"):
+            self._reset_hwm()
+
+    def peak(self) -> int:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return max(0, torch.cuda.max_memory_allocated(self.device) - self.baseline)
+        if self.method.startswith("cpu RSS"):
+            return max(0, (self._status_kib("VmHWM") or 0) * 1024 - self.baseline)
+        return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.baseline)
+
+
+def _sync(device: torch.device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
+        if m:
+            return m.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _widths(model) -> list[int] | None:
+    kwargs = model.loaded.configuration_manager.network_arch_init_kwargs
+    widths = kwargs.get("features_per_stage") if isinstance(kwargs, dict) else None
+    if isinstance(widths, int):
+        return [widths] * int(kwargs.get("n_stages", 1))
+    return list(widths) if isinstance(widths, (list, tuple)) else None
+
+
+def _load_volume(model, settings: ProfileSettings, device: torch.device) -> tuple[torch.Tensor, str]:
+    """(C, *spatial) float32 input in preprocessed space, and a description of its source."""
+    import torch
+
+    loaded = model.loaded
+    if settings.case_files:
+        if len(settings.case_files) != loaded.num_input_channels:
+            raise UserError(f"--case: {len(settings.case_files)} file(s) given, the model takes "
+                            f"{loaded.num_input_channels} input channel(s) (one file per channel, in order)")
+        preprocessor = loaded.configuration_manager.preprocessor_class(verbose=False)
+        try:
+            data, _seg, _props = preprocessor.run_case(list(settings.case_files), None, loaded.plans_manager,
+                                                        loaded.configuration_manager, loaded.dataset_json)
+        except Exception as e:
+            raise UserError(f"--case {', '.join(settings.case_files)}: nnU-Net's preprocessing failed "
+                            f"({type(e).__name__}: {e})") from e
+        return torch.from_numpy(data).float(), "case: " + ", ".join(settings.case_files)
+    shape = tuple(settings.volume_shape or [2 * p for p in model.patch_size])
+    if len(shape) != len(model.patch_size):
+        raise UserError(f"volume shape {shape} has {len(shape)} axes, the model's patch {model.patch_size} "
+                        f"has {len(model.patch_size)}")
+    generator = torch.Generator().manual_seed(settings.seed)
+    return torch.randn(loaded.num_input_channels, *shape, generator=generator), "synthetic (standard normal)"
+
+
+def make_predictor(model, settings: ProfileSettings, device: torch.device):
+    """nnU-Net's ``nnUNetPredictor`` set up with the loaded network (no file I/O)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    loaded = model.loaded
+    with contextlib.redirect_stdout(io.StringIO()):  # its CPU notice about perform_everything_on_device
+        predictor = nnUNetPredictor(tile_step_size=settings.step_size, use_gaussian=True, use_mirroring=True,
+                                    perform_everything_on_device=device.type == "cuda", device=device,
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    # attribute assignment instead of manual_initialization: no torch.compile behind our back
+    predictor.plans_manager = loaded.plans_manager
+    predictor.configuration_manager = loaded.configuration_manager
+    predictor.list_of_parameters = [loaded.network.state_dict()]
+    predictor.network = loaded.network
+    predictor.dataset_json = loaded.dataset_json
+    predictor.trainer_name = loaded.trainer_name
+    predictor.allowed_mirroring_axes = model.mirror_axes
+    predictor.label_manager = loaded.label_manager
+    return predictor
+
+
+def n_tiles(predictor, volume_shape: tuple[int, ...]) -> int:
+    patch = predictor.configuration_manager.patch_size
+    if len(patch) == len(volume_shape):  # pad_nd_image pads smaller volumes up to the patch
+        volume_shape = tuple(max(s, p) for s, p in zip(volume_shape, patch, strict=True))
+    return len(predictor._internal_get_sliding_window_slicers(tuple(volume_shape)))
+
+
+def time_sliding_window(predictor, data: torch.Tensor, *, mirroring: bool, repeats: int, warmup: int,
+                        memory: PeakMemory) -> ModeTiming:
+    """Warm-up runs, then ``repeats`` timed runs of the full-volume sliding window."""
+    predictor.use_mirroring = mirroring
+    device = predictor.device
+    memory.start()
+    for _ in range(warmup):
+        predictor.predict_sliding_window_return_logits(data)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = predictor.predict_sliding_window_return_logits(data)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        del out
+    axes = predictor.allowed_mirroring_axes
+    passes = 2 ** len(axes) if mirroring and axes else 1
+    return ModeTiming(mirroring=mirroring, passes_per_tile=passes, times_s=times,
+                      median_s=statistics.median(times), peak_memory_bytes=memory.peak())
+
+
+def profile_model(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
+    """Profile one model in this process (see the module doc for what is measured and how)."""
+    import torch
+
+    from recokd.deploy.onnx_export import load_inference_model
+
+    settings.validate()
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    device = torch.device(settings.device)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    model = load_inference_model(spec.path, fold=settings.fold, checkpoint=settings.checkpoint,
+                                 device=str(device))
+    loaded = model.loaded
+    network = loaded.network
+    data, source = _load_volume(model, settings, device)
+    predictor = make_predictor(model, settings, device)
+
+    memory = PeakMemory(device)
+    memory.set_baseline()
+    timings = {}
+    for mode in settings.mirroring:
+        timings[mode] = time_sliding_window(predictor, data, mirroring=mode == "on", repeats=settings.repeats,
+                                            warmup=settings.warmup, memory=memory)
+    # counted after the timings: the counting forward pass would otherwise pre-fault memory that
+    # the allocator then reuses inside the measured window
+    parameters = count_parameters(network)
+    flops = count_flops(network, (1, loaded.num_input_channels, *model.patch_size), device)
+    return ModelProfile(
+        label=spec.label or default_label(spec.path), path=str(spec.path),
+        checkpoint=str(loaded.checkpoint_path), trainer=loaded.trainer_name,
+        plans=loaded.plans_manager.plans_name, configuration=loaded.configuration_name,
+        network_class=loaded.configuration_manager.network_arch_class_name.rsplit(".", 1)[-1],
+        widths=_widths(model), patch_size=model.patch_size, num_input_channels=int(loaded.num_input_channels),
+        num_classes=model.num_classes, parameters=parameters, flops_per_patch=flops,
+        volume_shape=[int(s) for s in data.shape[1:]], volume_source=source,
+        n_tiles=n_tiles(predictor, tuple(data.shape[1:])),
+        mirror_axes=None if model.mirror_axes is None else list(model.mirror_axes), device=str(device),
+        device_name=_device_name(device), threads=torch.get_num_threads(), memory_method=memory.method,
+        timings=timings,
+    )
+
+
+def _profile_in_subprocess(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(profile_model, spec, settings).result()
+
+
+def environment() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import nnunetv2  # noqa: F401
+    import torch
+
+    try:
+        nnunet_version = version("nnunetv2")
+    except PackageNotFoundError:  # pragma: no cover
+        nnunet_version = "unknown"
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "nnunetv2": nnunet_version,
+            "platform": platform.platform(), "cpu_count": os.cpu_count()}
+
+
+def profile_models(specs: list[ModelSpec], settings: ProfileSettings, progress=None) -> ProfileReport:
+    """Profile each model (in order; ratios are against the first). Without a volume shape or case
+    the first model's default volume (2 x its patch size) is used for all models."""
+    if not specs:
+        raise UserError("give at least one model to profile")
+    settings.validate()
+    labels = [s.label for s in specs]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise UserError(f"model labels must be unique, got {', '.join(dupes)} more than once; name them "
+                        "LABEL=PATH")
+    results = []
+    run = _profile_in_subprocess if settings.isolate else profile_model
+    for spec in specs:
+        if progress:
+            progress(f"profiling {spec.label} ({spec.path}) ...")
+        result = run(spec, settings)
+        results.append(result)
+        if settings.volume_shape is None and settings.case_files is None:
+            settings = replace(settings, volume_shape=tuple(result.volume_shape))
+    return ProfileReport(settings=settings, models=results, environment=environment())
+
+
+# ---------------------------------------------------------------------------- evaluation results
+
+
+def read_mean_dice(file: str | Path) -> float:
+    """Mean foreground Dice from an evaluation summary JSON: ``recokd evaluate``'s ``summary.json``
+    (``foreground_mean.dice``), nnU-Net's (``foreground_mean.Dice``) or a flat ``{"mean_dice": x}``."""
+    file = Path(file)
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as e:
+        raise UserError(f"--eval-json: {file} does not exist") from e
+    except (OSError, ValueError) as e:
+        raise UserError(f"--eval-json: {file} could not be read as JSON: {e}") from e
+    candidates = []
+    if isinstance(data, dict):
+        fg = data.get("foreground_mean")
+        if isinstance(fg, dict):
+            candidates += [fg.get("dice"), fg.get("Dice")]
+        candidates += [data.get(k) for k in ("mean_dice", "dice", "Dice")]
+    for value in candidates:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    keys = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
+    raise UserError(f"--eval-json: {file} has no mean Dice (expected a summary.json of recokd evaluate or "
+                    f"nnU-Net with foreground_mean.dice/Dice, or a 'mean_dice' number); top-level keys: "
+                    f"{keys}")
+
+
+def dice_latency_points(report: ProfileReport, dice: dict[str, float]) -> tuple[list[dict[str, Any]], str]:
+    """Points ``{"label", "dice", "latency_s", "parameters", "flops_per_patch"}`` for the models with a
+    Dice, and which latency they use (mirroring off when measured)."""
+    mode = "off" if "off" in report.settings.mirroring else "on"
+    points = [{"label": m.label, "dice": dice[m.label], "latency_s": m.timings[mode].median_s,
+               "parameters": m.parameters, "flops_per_patch": m.flops_per_patch}
+              for m in report.models if m.label in dice]
+    return points, mode
+
+
+def plot_dice_vs_latency(points: list[dict[str, Any]], out_png: Path, title: str, latency_label: str,
+                         overwrite: bool = False) -> Path:
+    """Dice-vs-latency scatter with :func:`recokd.evaluation.plots.dice_vs_latency`."""
+    from recokd.evaluation.plots import dice_vs_latency
+
+    named = [{"name": p["label"], "latency_s": p["latency_s"], "dice": p["dice"]} for p in points]
+    return dice_vs_latency(named, out_png, title=title, latency_label=latency_label, overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _fmt_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def _fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "-"
+    if r == 1:
+        return "1"
+    return f"1/{1 / r:.1f}" if r < 1 else f"{r:.2f}x"
+
+
+def header_lines(report: ProfileReport) -> list[str]:
+    s, first = report.settings, report.models[0]
+    return [
+        f"device: {first.device} ({first.device_name}), torch threads: {first.threads}, "
+        f"torch {report.environment['torch']}, nnunetv2 {report.environment['nnunetv2']}",
+        f"latency: full volume {'x'.join(map(str, first.volume_shape))} ({first.volume_source}), nnU-Net "
+        f"sliding window, tile step {s.step_size}, Gaussian weighting; median of {s.repeats} run(s) after "
+        f"{s.warmup} warm-up run(s); mirroring TTA: {', '.join(s.mirroring)}",
+        f"FLOPs: {FLOPS_UNIT}, counted by {FLOPS_COUNTER}",
+        f"peak memory: {first.memory_method}",
+        "ratios: parameters and FLOPs as this/first model, speed-ups as first/this model",
+    ]
+
+
+def format_table(report: ProfileReport, dice: dict[str, float] | None = None) -> str:
+    dice = dice or {}
+    cols = ["model", "params", "ratio", "FLOPs/patch", "ratio", "patch", "tiles", "peak mem"]
+    for mode in report.settings.mirroring:
+        cols += [f"time mirror {mode}", "speed-up"]
+    if dice:
+        cols.append("Dice")
+    rows = []
+    for m in report.models:
+        r = report.ratios(m)
+        peak = max((t.peak_memory_bytes for t in m.timings.values()), default=0)
+        row = [m.label, _fmt_count(m.parameters), _fmt_ratio(r["parameters_ratio"]),
+               _fmt_count(m.flops_per_patch), _fmt_ratio(r["flops_ratio"]), "x".join(map(str, m.patch_size)),
+               str(m.n_tiles),
+               f"{peak / 2**20:.0f} MiB"]
+        for mode in report.settings.mirroring:
+            t = m.timings[mode]
+            sp = r[f"speedup_mirroring_{mode}"]
+            row += [f"{t.median_s:.3f} s", "-" if sp is None else f"{sp:.2f}x"]
+        if dice:
+            row.append(f"{dice[m.label]:.4f}" if m.label in dice else "-")
+        rows.append(row)
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    def line(values: list[str]) -> str:  # first column left-aligned, numbers right-aligned
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True)))
+
+    lines = [line(cols), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+    return "\n".join(header_lines(report) + [""] + lines)
+
+
+def report_dict(report: ProfileReport, dice: dict[str, float] | None = None) -> dict[str, Any]:
+    dice = dice or {}
+    settings = asdict(report.settings)
+    return {
+        "conventions": {
+            "flops_unit": FLOPS_UNIT, "flops_counter": FLOPS_COUNTER,
+            "flops_input": "batch 1, one patch of the configuration's patch size, deep supervision off",
+            "parameters": "sum of numel over network.parameters()",
+            "latency": "wall clock of nnUNetPredictor.predict_sliding_window_return_logits on the full "
+                       "volume, after warm-up, median of repeats; preprocessing/export not included",
+            "peak_memory": report.models[0].memory_method if report.models else "",
+            "ratios": "parameters/FLOPs: this/first model; speed-ups: first/this model",
+        },
+        "settings": settings,
+        "environment": report.environment,
+        "models": [{**asdict(m), **report.ratios(m), "dice": dice.get(m.label)} for m in report.models],
+    }
+
+
+def report_csv(report: ProfileReport, dice: dict[str, float] | None = None) -> str:
+    dice = dice or {}
+    fields = ["label", "path", "plans", "configuration", "parameters", "parameters_ratio", "flops_per_patch",
+              "flops_ratio", "flops_unit", "patch_size", "volume_shape", "n_tiles", "device", "threads",
+              "step_size"]
+    for mode in MIRROR_MODES:
+        fields += [f"time_mirroring_{mode}_median_s", f"speedup_mirroring_{mode}",
+                   f"peak_memory_mirroring_{mode}_bytes"]
+    fields.append("dice")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for m in report.models:
+        r = report.ratios(m)
+        row = {"label": m.label, "path": m.path, "plans": m.plans, "configuration": m.configuration,
+               "parameters": m.parameters, "parameters_ratio": r["parameters_ratio"],
+               "flops_per_patch": m.flops_per_patch, "flops_ratio": r["flops_ratio"],
+               "flops_unit": FLOPS_UNIT, "patch_size": "x".join(map(str, m.patch_size)),
+               "volume_shape": "x".join(map(str, m.volume_shape)),
+               "n_tiles": m.n_tiles, "device": m.device, "threads": m.threads,
+               "step_size": report.settings.step_size, "dice": dice.get(m.label)}
+        for mode in MIRROR_MODES:
+            t = m.timings.get(mode)
+            row[f"time_mirroring_{mode}_median_s"] = t.median_s if t else None
+            row[f"speedup_mirroring_{mode}"] = r[f"speedup_mirroring_{mode}"]
+            row[f"peak_memory_mirroring_{mode}_bytes"] = t.peak_memory_bytes if t else None
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+#: files written into the output folder
+OUTPUT_FILES = {"json": "profile.json", "csv": "profile.csv", "png": "dice_vs_latency.png"}
+
+
+def write_report(report: ProfileReport, out_dir: str | Path, dice: dict[str, float] | None = None,
+                 overwrite: bool = False) -> dict[str, Path]:
+    """Write profile.json, profile.csv (and dice_vs_latency.png when ``dice`` has entries) into
+    ``out_dir``; existing files are only replaced with ``overwrite``."""
+    out_dir = Path(out_dir).expanduser()
+    targets = {k: out_dir / v for k, v in OUTPUT_FILES.items() if k != "png" or dice}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose "
+                        "another -o folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets["json"].write_text(json.dumps(report_dict(report, dice), indent=2) + "\n", encoding="utf-8")
+    targets["csv"].write_text(report_csv(report, dice), encoding="utf-8")
+    if dice:
+        points, mode = dice_latency_points(report, dice)
+        first = report.models[0]
+        title = (f"Dice vs latency: {first.device} ({first.threads} threads), volume "
+                 f"{'x'.join(map(str, first.volume_shape))}, step {report.settings.step_size}, "
+                 f"mirroring {mode}")
+        plot_dice_vs_latency(points, targets["png"], title, f"full-volume latency per case, mirroring {mode} "
+                             "(s, wall clock, median)", overwrite=overwrite)
+    return targets
