@@ -274,3 +274,38 @@ def test_predictor_rejects_mismatched_model_dir(exported, tmp_path):
         copy_ = tmp_path / "tiny.onnx"
         copy_.write_bytes(exported[0].read_bytes())
         predictor.initialize_from_onnx(copy_)
+
+
+def test_recokd_predict_backend_onnxruntime_matches_torch(cases, tmp_path, monkeypatch, capsys):
+    """`recokd predict --backend onnxruntime` (export on the fly, and with --onnx) writes the
+    segmentations of `recokd predict` (nnU-Net's predictor on PyTorch)."""
+    results = tmp_path / "results"
+    model = write_results_folder(results / "Dataset902_RecoKDDeploy", tiny_plans([4, 8, 16], [16, 16, 16]))
+    for key in ("raw", "preprocessed"):
+        (tmp_path / key).mkdir()
+        monkeypatch.setenv(f"nnUNet_{key}", str(tmp_path / key))
+    monkeypatch.setenv("nnUNet_results", str(results))
+    base = ["predict", "-i", str(cases), "-d", "902", "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer",
+            "-p", "nnUNetPlans", "--device", "cpu", "-npp", "0", "-nps", "0"]
+    assert main([*base, "-o", str(tmp_path / "torch")]) == 0
+    assert main([*base, "-o", str(tmp_path / "ort"), "--backend", "onnxruntime"]) == 0
+    assert "ONNX Runtime" in capsys.readouterr().out
+
+    from recokd.deploy.onnx_export import export_onnx
+
+    onnx_file = tmp_path / "model.onnx"
+    export_onnx(model, onnx_file)
+    ort2 = ["-o", str(tmp_path / "ort2"), "--backend", "onnxruntime", "--onnx", str(onnx_file)]
+    assert main([*base, *ort2]) == 0
+    ref = _segmentations(tmp_path / "torch")
+    for folder in ("ort", "ort2"):
+        got = _segmentations(tmp_path / folder)
+        assert list(got) == list(ref) == ["case_a.nii.gz", "case_b.nii.gz"]
+        for name in ref:
+            a, b = sitk.GetArrayFromImage(ref[name]), sitk.GetArrayFromImage(got[name])
+            assert (a == b).mean() >= 0.999, f"{folder}/{name}: {(a != b).sum()} of {a.size} voxels differ"
+
+    assert main([*base, "-o", str(tmp_path / "x"), "--onnx", str(onnx_file)]) == 2
+    assert "--onnx needs --backend onnxruntime" in capsys.readouterr().err
+    assert main([*base[:-6], "--device", "cuda", "-o", str(tmp_path / "y"), "--backend", "onnxruntime"]) == 2
+    assert "--device cpu" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from recokd.errors import UserError
 from recokd.nnunet.compat import check_teacher_student_compatible, describe_mismatches
 from recokd.nnunet.plans import scale_plans
 from recokd.nnunet.teacher import LoadedTeacher
-from tests.nnunet.test_plans import (
+from tests.nnunet._tiny import (
     RESENC_PLANS,
     load_tiny_dataset_json,
     load_tiny_plans,

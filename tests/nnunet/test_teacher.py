@@ -11,7 +11,7 @@ import torch
 
 from recokd.errors import UserError
 from recokd.nnunet.teacher import load_teacher, resolve_checkpoint, strip_wrapper_prefixes
-from tests.nnunet.test_plans import (
+from tests.nnunet._tiny import (
     TINY_NAME,
     load_tiny_dataset_json,
     load_tiny_plans,

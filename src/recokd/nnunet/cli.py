@@ -157,6 +157,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--continue-prediction", action="store_true",
                    help="skip cases whose output exists already")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="who runs the network: torch (nnU-Net's predictor, default) or onnxruntime (CPU; "
+                        "nnU-Net's preprocessing, sliding window and export with the network call on ONNX "
+                        "Runtime; one fold)")
+    p.add_argument("--onnx", default=None, metavar="FILE.onnx",
+                   help="with --backend onnxruntime: a model exported by 'recokd export' (default: export "
+                        "the fold's checkpoint to a temporary file first)")
     p.set_defaults(func=_predict)
 
 
@@ -442,6 +449,11 @@ def _predict(args: argparse.Namespace) -> int:
                         f"{existing[0]}{file_ending}); pass --overwrite to replace them or "
                         "--continue-prediction to skip them")
 
+    if args.backend == "onnxruntime":
+        return _predict_onnxruntime(args, model, folds, in_dir, out_dir, len(cases))
+    if args.onnx is not None:
+        raise UserError("--onnx needs --backend onnxruntime")
+
     add_ext_trainer_dir_to_env()
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -463,4 +475,38 @@ def _predict(args: argparse.Namespace) -> int:
                                      num_processes_preprocessing=max(1, args.npp),
                                      num_processes_segmentation_export=max(1, args.nps))
     print(f"predicted {len(cases)} case(s) with {model} into {out_dir}")
+    return 0
+
+
+def _predict_onnxruntime(args: argparse.Namespace, model: Path, folds: list[int | str] | None, in_dir: Path,
+                         out_dir: Path, num_cases: int) -> int:
+    """``recokd predict --backend onnxruntime``: :func:`recokd.deploy.onnx_predictor.predict_folder`
+    with ``--onnx`` or a fresh export of the fold's checkpoint (checked against PyTorch)."""
+    import tempfile
+
+    from recokd.deploy.onnx_export import export_onnx
+    from recokd.deploy.onnx_predictor import predict_folder
+
+    if args.device != "cpu":
+        raise UserError("--backend onnxruntime runs on the CPU: pass --device cpu")
+    if folds is not None and len(folds) != 1:
+        raise UserError(f"--backend onnxruntime runs one network: give one fold with -f, got {folds}")
+    first = sorted(model.glob(f"fold_*/{args.checkpoint}"))[0].parent.name.removeprefix("fold_")
+    fold = folds[0] if folds else _parse_fold(first)
+    kwargs = dict(model_dir=model, step_size=args.step_size, mirroring=not args.disable_tta,
+                  overwrite=args.overwrite, continue_prediction=args.continue_prediction,
+                  num_processes_preprocessing=max(1, args.npp), num_processes_export=max(1, args.nps),
+                  sequential=args.npp == 0 and args.nps == 0, save_probabilities=args.save_probabilities)
+    if args.onnx is not None:
+        onnx_file = Path(args.onnx)
+        if not onnx_file.is_file():
+            raise UserError(f"--onnx {onnx_file} does not exist (write it with 'recokd export')")
+        predict_folder(in_dir, out_dir, onnx_file, **kwargs)
+    else:
+        with tempfile.TemporaryDirectory(prefix="recokd_onnx_") as tmp:
+            onnx_file = Path(tmp) / "model.onnx"
+            result = export_onnx(model, onnx_file, fold=fold, checkpoint=args.checkpoint)
+            print(f"exported fold {fold} to ONNX (max |onnx - torch| = {result.max_abs_diff:.3g})")
+            predict_folder(in_dir, out_dir, onnx_file, **kwargs)
+    print(f"predicted {num_cases} case(s) with {model} (fold {fold}, ONNX Runtime, CPU) into {out_dir}")
     return 0

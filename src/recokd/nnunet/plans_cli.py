@@ -7,7 +7,7 @@ import argparse
 #: printed after the summary; the KD command itself is documented by ``recokd --help``
 NEXT_STEPS = (
     "Next: train the student on the teacher's preprocessed data (no re-preprocessing needed), e.g.\n"
-    "  distilled:  recokd <train command> with plans {identifier} (see `recokd --help`)\n"
+    "  distilled:  recokd train {dataset} {configuration} 0 --teacher <teacher results folder> -t {t}\n"
     "  no-KD baseline:  nnUNetv2_train {dataset} {configuration} 0 -p {identifier}"
 )
 
@@ -61,6 +61,6 @@ def _run(args: argparse.Namespace) -> int:
           f"ratio {ratio:.4f} (1/{1 / ratio:.1f})")
     data_note = "" if sp.preprocessed_data.is_dir() else "  (missing: preprocess the teacher's plans first)"
     print(f"training data:  {sp.preprocessed_data} (the teacher's){data_note}")
-    print(NEXT_STEPS.format(identifier=sp.identifier, dataset=sp.dataset_name,
+    print(NEXT_STEPS.format(identifier=sp.identifier, dataset=sp.dataset_name, t=args.t,
                             configuration=sp.configuration))
     return 0
