@@ -19,6 +19,7 @@ from recokd.errors import UserError
 #: modules that provide sub-commands, in the order ``recokd --help`` lists them
 COMMAND_MODULES: tuple[str, ...] = (
     "recokd.demo",
+    "recokd.bench",
     "recokd.data.cli",
     "recokd.nnunet.plans_cli",
     "recokd.nnunet.cli",

@@ -104,7 +104,8 @@ def _set_environment(out: Path, cfg: DemoConfig) -> dict[str, Path]:
     return dirs
 
 
-def _plan_and_preprocess() -> None:
+def _plan_and_preprocess(dataset_id: int = DATASET_ID, configuration: str = CONFIGURATION) -> None:
+    """nnU-Net fingerprint, planning and preprocessing in this process (one worker process each)."""
     import torch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints,
@@ -116,9 +117,9 @@ def _plan_and_preprocess() -> None:
     da = os.environ.get("nnUNet_n_proc_DA")
     os.environ["nnUNet_n_proc_DA"] = "1"  # the planner sets torch threads from it; 0 is refused
     try:
-        extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True)
-        plan_experiments([DATASET_ID])
-        preprocess([DATASET_ID], configurations=(CONFIGURATION,), num_processes=(1,))
+        extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True)
+        plan_experiments([dataset_id])
+        preprocess([dataset_id], configurations=(configuration,), num_processes=(1,))
     finally:
         os.environ["nnUNet_n_proc_DA"] = da if da is not None else "0"
         torch.set_num_threads(threads)

@@ -1,0 +1,324 @@
+"""The ``recokd bench`` command line (see :mod:`recokd.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from recokd.bench.config import (
+    CONFIG_FILE,
+    PHANTOM_DATASET_ID,
+    PHANTOM_DATASET_NAME,
+    PhantomSpec,
+    Selection,
+    Study,
+    parse_int_list,
+    parse_methods,
+    plan_runs,
+)
+from recokd.errors import UserError
+
+_PHANTOM_ARGS = ("phantom_cases", "phantom_test_cases", "phantom_shape", "phantom_seed")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` sub-command."""
+    d, ph = Study(dataset="", phantoms=None), PhantomSpec()
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark every KD method against the no-KD student and the teacher over seeds (resumable)",
+        description=(
+            "Train and score the teacher, the no-KD student and every KD method (ReCo-KD, its ablations, the "
+            "baselines) for each width exponent t and seed, each run in its own process and nnUNet_results "
+            "folder; write runs.csv, summary.csv, results.md (mean and sd over seeds, per-class Dice, paired "
+            "Wilcoxon test against the no-KD student, gap recovered) and charts into -o. Finished runs are "
+            "never repeated: run the same command again to resume."
+        ),
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--dataset",
+        metavar="ID_OR_NAME",
+        help="an nnU-Net dataset in $nnUNet_raw, planned and preprocessed for -c in $nnUNet_preprocessed",
+    )
+    src.add_argument(
+        "--phantoms",
+        action="store_true",
+        help="generate a phantom dataset inside the output folder (its own nnUNet_* folders)",
+    )
+    p.add_argument(
+        "-c", "--configuration", default=d.configuration, help="configuration (default: %(default)s)"
+    )
+    p.add_argument(
+        "-f", "--fold", default=d.fold, help="fold of every run and of the teacher (default: %(default)s)"
+    )
+    p.add_argument(
+        "-p",
+        "--plans",
+        default=d.plans,
+        help="the teacher's plans identifier the student plans derive from (default: %(default)s)",
+    )
+    p.add_argument(
+        "-o", "--output", default="recokd_bench_output", help="bench folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated KD methods (default: every registered one, see `recokd methods`); the "
+        "no-KD student and the teacher are always included",
+    )
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds", type=_positive_int, default=3, metavar="N", help="seeds 0..N-1 (default: %(default)s)"
+    )
+    seeds.add_argument("--seed-list", default=None, metavar="S,S,...", help="explicit seeds, e.g. 0,5,7")
+    p.add_argument(
+        "-t",
+        default="2",
+        metavar="T,T,...",
+        help="width exponents: student widths = teacher widths / 2**t (default: %(default)s)",
+    )
+    p.add_argument(
+        "--c-min", type=_positive_int, default=d.c_min, help="minimum stage width (default: %(default)s)"
+    )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        metavar="PATH",
+        help="an existing teacher: nnU-Net results folder DatasetXXX_Name/Trainer__Plans__Config "
+        "trained on fold -f (default: the bench trains one with stock nnU-Net)",
+    )
+    p.add_argument(
+        "--teacher-epochs",
+        type=_positive_int,
+        default=d.teacher_epochs,
+        help="epochs of the teacher the bench trains (default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=d.epochs,
+        help="epochs of every student run (default: %(default)s; nnU-Net's own schedule is 1000)",
+    )
+    p.add_argument(
+        "--iters-per-epoch",
+        type=_positive_int,
+        default=d.iters_per_epoch,
+        help="training iterations per epoch, students and teacher (default: %(default)s; nnU-Net: 250)",
+    )
+    p.add_argument(
+        "--val-iters",
+        type=_positive_int,
+        default=d.val_iters,
+        help="validation iterations per epoch (default: %(default)s; nnU-Net: 50)",
+    )
+    p.add_argument(
+        "--kd-weight",
+        type=float,
+        default=d.kd_weight,
+        help="lambda_max of the KD weight for every method (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="training and prediction device (default: cuda if available, else cpu)",
+    )
+    p.add_argument(
+        "--test-images",
+        default=None,
+        metavar="DIR",
+        help="test images (nnU-Net naming; default: imagesTs of the raw dataset)",
+    )
+    p.add_argument(
+        "--test-labels",
+        default=None,
+        metavar="DIR",
+        help="their ground truth (default: labelsTs of the raw dataset)",
+    )
+    p.add_argument(
+        "--small-classes",
+        default=None,
+        metavar="NAME,NAME,...",
+        help="classes of the 'small Dice' column (default: the phantoms' small structures)",
+    )
+    g = p.add_argument_group("--phantoms dataset")
+    g.add_argument(
+        "--phantom-cases", type=_positive_int, default=None, help=f"training cases (default: {ph.cases})"
+    )
+    g.add_argument(
+        "--phantom-test-cases",
+        type=_positive_int,
+        default=None,
+        help=f"test cases (default: {ph.test_cases})",
+    )
+    g.add_argument(
+        "--phantom-shape",
+        type=_positive_int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help=f"volume size, one or three numbers (default: {ph.shape[0]})",
+    )
+    g.add_argument("--phantom-seed", type=int, default=None, help=f"generator seed (default: {ph.seed})")
+    g = p.add_argument_group("profile")
+    g.add_argument(
+        "--profile-repeats",
+        type=_positive_int,
+        default=3,
+        help="timed CPU runs per architecture (default: %(default)s)",
+    )
+    g.add_argument(
+        "--profile-threads",
+        type=_positive_int,
+        default=None,
+        help="torch threads for the CPU latency (default: torch's default)",
+    )
+    g.add_argument("--no-profile", action="store_true", help="skip parameters/FLOPs/latency")
+    p.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run the selected runs (and the teacher the bench trains) again even if finished",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the output folder's content first (also one holding another bench)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _fold(text: str) -> str:
+    if text == "all" or (text.isdigit() and int(text) >= 0):
+        return str(int(text)) if text.isdigit() else text
+    raise UserError(f"-f: expected a fold number or 'all', got {text!r}")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    return name
+
+
+def build_study(args: argparse.Namespace) -> Study:
+    """The :class:`Study` of the command line (checks the dataset and the teacher)."""
+    from recokd.bench.runner import _check_test_folders, check_teacher_folder, resolve_user_dataset
+
+    fold = _fold(args.fold)
+    small = [c.strip() for c in args.small_classes.split(",") if c.strip()] if args.small_classes else None
+    test_images = str(Path(args.test_images).expanduser().resolve()) if args.test_images else None
+    test_labels = str(Path(args.test_labels).expanduser().resolve()) if args.test_labels else None
+    if args.phantoms:
+        if args.teacher:
+            raise UserError(
+                "--teacher cannot be combined with --phantoms (the phantoms are generated by the bench, "
+                "so is their teacher)"
+            )
+        if test_images or test_labels:
+            raise UserError(
+                "--test-images/--test-labels apply to --dataset; --phantoms uses its generated test cases"
+            )
+        spec = PhantomSpec()
+        if args.phantom_cases is not None:
+            spec.cases = args.phantom_cases
+        if args.phantom_test_cases is not None:
+            spec.test_cases = args.phantom_test_cases
+        if args.phantom_shape is not None:
+            if len(args.phantom_shape) not in (1, 3):
+                raise UserError("--phantom-shape: give one or three sizes")
+            spec.shape = list(args.phantom_shape) * (3 if len(args.phantom_shape) == 1 else 1)
+        if args.phantom_seed is not None:
+            spec.seed = args.phantom_seed
+        spec.validate()
+        dataset, phantoms = f"Dataset{PHANTOM_DATASET_ID:03d}_{PHANTOM_DATASET_NAME}", asdict(spec)
+    else:
+        given = [f"--{a.replace('_', '-')}" for a in _PHANTOM_ARGS if getattr(args, a) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} apply to --phantoms only")
+        dataset, raw, _pre = resolve_user_dataset(args.dataset, args.plans, args.configuration)
+        phantoms = None
+        _check_test_folders(
+            Path(test_images) if test_images else raw / dataset / "imagesTs",
+            Path(test_labels) if test_labels else raw / dataset / "labelsTs",
+            test_images is not None,
+        )
+    teacher = str(check_teacher_folder(args.teacher, args.configuration, fold)) if args.teacher else None
+    study = Study(
+        dataset=dataset,
+        phantoms=phantoms,
+        configuration=args.configuration,
+        fold=fold,
+        plans=args.plans,
+        c_min=args.c_min,
+        teacher=teacher,
+        teacher_epochs=None if teacher else args.teacher_epochs,
+        teacher_seed=None if teacher else 0,
+        epochs=args.epochs,
+        iters_per_epoch=args.iters_per_epoch,
+        val_iters=args.val_iters,
+        kd_weight=args.kd_weight,
+        test_images=test_images,
+        test_labels=test_labels,
+        small_classes=small,
+    )
+    study.validate()
+    return study
+
+
+def build_selection(args: argparse.Namespace) -> Selection:
+    seeds = parse_int_list(args.seed_list, "--seed-list") if args.seed_list else list(range(args.seeds))
+    selection = Selection(
+        methods=parse_methods(args.methods), ts=parse_int_list(args.t, "-t", minimum=1), seeds=seeds
+    )
+    selection.validate()
+    return selection
+
+
+def _run(args: argparse.Namespace) -> int:
+    from recokd.bench.config import check_or_write_config
+    from recokd.bench.runner import BenchRunner
+
+    selection = build_selection(args)
+    device = _device(args.device)
+    out = Path(args.output).expanduser().resolve()
+    study = build_study(args)
+    if args.overwrite and out.exists():
+        if not (out / CONFIG_FILE).is_file() and any(out.iterdir()):
+            print(f"--overwrite: {out} is not a bench folder; deleting its content")
+        shutil.rmtree(out)
+    resumed = check_or_write_config(out, study, selection)
+    n = len(plan_runs(selection))
+    print(
+        f"{'resuming the' if resumed else 'new'} bench in {out}: {n} runs (teacher, then for t in "
+        f"{selection.ts} and seeds {selection.seeds}: no KD + {', '.join(selection.methods)}); "
+        f"device {device}"
+    )
+    runner = BenchRunner(
+        out,
+        study,
+        selection,
+        device=device,
+        rerun=args.rerun,
+        profile=not args.no_profile,
+        profile_repeats=args.profile_repeats,
+        profile_threads=args.profile_threads,
+        progress=not args.no_progress,
+    )
+    return runner.run()

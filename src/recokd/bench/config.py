@@ -1,0 +1,259 @@
+"""What a bench is: the study settings every run must share, the selection of runs, the folder layout.
+
+A bench folder holds ``bench_config.json`` with the :class:`Study` (dataset, configuration, fold,
+teacher, training schedule, test set): everything that makes two runs comparable. A later
+``recokd bench`` on the same folder must describe the same study (it may select other methods,
+widths or seeds: those only add runs); otherwise it is refused, since mixing runs trained
+under different settings in one table would be wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recokd.errors import UserError
+
+CONFIG_FILE = "bench_config.json"
+CONFIG_FORMAT = 1
+NOKD = "nokd"
+TEACHER = "teacher"
+#: dataset id and name of the phantom dataset written by ``--phantoms`` (inside the bench folder)
+PHANTOM_DATASET_ID = 991
+PHANTOM_DATASET_NAME = "BenchPhantoms"
+#: nnU-Net trainer of the teacher (when the bench trains it) and of the no-KD students
+STOCK_TRAINER = "nnUNetTrainerShort"
+KD_TRAINER = "nnUNetTrainerReCoKD"
+RESULT_FILE = "result.json"
+LOG_FILE = "run.log"
+
+
+# ---------------------------------------------------------------------------- parsing helpers
+
+
+def parse_int_list(text: str, what: str, minimum: int = 0) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (duplicates removed, order kept); UserError naming ``what``."""
+    out: list[int] = []
+    for raw in str(text).split(","):
+        raw = raw.strip()
+        try:
+            value = int(raw)
+        except ValueError:
+            raise UserError(f"{what}: expected comma-separated integers, got {text!r}") from None
+        if value < minimum:
+            raise UserError(f"{what}: values must be >= {minimum}, got {value}")
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def registered_methods() -> list[str]:
+    """Registered KD methods, in registration order (ReCo-KD, its ablations, then the baselines)."""
+    from recokd.kd.registry import available_methods
+
+    return list(available_methods())
+
+
+def parse_methods(text: str | None, registered: list[str] | None = None) -> list[str]:
+    """KD method names of ``--methods`` (default: every registered one), checked against the registry.
+
+    ``nokd`` (the student without KD) and ``teacher`` are always part of a bench; listing them is
+    allowed and ignored.
+    """
+    known = registered_methods() if registered is None else list(registered)
+    if text is None or not text.strip():
+        return known
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known and n not in (NOKD, TEACHER)]
+    if unknown:
+        raise UserError(
+            f"--methods: unknown method(s) {', '.join(unknown)}; registered KD methods: {', '.join(known)} "
+            f"(see `recokd methods`; '{NOKD}' and '{TEACHER}' are always included)"
+        )
+    return list(dict.fromkeys(n for n in names if n not in (NOKD, TEACHER)))
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class PhantomSpec:
+    """The generated dataset of ``--phantoms`` (:func:`recokd.data.phantoms.write_phantom_dataset`)."""
+
+    cases: int = 24
+    test_cases: int = 8
+    shape: list[int] = field(default_factory=lambda: [32, 32, 32])
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.cases < 5:
+            raise UserError("--phantom-cases must be >= 5 (nnU-Net's 5-fold split needs 5 training cases)")
+        if self.test_cases < 1:
+            raise UserError("--phantom-test-cases must be >= 1")
+        if len(self.shape) != 3 or min(self.shape) < 16:
+            raise UserError(f"--phantom-shape: expected one or three sizes >= 16, got {self.shape}")
+
+
+@dataclass
+class Study:
+    """Settings every run of a bench shares (compared on resume; see the module doc)."""
+
+    dataset: str  #: ``DatasetXXX_Name`` (for ``--phantoms``: the generated one)
+    phantoms: dict[str, Any] | None  #: :class:`PhantomSpec` fields, or None for a user dataset
+    configuration: str = "3d_fullres"
+    fold: str = "0"
+    plans: str = "nnUNetPlans"
+    c_min: int = 4
+    teacher: str | None = None  #: an existing teacher results folder, or None: trained by the bench
+    teacher_epochs: int | None = 5  #: when the bench trains the teacher (None otherwise)
+    teacher_seed: int | None = 0
+    epochs: int = 5
+    iters_per_epoch: int = 30
+    val_iters: int = 2
+    kd_weight: float = 0.01
+    test_images: str | None = None  #: None: ``imagesTs`` of the raw dataset
+    test_labels: str | None = None  #: None: ``labelsTs`` of the raw dataset
+    small_classes: list[str] | None = None  #: None: the phantoms' size group "small" (if any)
+
+    def validate(self) -> None:
+        for name in ("epochs", "iters_per_epoch", "val_iters"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.teacher is None and (self.teacher_epochs is None or self.teacher_epochs < 1):
+            raise UserError("--teacher-epochs must be >= 1")
+        if not self.kd_weight >= 0:
+            raise UserError(f"--kd-weight must be >= 0, got {self.kd_weight}")
+        if self.c_min < 1:
+            raise UserError(f"--c-min must be >= 1, got {self.c_min}")
+        if (self.test_images is None) != (self.test_labels is None):
+            raise UserError(
+                "give --test-images and --test-labels together (or neither: imagesTs/labelsTs of "
+                "the raw dataset)"
+            )
+
+    def schedule_text(self) -> str:
+        teacher = (
+            f"teacher: existing model {self.teacher}"
+            if self.teacher
+            else f"teacher: stock nnU-Net ({STOCK_TRAINER}) {self.teacher_epochs} epoch(s) x "
+            f"{self.iters_per_epoch} iterations, seed {self.teacher_seed}"
+        )
+        return (
+            f"students: {self.epochs} epoch(s) x {self.iters_per_epoch} training iterations "
+            f"({self.val_iters} validation iteration(s) per epoch); KD weight lambda_max {self.kd_weight} "
+            f"(recokd train's default linear warm-up schedule); {teacher}"
+        )
+
+
+@dataclass
+class Selection:
+    """The runs asked for: KD methods (``nokd`` and the teacher are implied), width exponents, seeds."""
+
+    methods: list[str]
+    ts: list[int]
+    seeds: list[int]
+
+    def validate(self) -> None:
+        if not self.ts:
+            raise UserError("-t: give at least one width exponent")
+        if not self.seeds:
+            raise UserError("--seeds: give at least one seed")
+        if any(t < 1 for t in self.ts):
+            raise UserError(f"-t: width exponents must be >= 1 (t=0 is the teacher), got {self.ts}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: ``teacher`` (t None), or a student of width exponent ``t`` (``nokd`` or a KD
+    method)."""
+
+    method: str
+    t: int | None
+    seed: int | None
+
+    @property
+    def key(self) -> str:
+        if self.method == TEACHER:
+            return TEACHER
+        return f"t{self.t}/{self.method}/seed{self.seed}"
+
+    @property
+    def label(self) -> str:
+        if self.method == TEACHER:
+            return TEACHER
+        return f"t{self.t} {self.method} seed {self.seed}"
+
+    def folder(self, out: Path) -> Path:
+        if self.method == TEACHER:
+            return out / TEACHER
+        return out / "runs" / f"t{self.t}" / self.method / f"seed{self.seed}"
+
+
+def plan_runs(selection: Selection) -> list[RunSpec]:
+    """Teacher first, then per width and seed the no-KD student and every KD method (so that the
+    first seed of every method is finished before the second one starts)."""
+    runs = [RunSpec(TEACHER, None, None)]
+    for t in selection.ts:
+        for seed in selection.seeds:
+            runs.append(RunSpec(NOKD, t, seed))
+            runs.extend(RunSpec(m, t, seed) for m in selection.methods)
+    return runs
+
+
+# ---------------------------------------------------------------------------- bench_config.json
+
+
+def study_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``field: saved ..., now ...`` for every study field that differs."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            out.append(f"{key}: saved {saved.get(key)!r}, now {current.get(key)!r}")
+    return out
+
+
+def check_or_write_config(out: Path, study: Study, selection: Selection) -> bool:
+    """Refuse an ``out`` folder that holds another study (or is not a bench folder); record this call.
+
+    Returns True when the folder was a bench of this study already (a resumed bench).
+    """
+    path = out / CONFIG_FILE
+    current = asdict(study)
+    resumed = False
+    history: list[dict[str, Any]] = []
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            saved_study = saved["study"]
+            history = list(saved.get("selections", []))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(
+                f"{path} is not a readable bench configuration ({e}); pass --overwrite to start "
+                "the bench in this folder over"
+            ) from None
+        diffs = study_differences(saved_study, current)
+        if diffs:
+            raise UserError(
+                f"{out} holds a bench with other settings ({'; '.join(diffs)}). Runs trained under different "
+                "settings must not be mixed in one table: use another -o folder, repeat the saved settings "
+                "to resume that bench, or pass --overwrite to delete it and start over"
+            )
+        resumed = True
+    elif out.is_dir() and any(out.iterdir()):
+        raise UserError(
+            f"output folder {out} is not empty and holds no {CONFIG_FILE} (not a bench folder); "
+            "choose another -o folder or pass --overwrite to delete its content"
+        )
+    history.append(asdict(selection))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(
+        json.dumps({"reco_kd_bench": CONFIG_FORMAT, "study": current, "selections": history}, indent=2)
+        + "\n",
+        encoding="utf-8",
+    )
+    os.replace(tmp, path)
+    return resumed

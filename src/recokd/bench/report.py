@@ -1,0 +1,570 @@
+"""Aggregation of finished bench runs: tables (CSV, Markdown), paired tests and charts.
+
+Conventions (also written into ``results.md``):
+
+- A run's **mean Dice** is the evaluation's foreground mean (mean over classes of the per-class
+  mean over test cases); **small Dice** the same over the group ``small`` (the phantoms' small
+  structures, or ``--small-classes``); **HD95** the foreground mean HD95 in mm (NaN cases left
+  out, see ``docs/evaluation-conventions.md``).
+- Per (method, t): **mean and sample sd (n-1) over seeds** of those per-run values (sd empty for
+  one seed). Per-class Dice likewise.
+- **Paired test** of a method against the no-KD student of the same t: one pair per (seed, test
+  case) present in both, the values being the case's mean Dice over foreground classes (method
+  run of seed s vs no-KD run of seed s); two-sided Wilcoxon signed-rank test
+  (``scipy.stats.wilcoxon``, zero differences dropped, scipy's default exact/normal choice);
+  ``delta`` is the mean of the paired differences. Holm's correction is over the methods of one t.
+- **Gap recovered** = (method - nokd) / (teacher - nokd) on the seed means, for mean Dice and
+  small Dice; empty when the teacher is not better than nokd by more than 1e-9.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recokd.bench.config import NOKD, RESULT_FILE, TEACHER
+
+GAP_EPS = 1e-9
+
+
+@dataclass
+class RunResult:
+    """The evaluation of one finished run."""
+
+    method: str
+    t: int | None
+    seed: int | None
+    mean_dice: float | None
+    small_dice: float | None
+    hd95_mm: float | None
+    class_dice: dict[str, float | None]  #: class -> mean Dice over test cases
+    case_dice: dict[str, float]  #: test case -> mean Dice over foreground classes
+    small_classes: list[str] = field(default_factory=list)
+    wall_s: float | None = None
+    device: str | None = None
+    folder: str | None = None
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float | None
+    sd: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    n_pairs: int
+    mean_difference: float | None  #: mean of (method - nokd) over the pairs
+    statistic: float | None
+    p_value: float | None
+    note: str = ""
+
+
+@dataclass
+class SummaryRow:
+    method: str
+    t: int | None
+    seeds: list[int | None]
+    mean_dice: Stat
+    small_dice: Stat
+    hd95_mm: Stat
+    class_dice: dict[str, Stat]
+    test: PairedTest | None = None
+    p_holm: float | None = None
+    gap_dice: float | None = None
+    gap_small: float | None = None
+    parameters: int | None = None
+    flops_per_patch: int | None = None
+    latency_s: float | None = None
+
+
+# ---------------------------------------------------------------------------- reading runs
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, dict):
+        value = value.get("mean")
+    if value is None or value == "":
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def load_run_result(folder: Path) -> RunResult:
+    """Read ``result.json`` and ``evaluation/{summary.json,per_case.csv}`` of a finished run."""
+    record = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+    evaluation = Path(record.get("evaluation") or folder / "evaluation")
+    if not evaluation.is_dir():
+        evaluation = folder / "evaluation"
+    summary = json.loads((evaluation / "summary.json").read_text(encoding="utf-8"))
+    per_class = summary.get("per_class", {})
+    small = (summary.get("groups") or {}).get("small") or {}
+    cases: dict[str, list[float]] = {}
+    with (evaluation / "per_case.csv").open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            cases.setdefault(row["case"], []).append(float(row["dice"]))
+    return RunResult(
+        method=record["method"],
+        t=record.get("t"),
+        seed=record.get("seed"),
+        mean_dice=_number(summary["foreground_mean"].get("dice")),
+        small_dice=_number(small.get("dice")) if small else None,
+        hd95_mm=_number(summary["foreground_mean"].get("hd95_mm")),
+        class_dice={name: _number(entry["dice"]) for name, entry in per_class.items()},
+        case_dice={case: sum(v) / len(v) for case, v in cases.items()},
+        small_classes=list(small.get("classes", [])) if small else [],
+        wall_s=record.get("wall_s"),
+        device=record.get("device"),
+        folder=str(folder),
+    )
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def mean_sd(values: Sequence[float | None]) -> Stat:
+    """Mean and sample sd (n-1; None below 2 values) of the values that are not None/NaN."""
+    kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    n = len(kept)
+    if n == 0:
+        return Stat(None, None, 0)
+    mean = sum(kept) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in kept) / (n - 1)) if n >= 2 else None
+    return Stat(mean, sd, n)
+
+
+def paired_pairs(
+    method_runs: Sequence[RunResult], nokd_runs: Sequence[RunResult]
+) -> list[tuple[float, float]]:
+    """(method, nokd) case mean Dice per (seed, case) present in both, ordered by seed then case."""
+    baseline = {r.seed: r for r in nokd_runs}
+    pairs = []
+    for run in sorted(method_runs, key=lambda r: (r.seed is None, r.seed)):
+        base = baseline.get(run.seed)
+        if base is None:
+            continue
+        for case in sorted(run.case_dice):
+            if case in base.case_dice:
+                pairs.append((run.case_dice[case], base.case_dice[case]))
+    return pairs
+
+
+def paired_test(method_runs: Sequence[RunResult], nokd_runs: Sequence[RunResult]) -> PairedTest:
+    """Two-sided Wilcoxon signed-rank test of the (seed, case) pairs against the no-KD student."""
+    pairs = paired_pairs(method_runs, nokd_runs)
+    if not pairs:
+        return PairedTest(0, None, None, None, "no (seed, case) pairs with the no-KD student")
+    diffs = [a - b for a, b in pairs]
+    delta = sum(diffs) / len(diffs)
+    if all(d == 0 for d in diffs):
+        return PairedTest(len(pairs), delta, None, None, "all paired differences are zero")
+    from scipy.stats import wilcoxon
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's small-sample notes
+        res = wilcoxon([a for a, _ in pairs], [b for _, b in pairs], alternative="two-sided")
+    return PairedTest(len(pairs), delta, float(res.statistic), float(res.pvalue))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (None entries are not tests and stay None)."""
+    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(order)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def gap_recovered(method: float | None, nokd: float | None, teacher: float | None) -> float | None:
+    """``(method - nokd) / (teacher - nokd)``; None when a value is missing or the teacher is not better."""
+    if method is None or nokd is None or teacher is None or teacher - nokd <= GAP_EPS:
+        return None
+    return (method - nokd) / (teacher - nokd)
+
+
+def class_names(results: Sequence[RunResult]) -> list[str]:
+    names: list[str] = []
+    for r in results:
+        names.extend(n for n in r.class_dice if n not in names)
+    return names
+
+
+def summarize(
+    results: Sequence[RunResult],
+    methods: Sequence[str],
+    ts: Sequence[int],
+    profiles: dict[str, dict[str, Any]] | None = None,
+) -> list[SummaryRow]:
+    """One row for the teacher, then per t one for ``nokd`` and one per method (runs present only)."""
+    profiles = profiles or {}
+    classes = class_names(results)
+
+    def row(method: str, t: int | None, runs: list[RunResult], arch: str) -> SummaryRow:
+        prof = profiles.get(arch) or {}
+        return SummaryRow(
+            method=method,
+            t=t,
+            seeds=[r.seed for r in runs],
+            mean_dice=mean_sd([r.mean_dice for r in runs]),
+            small_dice=mean_sd([r.small_dice for r in runs]),
+            hd95_mm=mean_sd([r.hd95_mm for r in runs]),
+            class_dice={c: mean_sd([r.class_dice.get(c) for r in runs]) for c in classes},
+            parameters=prof.get("parameters"),
+            flops_per_patch=prof.get("flops_per_patch"),
+            latency_s=prof.get("latency_s"),
+        )
+
+    rows: list[SummaryRow] = []
+    teacher_runs = [r for r in results if r.method == TEACHER]
+    teacher = row(TEACHER, None, teacher_runs, TEACHER) if teacher_runs else None
+    if teacher:
+        rows.append(teacher)
+    for t in ts:
+        of_t = [r for r in results if r.t == t and r.method != TEACHER]
+        nokd_runs = sorted((r for r in of_t if r.method == NOKD), key=lambda r: r.seed or 0)
+        nokd = row(NOKD, t, nokd_runs, f"t{t}") if nokd_runs else None
+        if nokd:
+            rows.append(nokd)
+        tested = []
+        for m in methods:
+            runs = sorted((r for r in of_t if r.method == m), key=lambda r: r.seed or 0)
+            if not runs:
+                continue
+            r = row(m, t, runs, f"t{t}")
+            if nokd:
+                r.test = paired_test(runs, nokd_runs)
+                tested.append(r)
+                if teacher:
+                    r.gap_dice = gap_recovered(r.mean_dice.mean, nokd.mean_dice.mean, teacher.mean_dice.mean)
+                    r.gap_small = gap_recovered(
+                        r.small_dice.mean, nokd.small_dice.mean, teacher.small_dice.mean
+                    )
+            rows.append(r)
+        for r, p in zip(tested, holm([r.test.p_value for r in tested if r.test]), strict=True):
+            r.p_holm = p
+    return rows
+
+
+# ---------------------------------------------------------------------------- CSV
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def _csv(fields: list[str], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _cell(r.get(k)) for k in fields})
+    return buf.getvalue()
+
+
+def runs_csv(results: Sequence[RunResult]) -> str:
+    """One row per run: method, t, seed, mean/small Dice, HD95, per-class Dice, wall time."""
+    classes = class_names(results)
+    fields = [
+        "method",
+        "t",
+        "seed",
+        "mean_dice",
+        "small_dice",
+        "hd95_mm",
+        *[f"dice_{c}" for c in classes],
+        "n_cases",
+        "wall_s",
+        "device",
+        "folder",
+    ]
+    rows = []
+    for r in results:
+        rows.append(
+            {
+                "method": r.method,
+                "t": r.t,
+                "seed": r.seed,
+                "mean_dice": r.mean_dice,
+                "small_dice": r.small_dice,
+                "hd95_mm": r.hd95_mm,
+                **{f"dice_{c}": r.class_dice.get(c) for c in classes},
+                "n_cases": len(r.case_dice),
+                "wall_s": r.wall_s,
+                "device": r.device,
+                "folder": r.folder,
+            }
+        )
+    return _csv(fields, rows)
+
+
+def summary_csv(rows: Sequence[SummaryRow]) -> str:
+    """One row per (method, t): mean and sd over seeds, the paired test, gap recovered, efficiency."""
+    classes = list(rows[0].class_dice) if rows else []
+    fields = ["method", "t", "n_runs", "seeds"]
+    for name in ("mean_dice", "small_dice", "hd95_mm", *[f"dice_{c}" for c in classes]):
+        fields += [f"{name}_mean", f"{name}_sd"]
+    fields += [
+        "delta_dice_vs_nokd",
+        "wilcoxon_p",
+        "wilcoxon_p_holm",
+        "n_pairs",
+        "gap_recovered_dice",
+        "gap_recovered_small_dice",
+        "parameters",
+        "gflops_per_patch",
+        "cpu_latency_s",
+    ]
+    out = []
+    for r in rows:
+        d: dict[str, Any] = {
+            "method": r.method,
+            "t": r.t,
+            "n_runs": len(r.seeds),
+            "seeds": " ".join("" if s is None else str(s) for s in r.seeds),
+        }
+        stats = {
+            "mean_dice": r.mean_dice,
+            "small_dice": r.small_dice,
+            "hd95_mm": r.hd95_mm,
+            **{f"dice_{c}": s for c, s in r.class_dice.items()},
+        }
+        for name, s in stats.items():
+            d[f"{name}_mean"], d[f"{name}_sd"] = s.mean, s.sd
+        if r.test:
+            d.update(
+                delta_dice_vs_nokd=r.test.mean_difference,
+                wilcoxon_p=r.test.p_value,
+                wilcoxon_p_holm=r.p_holm,
+                n_pairs=r.test.n_pairs,
+            )
+        d.update(
+            gap_recovered_dice=r.gap_dice,
+            gap_recovered_small_dice=r.gap_small,
+            parameters=r.parameters,
+            gflops_per_patch=None if r.flops_per_patch is None else r.flops_per_patch / 1e9,
+            cpu_latency_s=r.latency_s,
+        )
+        out.append(d)
+    return _csv(fields, out)
+
+
+# ---------------------------------------------------------------------------- Markdown
+
+
+def _ms(s: Stat, spec: str = ".3f") -> str:
+    if s.mean is None:
+        return "n/a"
+    return format(s.mean, spec) if s.sd is None else f"{format(s.mean, spec)} ± {format(s.sd, spec)}"
+
+
+def _f(v: float | None, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return ""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def display_name(method: str) -> str:
+    return {NOKD: "no KD", TEACHER: "teacher"}.get(method, method)
+
+
+def _params(n: int | None) -> str:
+    return "" if n is None else f"{n / 1e6:.2f}M"
+
+
+def main_table(rows: Sequence[SummaryRow]) -> str:
+    head = [
+        "model",
+        "t",
+        "seeds",
+        "mean Dice",
+        "small Dice",
+        "HD95 mm",
+        "Δ Dice vs no KD",
+        "p (Wilcoxon)",
+        "p (Holm)",
+        "pairs",
+        "gap rec. Dice",
+        "gap rec. small",
+        "params",
+        "GFLOPs/patch",
+        "CPU s/case",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for r in rows:
+        test = r.test
+        cells = [
+            display_name(r.method),
+            "" if r.t is None else str(r.t),
+            str(len(r.seeds)),
+            _ms(r.mean_dice),
+            _ms(r.small_dice),
+            _ms(r.hd95_mm, ".1f"),
+            _f(test.mean_difference, "+.3f") if test else "",
+            _p(test.p_value) if test else "",
+            _p(r.p_holm),
+            str(test.n_pairs) if test else "",
+            _f(r.gap_dice, ".2f"),
+            _f(r.gap_small, ".2f"),
+            _params(r.parameters),
+            _f(None if r.flops_per_patch is None else r.flops_per_patch / 1e9, ".2f"),
+            _f(r.latency_s, ".3f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def class_table(rows: Sequence[SummaryRow], small_classes: Sequence[str] = ()) -> str:
+    classes = list(rows[0].class_dice) if rows else []
+    head = ["model", "t", *[f"{c} (small)" if c in small_classes else c for c in classes]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---:"] + ["---:"] * len(classes)) + "|"]
+    for r in rows:
+        cells = [
+            display_name(r.method),
+            "" if r.t is None else str(r.t),
+            *[_ms(r.class_dice[c]) for c in classes],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+CONVENTIONS = """\
+- Dice and HD95 are computed on the held-out test cases by `recokd evaluate`'s code
+  (empty-mask convention recokd-empty-v1; HD95 NaN cases left out). A run's **mean Dice** is the
+  mean over foreground classes of the per-class mean over cases (every class weighs the same);
+  **small Dice** the same over the small-structure group; **HD95** the foreground mean in mm.
+- **mean ± sd**: over the seeds of a (method, t); sd is the sample sd (n-1), left out for one seed.
+  Per-class Dice likewise. The teacher is one model (one training run).
+- **Δ Dice vs no KD**, **p**: paired against the no-KD student of the same t, one pair per (seed, test
+  case) present in both, values = the case's mean Dice over foreground classes; Δ is the mean paired
+  difference, p the two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences
+  dropped); pairs of one case across seeds are not independent, so read p as descriptive.
+  **p (Holm)**: Holm's step-down correction over the methods of one t.
+- **gap rec.**: (method − no KD) / (teacher − no KD) on the seed means (mean Dice; small Dice);
+  empty when the teacher is not better than the no-KD student.
+- **params**, **GFLOPs/patch** (torch.utils.flop_counter, 2 FLOPs per multiply-add, one patch, batch 1) and
+  **CPU s/case** (nnU-Net sliding window on one test case, mirroring off, median of repeats after a
+  warm-up; preprocessing and export not timed) are measured once per architecture: the students of one
+  t share it (the no-KD student of the first seed is profiled).
+"""
+
+
+def results_markdown(
+    rows: Sequence[SummaryRow],
+    *,
+    title: str,
+    setup: Sequence[str],
+    small_classes: Sequence[str] = (),
+    missing: Sequence[str] = (),
+) -> str:
+    parts = [
+        f"# {title}",
+        "",
+        *[f"- {s}" for s in setup],
+        "",
+        "## Mean Dice, small structures, HD95, cost",
+        "",
+        main_table(rows),
+        "",
+        "## Per-class Dice (mean ± sd over seeds)",
+        "",
+        class_table(rows, small_classes),
+        "",
+        "## Conventions",
+        "",
+        CONVENTIONS,
+    ]
+    if missing:
+        parts += ["## Missing or failed runs (not in the tables)", "", *[f"- {m}" for m in missing], ""]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------- charts
+
+
+def plot_dice_vs_latency(rows: Sequence[SummaryRow], out_png: Path, title: str) -> Path | None:
+    from recokd.evaluation.plots import dice_vs_latency
+
+    points = [
+        {
+            "name": display_name(r.method) + ("" if r.t is None else f" t{r.t}"),
+            "latency_s": r.latency_s,
+            "dice": r.mean_dice.mean,
+        }
+        for r in rows
+        if r.latency_s and r.latency_s > 0 and r.mean_dice.mean is not None
+    ]
+    if not points:
+        return None
+    return dice_vs_latency(
+        points,
+        out_png,
+        title=title,
+        latency_label="CPU latency per test case (s, sliding window, no mirroring, median)",
+        overwrite=True,
+    )
+
+
+def plot_class_dice(
+    rows: Sequence[SummaryRow], out_png: Path, small_classes: Sequence[str] = ()
+) -> Path | None:
+    """Grouped bars of per-class Dice (seed mean, sd as error bar), one panel per t (teacher in each)."""
+    from recokd.evaluation.plots import _figure, _save
+
+    classes = list(rows[0].class_dice) if rows else []
+    ts = sorted({r.t for r in rows if r.t is not None})
+    if not classes or not ts:
+        return None
+    teacher = [r for r in rows if r.method == TEACHER]
+    panels = [teacher + [r for r in rows if r.t == t] for t in ts]
+    n_bars = max(len(p) for p in panels)
+    fig = _figure(max(7.0, 0.11 * n_bars * len(classes) + 2.5), 3.2 * len(ts) + 0.6)
+    axes = fig.subplots(len(ts), 1, squeeze=False)[:, 0]
+    width = 0.8 / n_bars
+    for ax, t, panel in zip(axes, ts, panels, strict=True):
+        for j, r in enumerate(panel):
+            xs = [i - 0.4 + (j + 0.5) * width for i in range(len(classes))]
+            means = [r.class_dice[c].mean or 0.0 for c in classes]
+            sds = [r.class_dice[c].sd or 0.0 for c in classes]
+            ax.bar(
+                xs,
+                means,
+                width=width,
+                yerr=sds,
+                capsize=1.5,
+                label=display_name(r.method),
+                error_kw={"elinewidth": 0.6},
+            )
+        ax.set_xticks(
+            range(len(classes)),
+            [f"{c}*" if c in small_classes else c for c in classes],
+            rotation=20,
+            ha="right",
+        )
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("Dice")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title(
+            f"t={t}: per-class Dice, mean ± sd over seeds" + ("; * small structure" if small_classes else ""),
+            fontsize=9,
+        )
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return _save(fig, out_png, overwrite=True)

@@ -1,0 +1,630 @@
+"""The parent side of ``recokd bench``: dataset, student plans, the runs (one subprocess each), profiles,
+and the report. Light on imports: nnU-Net and torch run in the workers (:mod:`recokd.bench.worker`).
+
+Folder layout (``OUT`` = ``-o``)::
+
+    OUT/bench_config.json            the study (compared on resume) and every selection asked for
+    OUT/nnUNet_raw, nnUNet_preprocessed   --phantoms only: the generated dataset
+    OUT/teacher/                     the teacher run: nnUNet_results (unless --teacher), predictions,
+                                     evaluation, job.json, run.log, result.json
+    OUT/runs/t<T>/<method>/seed<S>/  a student run: the same files
+    OUT/profile/<teacher|t<T>>.json  parameters, FLOPs, CPU latency per architecture
+    OUT/runs.csv, summary.csv, results.md, dice_vs_latency.png, per_class_dice.png
+
+A run is finished when its ``result.json`` exists (written after its evaluation); finished runs
+are never repeated (unless ``--rerun``). An unfinished run is started over: a fold folder without
+``checkpoint_final.pth`` is deleted (``recokd train --overwrite``) and trained again; a fold with
+``checkpoint_final.pth`` is only predicted and evaluated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recokd.bench import report
+from recokd.bench.config import (
+    KD_TRAINER,
+    LOG_FILE,
+    NOKD,
+    PHANTOM_DATASET_ID,
+    RESULT_FILE,
+    STOCK_TRAINER,
+    TEACHER,
+    RunSpec,
+    Selection,
+    Study,
+    plan_runs,
+)
+from recokd.bench.worker import command, write_json_atomic
+from recokd.errors import UserError
+
+#: CPU-friendly nnU-Net settings (set unless the environment has them): augmentation in the main
+#: process, one export process, no torch.compile
+CPU_ENV = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
+SHORT_ENV = ("RECOKD_SHORT_EPOCHS", "RECOKD_SHORT_ITERS", "RECOKD_SHORT_VAL_ITERS")
+PREPARED_FILE = "prepared.json"
+OUTPUT_FILES = ("runs.csv", "summary.csv", "results.md", "dice_vs_latency.png", "per_class_dice.png")
+
+
+@contextlib.contextmanager
+def temporary_environ(**values: str | None) -> Iterator[None]:
+    """Set (or, for None, remove) environment variables for the block; restore them afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ---------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class Layout:
+    out: Path
+    dataset: str
+    raw_root: Path
+    preprocessed_root: Path
+    test_images: Path
+    test_labels: Path
+    teacher_model: Path  #: Trainer__Plans__Configuration folder of the teacher
+    student_plans: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def raw_folder(self) -> Path:
+        return self.raw_root / self.dataset
+
+    @property
+    def dataset_json(self) -> Path | None:
+        p = self.raw_folder / "dataset.json"
+        return p if p.is_file() else None
+
+
+def _require_env_dir(name: str) -> Path:
+    value = os.environ.get(name)
+    if not value:
+        raise UserError(
+            f"--dataset: environment variable {name} is not set (nnU-Net's folders, see nnU-Net's "
+            "documentation/setting_up_paths.md); or use --phantoms for a generated dataset"
+        )
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{name}={value} is not a directory")
+    return path
+
+
+def resolve_user_dataset(dataset: str, plans: str, configuration: str) -> tuple[str, Path, Path]:
+    """``(DatasetXXX_Name, nnUNet_raw, nnUNet_preprocessed)`` of ``--dataset``, checked to be planned and
+    preprocessed for ``configuration``."""
+    raw = _require_env_dir("nnUNet_raw")
+    pre = _require_env_dir("nnUNet_preprocessed")
+    from recokd.nnunet.plans import resolve_dataset_name
+
+    with temporary_environ(nnUNet_results=None):  # the user's trained models play no part
+        name = resolve_dataset_name(dataset)
+    did = name[len("Dataset") : len("Dataset") + 3]
+    hint = f"nnUNetv2_plan_and_preprocess -d {int(did) if did.isdigit() else name} -c {configuration}"
+    if plans != "nnUNetPlans":
+        hint += " -p <planner> (for plans " + plans + ")"
+    plans_file = pre / name / f"{plans}.json"
+    if not plans_file.is_file():
+        raise UserError(
+            f"--dataset {dataset}: {plans_file} does not exist, the dataset is not planned; run "
+            f"`{hint}` first"
+        )
+    try:
+        content = json.loads(plans_file.read_text(encoding="utf-8"))
+        config = content["configurations"][configuration]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"--dataset {dataset}: {plans_file} has no configuration {configuration!r}; run `{hint}` first"
+        ) from None
+    identifier = config.get("data_identifier")
+    parent = config.get("inherits_from")
+    while identifier is None and parent:
+        identifier = content["configurations"][parent].get("data_identifier")
+        parent = content["configurations"][parent].get("inherits_from")
+    data = pre / name / str(identifier)
+    if identifier is None or not data.is_dir() or not any(data.iterdir()):
+        raise UserError(
+            f"--dataset {dataset}: no preprocessed data in {data} for configuration {configuration}; "
+            f"run `{hint}` first"
+        )
+    return name, raw, pre
+
+
+def check_teacher_folder(path: str, configuration: str, fold: str) -> Path:
+    """An existing teacher: nnU-Net's ``.../DatasetXXX_Name/Trainer__Plans__Configuration`` (or a fold
+    folder in it)."""
+    p = Path(path).expanduser().resolve()
+    if p.name.startswith("fold_"):
+        p = p.parent
+    parts = p.name.split("__")
+    if not p.is_dir() or len(parts) != 3 or not p.parent.name.startswith("Dataset"):
+        raise UserError(
+            f"--teacher {path}: expected an nnU-Net results folder "
+            "$nnUNet_results/DatasetXXX_Name/Trainer__Plans__Configuration"
+        )
+    if parts[2] != configuration:
+        raise UserError(
+            f"--teacher {path}: trained for configuration {parts[2]!r}, the bench uses {configuration!r} (-c)"
+        )
+    ckpt = p / f"fold_{fold}" / "checkpoint_final.pth"
+    if not ckpt.is_file():
+        raise UserError(
+            f"--teacher {path}: {ckpt} does not exist (the teacher must be trained on the bench's "
+            f"fold {fold}, -f)"
+        )
+    return p
+
+
+def _check_test_folders(images: Path, labels: Path, explicit: bool) -> None:
+    how = (
+        ""
+        if explicit
+        else " (default: imagesTs/labelsTs of the raw dataset; give --test-images DIR --test-labels DIR)"
+    )
+    for what, folder in (("test images", images), ("test labels", labels)):
+        if not folder.is_dir():
+            raise UserError(f"{what}: {folder} does not exist{how}")
+        if not any(folder.iterdir()):
+            raise UserError(f"{what}: {folder} is empty{how}")
+
+
+def first_case_files(images: Path, dataset_json: Path | None) -> list[str] | None:
+    """The channel files of the first test case (for the latency profile), or None if unsure."""
+    if dataset_json is None:
+        return None
+    try:
+        dj = json.loads(dataset_json.read_text(encoding="utf-8"))
+        ending = dj["file_ending"]
+        channels = len(dj.get("channel_names") or dj["modality"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    suffix = f"_0000{ending}"
+    cases = sorted(p.name[: -len(suffix)] for p in images.glob(f"*{suffix}"))
+    if not cases:
+        return None
+    files = [images / f"{cases[0]}_{c:04d}{ending}" for c in range(channels)]
+    return [str(f) for f in files] if all(f.is_file() for f in files) else None
+
+
+# ---------------------------------------------------------------------------- runner
+
+
+class BenchRunner:
+    """Runs a bench into ``out`` (see the module doc); :meth:`run` returns the exit code."""
+
+    def __init__(
+        self,
+        out: Path,
+        study: Study,
+        selection: Selection,
+        *,
+        device: str = "cpu",
+        rerun: bool = False,
+        profile: bool = True,
+        profile_repeats: int = 3,
+        profile_threads: int | None = None,
+        progress: bool = True,
+        echo: Callable[[str], None] = print,
+    ):
+        self.out = out
+        self.study = study
+        self.selection = selection
+        self.device = device
+        self.rerun = rerun
+        self.profile = profile
+        self.profile_repeats = profile_repeats
+        self.profile_threads = profile_threads
+        self.progress = progress
+        self.echo = echo
+        self.failures: list[str] = []
+
+    # ------------------------------------------------------------------ environment and jobs
+
+    def env(self, layout: Layout, results_root: Path, short_epochs: int | None = None) -> dict[str, str]:
+        from recokd.nnunet import add_ext_trainer_dir_to_env
+
+        env = dict(os.environ)
+        env.update(
+            nnUNet_raw=str(layout.raw_root),
+            nnUNet_preprocessed=str(layout.preprocessed_root),
+            nnUNet_results=str(results_root),
+            nnUNet_wandb_enabled="0",
+            PYTHONUNBUFFERED="1",
+        )
+        if self.device == "cpu":
+            for k, v in CPU_ENV.items():
+                env.setdefault(k, v)
+        env.pop("RECOKD_SETTINGS", None)
+        for k in SHORT_ENV:
+            env.pop(k, None)
+        if short_epochs is not None:
+            env.update(
+                RECOKD_SHORT_EPOCHS=str(short_epochs),
+                RECOKD_SHORT_ITERS=str(self.study.iters_per_epoch),
+                RECOKD_SHORT_VAL_ITERS=str(self.study.val_iters),
+            )
+        add_ext_trainer_dir_to_env(env)
+        return env
+
+    def _launch(self, job: dict[str, Any], job_file: Path, log: Path, env: dict[str, str]) -> int:
+        write_json_atomic(job_file, job)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as f:
+            f.write(f"\n##### {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(job_file))}\n")
+            f.flush()
+            return subprocess.run(
+                command(job_file), stdout=f, stderr=subprocess.STDOUT, env=env, check=False
+            ).returncode
+
+    # ------------------------------------------------------------------ dataset and plans
+
+    def prepare(self) -> Layout:
+        study, out = self.study, self.out
+        if study.phantoms is not None:
+            raw, pre = out / "nnUNet_raw", out / "nnUNet_preprocessed"
+            marker = out / PREPARED_FILE
+            if not marker.is_file():
+                for d in (raw, pre):
+                    d.mkdir(parents=True, exist_ok=True)
+                layout = Layout(out, study.dataset, raw, pre, raw, raw, out)
+                job = {
+                    "kind": "prepare",
+                    "phantoms": study.phantoms,
+                    "dataset_id": PHANTOM_DATASET_ID,
+                    "dataset_name": study.dataset.split("_", 1)[1],
+                    "raw_root": str(raw),
+                    "preprocessed_folder": str(pre / study.dataset),
+                    "configuration": study.configuration,
+                    "marker": str(marker),
+                }
+                spec = study.phantoms
+                self.echo(
+                    f"writing {spec['cases']}+{spec['test_cases']} phantoms of "
+                    f"{'x'.join(map(str, spec['shape']))} voxels and planning/preprocessing them with "
+                    f"nnU-Net ({study.configuration}) ..."
+                )
+                t0 = time.perf_counter()
+                log = out / "prepare.log"
+                env = self.env(layout, out / TEACHER / "nnUNet_results")
+                rc = self._launch(job, out / "prepare_job.json", log, env)
+                if rc != 0 or not marker.is_file():
+                    raise UserError(f"preparing the phantom dataset failed (exit code {rc}); see {log}")
+                self.echo(f"dataset ready in {time.perf_counter() - t0:.0f} s")
+        else:
+            raw, pre = _require_env_dir("nnUNet_raw"), _require_env_dir("nnUNet_preprocessed")
+        images = Path(study.test_images) if study.test_images else raw / study.dataset / "imagesTs"
+        labels = Path(study.test_labels) if study.test_labels else raw / study.dataset / "labelsTs"
+        _check_test_folders(images, labels, study.test_images is not None)
+        if study.teacher:
+            teacher = Path(study.teacher)
+        else:
+            teacher = (
+                out
+                / TEACHER
+                / "nnUNet_results"
+                / study.dataset
+                / f"{STOCK_TRAINER}__{study.plans}__{study.configuration}"
+            )
+        layout = Layout(out, study.dataset, raw, pre, images, labels, teacher)
+        layout.student_plans = self.student_plans(layout)
+        return layout
+
+    def student_plans(self, layout: Layout) -> dict[int, str]:
+        """Create the student plans of every t once, before any run (runs only read them)."""
+        from recokd.nnunet.plans import make_student_plans
+
+        out = {}
+        with temporary_environ(
+            nnUNet_raw=str(layout.raw_root),
+            nnUNet_preprocessed=str(layout.preprocessed_root),
+            nnUNet_results=None,
+        ):
+            for t in self.selection.ts:
+                sp = make_student_plans(
+                    layout.dataset, self.study.plans, self.study.configuration, t, c_min=self.study.c_min
+                )
+                out[t] = sp.identifier
+                self.echo(
+                    f"student plans t={t}: {sp.identifier} (widths {sp.student_widths}, "
+                    f"{sp.student_params:,} parameters = 1/{sp.teacher_params / sp.student_params:.1f} "
+                    "of the teacher)"
+                )
+        return out
+
+    # ------------------------------------------------------------------ runs
+
+    def model_folder(self, layout: Layout, spec: RunSpec) -> Path:
+        study = self.study
+        if spec.method == TEACHER:
+            return layout.teacher_model
+        trainer = STOCK_TRAINER if spec.method == NOKD else KD_TRAINER
+        return (
+            spec.folder(self.out)
+            / "nnUNet_results"
+            / layout.dataset
+            / f"{trainer}__{layout.student_plans[spec.t]}__{study.configuration}"
+        )
+
+    def run_job(self, layout: Layout, spec: RunSpec) -> tuple[dict[str, Any], dict[str, str]]:
+        """The worker job of ``spec`` and its environment."""
+        study, folder = self.study, spec.folder(self.out)
+        model = self.model_folder(layout, spec)
+        trainer, plans, _ = model.name.split("__")
+        fold_folder = model / f"fold_{study.fold}"
+        short_epochs: int | None = None
+        train: dict[str, Any] | None
+        seed = spec.seed
+        if spec.method == TEACHER:
+            seed = None if study.teacher else study.teacher_seed
+            train = None if study.teacher else {"type": "stock", "plans": study.plans}
+            short_epochs = None if study.teacher else study.teacher_epochs
+        elif spec.method == NOKD:
+            train = {"type": "stock", "plans": plans}
+            short_epochs = study.epochs
+        else:
+            train = {
+                "type": "recokd",
+                "argv": [
+                    "train",
+                    layout.dataset,
+                    study.configuration,
+                    study.fold,
+                    "--teacher",
+                    str(layout.teacher_model),
+                    "--teacher-fold",
+                    study.fold,
+                    "-t",
+                    str(spec.t),
+                    "-p",
+                    study.plans,
+                    "--c-min",
+                    str(study.c_min),
+                    "--method",
+                    spec.method,
+                    "--epochs",
+                    str(study.epochs),
+                    "--iters-per-epoch",
+                    str(study.iters_per_epoch),
+                    "--val-iters",
+                    str(study.val_iters),
+                    "--kd-weight",
+                    str(study.kd_weight),
+                    "--device",
+                    self.device,
+                ],
+            }
+        if train is not None and train["type"] == "stock":
+            train.update(
+                dataset=layout.dataset,
+                configuration=study.configuration,
+                fold=study.fold,
+                trainer=trainer,
+                device=self.device,
+            )
+        n_proc = "0" if self.device == "cpu" else "1"  # no worker processes for CPU inference
+        job = {
+            "kind": "run",
+            "seed": seed,
+            "train": train,
+            "fold_folder": str(fold_folder),
+            "predict_argv": [
+                "predict",
+                "-i",
+                str(layout.test_images),
+                "-o",
+                str(folder / "predictions"),
+                "-d",
+                layout.dataset,
+                "-c",
+                study.configuration,
+                "-f",
+                study.fold,
+                "-tr",
+                trainer,
+                "-p",
+                plans,
+                "--device",
+                self.device,
+                "--disable-tta",
+                "-npp",
+                n_proc,
+                "-nps",
+                n_proc,
+                "--overwrite",
+            ],
+            "predictions": str(folder / "predictions"),
+            "test_labels": str(layout.test_labels),
+            "dataset_json": str(layout.dataset_json) if layout.dataset_json else None,
+            "class_groups": {"small": study.small_classes} if study.small_classes else None,
+            "evaluation": str(folder / "evaluation"),
+            "result": str(folder / RESULT_FILE),
+            "record": {
+                "method": spec.method,
+                "t": spec.t,
+                "seed": seed,
+                "device": self.device,
+                "trainer": trainer,
+                "plans": plans,
+            },
+        }
+        return job, self.env(layout, model.parent.parent, short_epochs)
+
+    def run_all(self, layout: Layout) -> dict[RunSpec, str]:
+        """Every planned run in order; returns ``spec -> "done" | "failed"``."""
+        from tqdm import tqdm
+
+        runs = plan_runs(self.selection)
+        status: dict[RunSpec, str] = {}
+        bar = tqdm(total=len(runs), desc="bench", unit="run", disable=not self.progress, dynamic_ncols=True)
+        write = tqdm.write if self.progress else self.echo
+        for i, spec in enumerate(runs, 1):
+            prefix = f"[{i}/{len(runs)}] {spec.label}"
+            folder = spec.folder(self.out)
+            if self.rerun and folder.exists():
+                shutil.rmtree(folder)
+            if (folder / RESULT_FILE).is_file():
+                write(f"{prefix}: skip (done)")
+                status[spec] = "done"
+                bar.update()
+                continue
+            teacher_ckpt = layout.teacher_model / f"fold_{self.study.fold}" / "checkpoint_final.pth"
+            if spec.method not in (TEACHER, NOKD) and not teacher_ckpt.is_file():
+                write(f"{prefix}: FAILED: no teacher ({teacher_ckpt} is missing; see the teacher run above)")
+                self.failures.append(f"{spec.label}: not run, the teacher is missing")
+                status[spec] = "failed"
+                bar.update()
+                continue
+            bar.set_postfix_str(spec.label)
+            job, env = self.run_job(layout, spec)
+            log = folder / LOG_FILE
+            t0 = time.perf_counter()
+            rc = self._launch(job, folder / "job.json", log, env)
+            dt = time.perf_counter() - t0
+            if rc == 0 and (folder / RESULT_FILE).is_file():
+                res = report.load_run_result(folder)
+                write(f"{prefix}: done in {dt:.0f} s (mean Dice {res.mean_dice:.3f})")
+                status[spec] = "done"
+            else:
+                write(f"{prefix}: FAILED (exit code {rc}) after {dt:.0f} s; log: {log}")
+                self.failures.append(f"{spec.label}: failed (exit code {rc}); log: {log}")
+                status[spec] = "failed"
+            bar.update()
+        bar.close()
+        return status
+
+    # ------------------------------------------------------------------ profiles
+
+    def profile_all(self, layout: Layout, status: dict[RunSpec, str]) -> dict[str, dict[str, Any]]:
+        """Parameters, FLOPs and CPU latency of the teacher and of each t's student architecture."""
+        archs: list[tuple[str, Path]] = []
+        done = [s for s, v in status.items() if v == "done"]
+        if any(s.method == TEACHER for s in done):
+            archs.append((TEACHER, layout.teacher_model))
+        for t in self.selection.ts:
+            of_t = sorted((s for s in done if s.t == t), key=lambda s: (s.method != NOKD, s.seed))
+            if of_t:
+                archs.append((f"t{t}", self.model_folder(layout, of_t[0])))
+        case = first_case_files(layout.test_images, layout.dataset_json)
+        profiles: dict[str, dict[str, Any]] = {}
+        folder = self.out / "profile"
+        for label, model in archs:
+            out_file = folder / f"{label}.json"
+            if self.rerun and out_file.is_file():
+                out_file.unlink()
+            if not out_file.is_file() and self.profile:
+                self.echo(f"profiling {label} ({model.name}) on the CPU ...")
+                job = {
+                    "kind": "profile",
+                    "model": str(model),
+                    "label": label,
+                    "fold": self.study.fold,
+                    "case_files": case,
+                    "repeats": self.profile_repeats,
+                    "threads": self.profile_threads,
+                    "out": str(out_file),
+                }
+                log = folder / f"{label}.log"
+                rc = self._launch(
+                    job, folder / f"{label}_job.json", log, self.env(layout, model.parent.parent)
+                )
+                if rc != 0 or not out_file.is_file():
+                    self.echo(f"profiling {label} FAILED (exit code {rc}); log: {log}")
+                    self.failures.append(f"profile {label}: failed (exit code {rc}); log: {log}")
+            if out_file.is_file():
+                profiles[label] = json.loads(out_file.read_text(encoding="utf-8"))
+        return profiles
+
+    # ------------------------------------------------------------------ report
+
+    def write_report(
+        self, layout: Layout, status: dict[RunSpec, str], profiles: dict[str, dict[str, Any]]
+    ) -> list[report.SummaryRow]:
+        results = [report.load_run_result(s.folder(self.out)) for s, v in status.items() if v == "done"]
+        rows = report.summarize(results, self.selection.methods, self.selection.ts, profiles)
+        small = next((r.small_classes for r in results if r.small_classes), [])
+        (self.out / "runs.csv").write_text(report.runs_csv(results), encoding="utf-8")
+        (self.out / "summary.csv").write_text(report.summary_csv(rows), encoding="utf-8")
+        missing = [f"{s.label}: {v}" for s, v in status.items() if v != "done"]
+        setup = self.setup_lines(layout, results, profiles)
+        text = report.results_markdown(
+            rows, title=f"recokd bench: {layout.dataset}", setup=setup, small_classes=small, missing=missing
+        )
+        (self.out / "results.md").write_text(text, encoding="utf-8")
+        prof = next(iter(profiles.values()), None)
+        threads = prof["profile"]["threads"] if prof else "?"
+        try:
+            report.plot_dice_vs_latency(
+                rows,
+                self.out / "dice_vs_latency.png",
+                f"{layout.dataset}: mean Dice vs CPU latency ({threads} threads)",
+            )
+            report.plot_class_dice(rows, self.out / "per_class_dice.png", small)
+        except UserError as e:  # e.g. matplotlib missing: the tables are still written
+            self.echo(f"charts not written: {e}")
+        self.echo("\n" + report.main_table(rows))
+        return rows
+
+    def setup_lines(
+        self, layout: Layout, results: list[report.RunResult], profiles: dict[str, dict[str, Any]]
+    ) -> list[str]:
+        study = self.study
+        n_cases = max((len(r.case_dice) for r in results), default=0)
+        source = (
+            f"phantoms generated by --phantoms ({study.phantoms})"
+            if study.phantoms
+            else f"{layout.raw_folder}"
+        )
+        devices = sorted({r.device for r in results if r.device})
+        lines = [
+            f"dataset: {layout.dataset} ({source}); configuration {study.configuration}, fold {study.fold}, "
+            f"plans {study.plans}",
+            f"test set: {n_cases} cases, {layout.test_images} scored against {layout.test_labels}",
+            f"schedule: {study.schedule_text()}",
+            f"student widths: teacher widths / 2^t (c_min {study.c_min}); "
+            f"t = {', '.join(map(str, self.selection.ts))}; seeds {', '.join(map(str, self.selection.seeds))}"
+            " (python random, numpy and torch seeded per run)",
+            f"training device(s): {', '.join(devices) or 'n/a'}; prediction without test-time mirroring",
+        ]
+        prof = next(iter(profiles.values()), None)
+        if prof:
+            p = prof["profile"]
+            lines.append(
+                f"profile: CPU {prof['environment'].get('platform', '')}, {p['threads']} torch threads, "
+                f"volume {'x'.join(map(str, p['volume_shape']))} ({p['volume_source']}), "
+                f"median of {prof['settings']['repeats']} runs"
+            )
+        return lines
+
+    def run(self) -> int:
+        started = time.perf_counter()
+        layout = self.prepare()
+        status = self.run_all(layout)
+        profiles = self.profile_all(layout, status)
+        self.write_report(layout, status, profiles)
+        written = [n for n in OUTPUT_FILES if (self.out / n).exists()]
+        self.echo(f"\nwritten: {', '.join(written)} in {self.out} ({time.perf_counter() - started:.0f} s)")
+        if self.failures:
+            self.echo(f"\n{len(self.failures)} failure(s):\n" + "\n".join(f"  {f}" for f in self.failures))
+            return 1
+        return 0

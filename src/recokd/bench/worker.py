@@ -1,0 +1,231 @@
+"""The subprocess side of ``recokd bench``: one job (a JSON file written by the runner) per process.
+
+nnU-Net reads its folders and process counts from the environment, some of them at import
+time, so every training run gets a fresh interpreter with its own ``nnUNet_results``; the runner
+sets the environment, this module only does the work:
+
+- ``prepare``: write the phantom dataset and plan/preprocess it with nnU-Net (``--phantoms``);
+- ``run``: seed ``random``/numpy/torch, train (``recokd train`` for KD methods, stock nnU-Net
+  ``run_training`` with ``nnUNetTrainerShort`` for the teacher and the no-KD students) unless the
+  fold already holds ``checkpoint_final.pth``, predict the test images (``recokd predict``),
+  evaluate them (:func:`recokd.evaluation.evaluate.evaluate_folders`) and write ``result.json``
+  last (its presence marks the run as finished);
+- ``profile``: :func:`recokd.evaluation.profile.profile_model` of one architecture.
+
+Started as ``python -c "from recokd.bench.worker import main; ..." JOB.json`` (see :func:`command`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from recokd.errors import UserError
+
+
+def command(job_file: Path) -> list[str]:
+    """The command line that runs ``job_file`` in a fresh interpreter (this Python)."""
+    code = "import sys; from recokd.bench.worker import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, str(job_file)]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also every CUDA device
+
+
+def _cli(argv: list[str]) -> None:
+    from recokd.cli import main as recokd_main
+
+    print(f"$ recokd {' '.join(argv)}", flush=True)
+    rc = recokd_main(argv)
+    if rc != 0:
+        raise UserError(f"`recokd {argv[0]}` failed with exit code {rc} (see the messages above)")
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+def _prepare(job: dict[str, Any]) -> None:
+    from recokd.data.phantoms import write_phantom_dataset
+    from recokd.demo import _plan_and_preprocess
+
+    spec = job["phantoms"]
+    pre = Path(job["preprocessed_folder"])
+    if pre.exists():  # left over by an interrupted preparation
+        shutil.rmtree(pre)
+    folder = write_phantom_dataset(
+        job["dataset_id"],
+        num_cases=spec["cases"],
+        num_test_cases=spec["test_cases"],
+        seed=spec["seed"],
+        shape=tuple(spec["shape"]),
+        name=job["dataset_name"],
+        raw_dir=job["raw_root"],
+        overwrite=True,
+    )
+    print(f"wrote {folder}", flush=True)
+    _plan_and_preprocess(job["dataset_id"], job["configuration"])
+    write_json_atomic(Path(job["marker"]), {"dataset": folder.name, "phantoms": spec})
+
+
+def _train(job: dict[str, Any]) -> bool:
+    """Train unless the fold holds checkpoint_final.pth; returns whether it trained."""
+    train = job["train"]
+    fold = Path(job["fold_folder"])
+    if train is None:
+        return False
+    if (fold / "checkpoint_final.pth").is_file():
+        print(f"{fold / 'checkpoint_final.pth'} exists: training finished earlier, not repeated", flush=True)
+        return False
+    restart = fold.exists()
+    if restart:
+        print(f"{fold} holds an unfinished training: starting it over", flush=True)
+    if train["type"] == "recokd":
+        _cli([*train["argv"], *(["--overwrite"] if restart else [])])
+    else:
+        import torch
+        from nnunetv2.run.run_training import run_training
+
+        if restart:
+            shutil.rmtree(fold)
+        print(
+            f"$ run_training {train['dataset']} {train['configuration']} {train['fold']} "
+            f"{train['trainer']} {train['plans']} "
+            f"(RECOKD_SHORT_EPOCHS={os.environ.get('RECOKD_SHORT_EPOCHS')}, "
+            f"RECOKD_SHORT_ITERS={os.environ.get('RECOKD_SHORT_ITERS')}, "
+            f"RECOKD_SHORT_VAL_ITERS={os.environ.get('RECOKD_SHORT_VAL_ITERS')})",
+            flush=True,
+        )
+        fold_value: int | str = train["fold"] if train["fold"] == "all" else int(train["fold"])
+        run_training(
+            train["dataset"],
+            train["configuration"],
+            fold_value,
+            train["trainer"],
+            train["plans"],
+            device=torch.device(train["device"]),
+        )
+    if not (fold / "checkpoint_final.pth").is_file():
+        raise UserError(f"training ended without {fold / 'checkpoint_final.pth'}")
+    return True
+
+
+def _run(job: dict[str, Any]) -> None:
+    from recokd.evaluation.evaluate import evaluate_folders
+
+    started = time.perf_counter()
+    seed = job.get("seed")
+    if seed is not None:
+        seed_everything(int(seed))
+    trained = _train(job)
+    train_s = time.perf_counter() - started
+
+    t0 = time.perf_counter()
+    _cli(job["predict_argv"])
+    predict_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    groups = job.get("class_groups")
+    result = evaluate_folders(
+        job["predictions"],
+        job["test_labels"],
+        dataset_json=job.get("dataset_json"),
+        class_groups=groups,
+        out_dir=job["evaluation"],
+        overwrite=True,
+    )
+    summary = result.summary()
+    evaluate_s = time.perf_counter() - t0
+    print(
+        f"mean foreground Dice {summary['foreground_mean']['dice']:.4f} over {len(result.cases)} case(s)",
+        flush=True,
+    )
+    write_json_atomic(
+        Path(job["result"]),
+        {
+            **job["record"],
+            "trained": trained,
+            "train_s": train_s if trained else None,
+            "predict_s": predict_s,
+            "evaluate_s": evaluate_s,
+            "wall_s": time.perf_counter() - started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "model_folder": str(Path(job["fold_folder"]).parent),
+            "evaluation": str(job["evaluation"]),
+        },
+    )
+
+
+def _profile(job: dict[str, Any]) -> None:
+    from dataclasses import asdict
+
+    from recokd.evaluation.profile import ModelSpec, ProfileSettings, environment, profile_model
+
+    fold: int | str = job["fold"] if job["fold"] == "all" else int(job["fold"])
+    settings = ProfileSettings(
+        device="cpu",
+        threads=job.get("threads"),
+        repeats=int(job["repeats"]),
+        mirroring=("off",),
+        case_files=tuple(job["case_files"]) if job["case_files"] else None,
+        fold=fold,
+        isolate=False,
+    )
+    profile = profile_model(ModelSpec(job["model"], job["label"]), settings)
+    timing = profile.timings["off"]
+    print(
+        f"{job['label']}: {profile.parameters:,} parameters, {profile.flops_per_patch / 1e9:.2f} GFLOPs per "
+        f"patch, {timing.median_s:.3f} s per volume (CPU, {profile.threads} threads)",
+        flush=True,
+    )
+    write_json_atomic(
+        Path(job["out"]),
+        {
+            "label": job["label"],
+            "parameters": profile.parameters,
+            "flops_per_patch": profile.flops_per_patch,
+            "latency_s": timing.median_s,
+            "profile": asdict(profile),
+            "settings": asdict(settings),
+            "environment": environment(),
+        },
+    )
+
+
+JOBS = {"prepare": _prepare, "run": _run, "profile": _profile}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: worker JOB.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    print(
+        f"=== {job['kind']} job {argv[0]} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')})",
+        flush=True,
+    )
+    try:
+        JOBS[job["kind"]](job)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
