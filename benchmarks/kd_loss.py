@@ -5,6 +5,10 @@ Setting (issue 2): CPU, B=2, 1x64^3 patch, teacher widths [32, 64, 128, 256, 320
 every encoder stage but the bottleneck distilled (4 levels), 4 classes.
 
     python benchmarks/kd_loss.py [--repeats 5] [--threads 2] [--size 64] [--skip-reference]
+                                 [--skip-compiled]
+
+``reco_loss_compiled`` is the same loss with ``compile=True`` (torch.compile-d fused statistics;
+the warm-up run includes the compilation, which is not timed).
 
 Each variant runs in its own subprocess so that its peak memory (CPU: the increase of the
 process's max RSS over its state after setup; CUDA: max_memory_allocated) is its own. Times are
@@ -64,7 +68,8 @@ def _variant(name: str, args, queue) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     teacher, student, x, y, taps, t_feats, s_feats = _setup(args, device)
-    kd = ReCoKD([f.shape[1] for f in s_feats], [f.shape[1] for f in t_feats], NUM_CLASSES).to(device)
+    kd = ReCoKD([f.shape[1] for f in s_feats], [f.shape[1] for f in t_feats], NUM_CLASSES,
+                compile=name == "reco_loss_compiled").to(device)
 
     if name == "student_step":
         from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
@@ -93,7 +98,7 @@ def _variant(name: str, args, queue) -> None:
 
     else:
         feats = [f.clone().requires_grad_(True) for f in s_feats]
-        if name == "reco_loss":
+        if name in ("reco_loss", "reco_loss_compiled"):
 
             def step():
                 kd(feats, t_feats, y)["loss"].backward()
@@ -145,8 +150,11 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--skip-compiled", action="store_true", help="skip the torch.compile variant")
     args = ap.parse_args(argv)
-    names = ["student_step", "reco_loss"] + ([] if args.skip_reference else ["reference"])
+    names = ["student_step", "reco_loss"]
+    names += [] if args.skip_compiled else ["reco_loss_compiled"]
+    names += [] if args.skip_reference else ["reference"]
     res = {n: run(n, args) for n in names}
     print(
         f"ReCo-KD loss benchmark: device={args.device} threads={args.threads} B=2 patch={args.size}^3 "
@@ -156,15 +164,21 @@ def main(argv=None) -> int:
     labels = {
         "student_step": "student training step",
         "reco_loss": "ReCo-KD loss (ours)",
+        "reco_loss_compiled": "ReCo-KD loss, compile=True",
         "reference": "straightforward reference",
     }
     for n in names:
         print(f"{labels[n]:<28}{res[n][0] * 1e3:>12.1f}{res[n][1]:>16.1f}")
     ratio = res["reco_loss"][0] / res["student_step"][0]
     print(f"loss / student step: {ratio:.3f}  (target <= 0.15)")
+    if "reco_loss_compiled" in res:
+        ratio_c = res["reco_loss_compiled"][0] / res["student_step"][0]
+        print(f"compiled loss / student step: {ratio_c:.3f}  (after compilation; not counted above)")
     if "reference" in res:
         speedup = res["reference"][0] / res["reco_loss"][0]
         print(f"reference / loss:    {speedup:.1f}x (target >= 5x)")
+        if "reco_loss_compiled" in res:
+            print(f"reference / compiled loss: {res['reference'][0] / res['reco_loss_compiled'][0]:.1f}x")
     return 0
 
 

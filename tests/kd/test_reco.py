@@ -268,3 +268,24 @@ def test_fused_statistics_pass_gradcheck():
     t = torch.randn(2, 5, 11, generator=g, dtype=torch.float64)
     a = torch.rand(2, 5, generator=g, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda s, w, b: sard_statistics(s, w, b, t, a, chunk=4), (s, w, b))
+
+
+@pytest.mark.slow  # torch.compile: about a minute per shape on a CPU
+@pytest.mark.parametrize("equal_channels", [False, True])
+def test_compiled_statistics_match_reference(equal_channels):
+    """``compile=True`` (torch.compile-d kernels) gives the reference's loss and gradients."""
+    cs, ct = ([6], [6]) if equal_channels else ([3], [6])
+    model = ReCoKD(cs, ct, 3, compile=True).double()
+    _randomise_context(model, 22)
+    sizes = [(4, 6, 5)]
+    s = _feats(2, cs, sizes, 23, requires_grad=True)
+    t = _feats(2, ct, sizes, 24)
+    y = _labels(2, sizes[0], 3, 25)
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = model(s, t, y)["loss"]
+    ours = torch.autograd.grad(total, s + params)
+    ref_total, _ = ref_reco(model, s, t, y, num_classes=3)
+    ref = torch.autograd.grad(ref_total, s + params)
+    torch.testing.assert_close(total, ref_total, rtol=1e-8, atol=1e-11)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-11)

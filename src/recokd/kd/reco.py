@@ -48,6 +48,8 @@ class ReCoKD(KDMethod):
         regions: targets are multi-channel binary region maps (nnU-Net region training).
         validate_targets: check integer labels lie in ``0..K-1`` (one min/max per call).
         chunk: voxels per chunk of the fused statistics (memory/cache trade-off, not semantics).
+        compile: run the fused statistics through ``torch.compile`` (:mod:`recokd.kd.fused`): about
+            2x faster per step after a one-off compilation per level (minutes on a CPU); same values.
 
     ``forward(student_feats, teacher_feats, target)``: features are ``B x C x D x H x W`` lists, one
     per level; ``target`` is a full-resolution map (``B x 1 x ...`` or ``B x R x ...``) or a list of
@@ -83,6 +85,7 @@ class ReCoKD(KDMethod):
         regions: bool = False,
         validate_targets: bool = True,
         chunk: int = DEFAULT_CHUNK,
+        compile: bool = False,
     ):
         super().__init__()
         student_channels = [int(c) for c in student_channels]
@@ -117,6 +120,7 @@ class ReCoKD(KDMethod):
         self.regions = bool(regions)
         self.validate_targets = validate_targets
         self.chunk = int(chunk)
+        self.compiled = bool(compile)
         self.adapters = nn.ModuleList(
             make_adapter(s, t) for s, t in zip(student_channels, teacher_channels, strict=True)
         )
@@ -209,7 +213,7 @@ class ReCoKD(KDMethod):
                     a_sp_t, a_ch_t = attention_maps(tf, self.temperature)
                 else:
                     a_ch_t = tf.new_ones(B, C)
-            r1, r2, r3, r7 = sard_statistics(sf, weight, bias, tf, a_ch_t, self.chunk)
+            r1, r2, r3, r7 = sard_statistics(sf, weight, bias, tf, a_ch_t, self.chunk, self.compiled)
         if self.uses_sard:
             # E(v) = A_sp_T(v) * sum_c A_ch_T(c) (S~[c,v] - T[c,v])^2, computed once (B x N)
             e = r1 * a_sp_t
