@@ -19,6 +19,10 @@ machine slows them alike; reported is the median of ``--repeats`` rounds and the
 ``plain`` (target: kd <= 1.8 x plain).
 
     python benchmarks/kd_step.py [--repeats 7] [--warmup 2] [--size 64] [--threads N] [--device cpu]
+                                 [--compiled]
+
+``--compiled`` adds ``kd_compiled``: the ``kd`` step with ``ReCoKD(compile=True)`` (torch.compile-d
+fused statistics; compiled during the warm-up rounds).
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def make_batch(size: int, num_classes: int, device: torch.device, batch: int = 2
     return x.to(device), [t.float().to(device) for t in targets]
 
 
-def build(size: int, t: int, num_classes: int, device: torch.device):
+def build(size: int, t: int, num_classes: int, device: torch.device, compile: bool = False):
     torch.manual_seed(0)
     teacher = plain_unet(TEACHER_WIDTHS, num_classes)
     student = plain_unet(scale_widths(TEACHER_WIDTHS, t), num_classes)
@@ -86,7 +90,7 @@ def build(size: int, t: int, num_classes: int, device: torch.device):
     taps = default_nnunet_taps(student)
     shape = (1, 1, size, size, size)
     channels = tap_channels(student, taps, shape), tap_channels(teacher, taps, shape)
-    kd_method = build_kd_method("reco", *channels, num_classes).to(device)
+    kd_method = build_kd_method("reco", *channels, num_classes, compile=compile).to(device)
     return teacher, student, kd_method, taps
 
 
@@ -94,8 +98,11 @@ def sgd(params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
 
 
-def make_steps(size: int, t: int, num_classes: int, device: torch.device) -> dict[str, Callable[[], float]]:
+def make_steps(size: int, t: int, num_classes: int, device: torch.device,
+               compiled: bool = False) -> dict[str, Callable[[], float]]:
     teacher, student, kd_method, taps = build(size, t, num_classes, device)
+    kd_compiled_method = build_kd_method("reco", kd_method.student_channels, kd_method.teacher_channels,
+                                         num_classes, compile=True).to(device) if compiled else None
     x, target = make_batch(size, num_classes, device)
     seg_loss = nnunet_seg_loss(len(target))
     distiller = Distiller(teacher, student, kd_method, taps)
@@ -151,7 +158,20 @@ def make_steps(size: int, t: int, num_classes: int, device: torch.device) -> dic
             loss = seg_loss(out, target) + lam * kd_out["loss"]
         return finish(loss, opt_kd, list(kd_method.parameters()))
 
-    return {"plain": plain, "kd": kd, "kd_full_teacher": kd_full_teacher}
+    steps = {"plain": plain, "kd": kd, "kd_full_teacher": kd_full_teacher}
+    if kd_compiled_method is not None:
+        distiller_c = Distiller(teacher, student, kd_compiled_method, taps)
+        opt_c = sgd([*student.parameters(), *kd_compiled_method.parameters()])
+
+        def kd_compiled() -> float:
+            opt_c.zero_grad(set_to_none=True)
+            with autocast():
+                out, kd_out = distiller_c(x, target)
+                loss = seg_loss(out, target) + lam * kd_out["loss"]
+            return finish(loss, opt_c, list(kd_compiled_method.parameters()))
+
+        steps["kd_compiled"] = kd_compiled
+    return steps
 
 
 def timed(fn: Callable[[], float], device: torch.device) -> float:
@@ -173,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, default=4)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compiled", action="store_true",
+                   help="add kd_compiled: the KD step with ReCoKD(compile=True) (compiled during warm-up)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    steps = make_steps(args.size, args.t, args.classes, device)
+    steps = make_steps(args.size, args.t, args.classes, device, compiled=args.compiled)
     for _ in range(args.warmup):
         for fn in steps.values():
             fn()
@@ -197,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"KD step / plain student step = {ratio:.2f} (target <= 1.8: "
           f"{'met' if ratio <= 1.8 else 'NOT met'}); the encoder-only teacher saves "
           f"{1 - med['kd'] / med['kd_full_teacher']:.0%} of the full-teacher KD step")
+    if "kd_compiled" in med:
+        print(f"compiled KD step / plain student step = {med['kd_compiled'] / med['plain']:.2f}")
     return 0
 
 
