@@ -285,7 +285,7 @@ def build_study(args: argparse.Namespace) -> Study:
 def build_selection(args: argparse.Namespace) -> Selection:
     seeds = parse_int_list(args.seed_list, "--seed-list") if args.seed_list else list(range(args.seeds))
     selection = Selection(
-        methods=parse_methods(args.methods), ts=parse_int_list(args.t, "-t", minimum=1), seeds=seeds
+        methods=parse_methods(args.methods), ts=parse_int_list(args.t, "-t"), seeds=seeds
     )
     selection.validate()
     return selection

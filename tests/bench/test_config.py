@@ -1,0 +1,104 @@
+"""Bench settings: method names against the registry, lists, run order, bench_config.json refusals."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from recokd.bench.config import (
+    CONFIG_FILE,
+    RunSpec,
+    Selection,
+    Study,
+    check_or_write_config,
+    parse_int_list,
+    parse_methods,
+    plan_runs,
+)
+from recokd.errors import UserError
+from recokd.kd.registry import available_methods
+
+
+def test_methods_default_to_every_registered_one_and_unknown_names_are_refused() -> None:
+    registered = list(available_methods())
+    assert parse_methods(None) == registered
+    assert {
+        "reco",
+        "reco-sard",
+        "reco-ca",
+        "reco-affinity",
+        "logits",
+        "fitnet",
+        "at",
+        "cwd",
+        "skd",
+        "ifvd",
+        "cirkd",
+        "rkd",
+    } <= set(registered)
+    assert parse_methods("at, reco,nokd,teacher,at") == ["at", "reco"]
+    with pytest.raises(UserError) as e:
+        parse_methods("reco,recoo,kd")
+    msg = str(e.value)
+    assert "unknown method(s) recoo, kd" in msg and all(m in msg for m in registered)
+
+
+def test_int_lists() -> None:
+    assert parse_int_list("1, 2,3,2", "-t") == [1, 2, 3]
+    with pytest.raises(UserError, match="-t: expected comma-separated integers"):
+        parse_int_list("1,x", "-t")
+    with pytest.raises(UserError, match="values must be >= 1"):
+        parse_int_list("0,1", "-t", minimum=1)
+    with pytest.raises(UserError, match="width exponents must be >= 1"):
+        Selection(["reco"], [0], [0]).validate()
+
+
+def test_runs_are_ordered_teacher_then_seed_by_seed() -> None:
+    runs = plan_runs(Selection(["reco", "at"], [1, 2], [0, 1]))
+    assert runs[0] == RunSpec("teacher", None, None)
+    assert [r.key for r in runs[1:4]] == ["t1/nokd/seed0", "t1/reco/seed0", "t1/at/seed0"]
+    assert runs[4].key == "t1/nokd/seed1" and len(runs) == 1 + 2 * 2 * 3
+    assert RunSpec("reco", 2, 1).folder(Path("/o")) == Path("/o/runs/t2/reco/seed1")
+    assert RunSpec("teacher", None, None).folder(Path("/o")) == Path("/o/teacher")
+
+
+def _study(**kw) -> Study:
+    return replace(Study(dataset="Dataset991_BenchPhantoms", phantoms={"cases": 6}), **kw)
+
+
+def test_config_written_resumed_and_refused_when_the_study_differs(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    assert check_or_write_config(out, _study(), Selection(["reco"], [2], [0])) is False
+    # other methods, widths or seeds only add runs: the same study resumes
+    assert check_or_write_config(out, _study(), Selection(["reco", "at"], [2, 3], [0, 1, 2])) is True
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    assert saved["study"]["epochs"] == 5 and len(saved["selections"]) == 2
+    with pytest.raises(UserError) as e:
+        check_or_write_config(out, _study(epochs=6, kd_weight=0.1), Selection(["reco"], [2], [0]))
+    msg = str(e.value)
+    assert (
+        "epochs: saved 5, now 6" in msg and "kd_weight: saved 0.01, now 0.1" in msg and "--overwrite" in msg
+    )
+    assert json.loads((out / CONFIG_FILE).read_text()) == saved  # nothing recorded for a refused call
+
+
+def test_config_refuses_a_folder_that_is_not_a_bench(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty and holds no bench_config.json"):
+        check_or_write_config(tmp_path, _study(), Selection(["reco"], [2], [0]))
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(UserError, match="not a readable bench configuration"):
+        check_or_write_config(tmp_path, _study(), Selection(["reco"], [2], [0]))
+
+
+def test_study_validation() -> None:
+    with pytest.raises(UserError, match="--test-images and --test-labels together"):
+        _study(test_images="/x").validate()
+    with pytest.raises(UserError, match="--epochs must be >= 1"):
+        _study(epochs=0).validate()
+    text = _study(epochs=3, iters_per_epoch=7, teacher_epochs=9).schedule_text()
+    assert "3 epoch(s) x 7 training iterations" in text and "nnUNetTrainerShort) 9 epoch(s) x 7" in text
