@@ -461,9 +461,10 @@ CONVENTIONS = """\
 - **gap rec.**: (method − no KD) / (teacher − no KD) on the seed means (mean Dice; small Dice);
   empty when the teacher is not better than the no-KD student.
 - **params**, **GFLOPs/patch** (torch.utils.flop_counter, 2 FLOPs per multiply-add, one patch, batch 1) and
-  **CPU s/case** (nnU-Net sliding window on one test case, mirroring off, median of repeats after a
-  warm-up; preprocessing and export not timed) are measured once per architecture: the students of one
-  t share it (the no-KD student of the first seed is profiled).
+  **CPU s/case** (nnU-Net sliding window on the volume named under "profile" above, the first test case
+  when its files are found, mirroring off, median of repeats after a warm-up; preprocessing and export
+  not timed) are measured once per architecture: the students of one t share it (the no-KD student of
+  the first seed is profiled).
 """
 
 
