@@ -186,3 +186,22 @@ def test_killed_run_continues_with_c(kd_env, teacher: Path, tmp_path: Path) -> N
     resumed = new_logs.pop().read_text()
     epochs = re.findall(r": Epoch (\d+)\s*$", resumed, flags=re.M)
     assert epochs == ["1"]  # nnU-Net's log of the continued run starts at the epoch after the checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["logits", "fitnet", "at", "cwd", "skd", "ifvd", "cirkd", "rkd",
+                                    "reco-affinity", "reco+logits:0.5"])
+def test_every_kd_method_trains_through_recokd_train(kd_env, teacher: Path, method: str) -> None:
+    """Issue 5: each baseline (and a combination) runs a few nnU-Net iterations via `recokd train`,
+    logs its components and leaves a final checkpoint holding its KD modules."""
+    rc = main([*TRAIN, "all", "--teacher", str(teacher), "--method", method, "--epochs", "1",
+               "--iters-per-epoch", "2", "--val-iters", "1", "--overwrite", *CPU])
+    assert rc == 0
+    fold = _model_dir(kd_env.results) / "fold_all"
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert f"ReCo-KD method {method!r}" in log
+    kd_line = next(line for line in log.splitlines() if "KD: kd_lambda" in line)
+    values = dict(re.findall(r"(kd/[\w/.:-]+) (-?[\d.e+-]+|nan)", kd_line))
+    assert values and all(np.isfinite(float(v)) for v in values.values()), kd_line
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == "nnUNetTrainerReCoKD" and "recokd" in ckpt
