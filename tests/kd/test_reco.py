@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from recokd.kd.context import affinity_loss
+from recokd.kd.levels import default_level_weights
 from recokd.kd.masks import region_weights
-from recokd.kd.reco import ReCoKD, default_level_weights
+from recokd.kd.reco import ReCoKD
 from tests.kd.reference import ref_affinity, ref_reco, ref_weights
 
 CASES = [

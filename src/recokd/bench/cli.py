@@ -18,19 +18,10 @@ from recokd.bench.config import (
     parse_methods,
     plan_runs,
 )
+from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
 
 _PHANTOM_ARGS = ("phantom_cases", "phantom_test_cases", "phantom_shape", "phantom_seed")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -12,21 +12,10 @@ from recokd.kd.attention import attention_maps
 from recokd.kd.base import KDMethod
 from recokd.kd.context import GlobalContextBlock, affinity_loss, gc_alignment_loss
 from recokd.kd.fused import DEFAULT_CHUNK, sard_statistics
+from recokd.kd.levels import resolve_levels
 from recokd.kd.masks import check_labels, region_weights, target_for_level
 
 COMPONENTS = ("fg", "bg", "att", "ctx")
-
-
-def default_level_weights(num_levels: int, alpha: float = 0.4) -> list[float]:
-    """``w_l ∝ r**l`` with ``r = 2**(-3 alpha)``, normalised to sum 1 (spec section 5).
-
-    Level 0 is the highest resolution; with ``alpha > 0`` it dominates (a level with 8x fewer
-    voxels weighs ``2**(-3 alpha)`` as much).
-    """
-    r = 2.0 ** (-3.0 * alpha)
-    raw = [r**level for level in range(num_levels)]
-    total = sum(raw)
-    return [w / total for w in raw]
 
 
 class ReCoKD(KDMethod):
@@ -88,26 +77,13 @@ class ReCoKD(KDMethod):
         compile: bool = False,
     ):
         super().__init__()
-        student_channels = [int(c) for c in student_channels]
-        teacher_channels = [int(c) for c in teacher_channels]
-        if len(student_channels) != len(teacher_channels) or not student_channels:
-            raise ValueError(
-                f"student_channels {student_channels} and teacher_channels {teacher_channels} must "
-                "name the same, non-empty list of levels"
-            )
+        student_channels, teacher_channels, weights = resolve_levels(
+            student_channels, teacher_channels, num_classes, alpha, level_weights
+        )
         if context not in ("gc", "affinity"):
             raise ValueError(f"context must be 'gc' or 'affinity', got {context!r}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        n = len(student_channels)
-        if level_weights is None:
-            weights = default_level_weights(n, alpha)
-        else:
-            weights = [float(w) for w in level_weights]
-            if len(weights) != n:
-                raise ValueError(f"level_weights has {len(weights)} entries for {n} levels")
         self.student_channels = student_channels
         self.teacher_channels = teacher_channels
         self.num_classes = int(num_classes)

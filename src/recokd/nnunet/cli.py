@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
 
 TRAINER_NAME = "nnUNetTrainerReCoKD"
@@ -42,16 +43,6 @@ _SETTINGS_ARGS: dict[str, tuple[str, Any]] = {
 
 
 # ---------------------------------------------------------------------------- argument parsing
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _kd_option(text: str) -> tuple[str, Any]:

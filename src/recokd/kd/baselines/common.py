@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from recokd.kd.base import KDMethod
-from recokd.kd.reco import default_level_weights
+from recokd.kd.levels import resolve_levels
 
 #: clamp of vector norms in cosine similarities / normalisations (as ``F.cosine_similarity``)
 EPS = 1e-8
@@ -56,24 +56,9 @@ class FeatureKD(KDMethod):
         level_weights: Sequence[float] | None = None,
     ):
         super().__init__()
-        student_channels = [int(c) for c in student_channels]
-        teacher_channels = [int(c) for c in teacher_channels]
-        if len(student_channels) != len(teacher_channels) or not student_channels:
-            raise ValueError(
-                f"student_channels {student_channels} and teacher_channels {teacher_channels} must "
-                "name the same, non-empty list of levels"
-            )
-        if any(c < 1 for c in student_channels + teacher_channels):
-            raise ValueError(f"channel counts must be >= 1, got {student_channels} / {teacher_channels}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        n = len(student_channels)
-        if level_weights is None:
-            weights = default_level_weights(n, alpha)
-        else:
-            weights = [float(w) for w in level_weights]
-            if len(weights) != n:
-                raise ValueError(f"level_weights has {len(weights)} entries for {n} levels")
+        student_channels, teacher_channels, weights = resolve_levels(
+            student_channels, teacher_channels, num_classes, alpha, level_weights
+        )
         self.student_channels = student_channels
         self.teacher_channels = teacher_channels
         self.num_classes = int(num_classes)
