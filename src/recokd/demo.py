@@ -21,10 +21,13 @@ the figures show the workflow and the direction of the effect, not converged acc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,23 +67,53 @@ class DemoConfig:
 
 
 class _Stage:
-    """Prints a numbered stage header with its wall time."""
+    """Runs the numbered stages: a header, the stage's own output (nnU-Net's logs) sent to
+    ``logs/<n>_<name>.log`` so that only headers and progress bars reach the terminal, the wall
+    time; on failure, the log's last lines and its path."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, log_dir: Path):
         self.total = total
         self.index = 0
         self.started = time.perf_counter()
+        self.log_dir = log_dir
 
-    def __call__(self, title: str, fn: Callable[[], Any]) -> Any:
+    def __call__(self, title: str, fn: Callable[[], Any], progress: str | None = None) -> Any:
+        """``progress``: label of the training progress bar of this stage (``RECOKD_PROGRESS``)."""
         self.index += 1
         print(f"\n[{self.index}/{self.total}] {title} ...", flush=True)
+        log = self.log_dir / f"{self.index}_{_slug(title.split(' (')[0])}.log"
         t0 = time.perf_counter()
-        result = fn()
+        os.environ["RECOKD_PROGRESS_DESC"] = progress or title
+        try:
+            with _stdout_to(log):
+                result = fn()
+        except BaseException:
+            lines = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+            print("\n".join(lines) + f"\n[{self.index}/{self.total}] {title}: FAILED (full log: {log})",
+                  flush=True)
+            raise
         print(f"[{self.index}/{self.total}] {title}: done in {time.perf_counter() - t0:.0f} s", flush=True)
         return result
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+
+@contextlib.contextmanager
+def _stdout_to(path: Path):
+    """Redirect file descriptor 1 (this process and the worker processes it starts) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(fd)
+        os.close(saved)
 
 
 def _set_environment(out: Path, cfg: DemoConfig) -> dict[str, Path]:
@@ -100,6 +133,8 @@ def _set_environment(out: Path, cfg: DemoConfig) -> dict[str, Path]:
     os.environ.setdefault("nnUNet_compile", "0")
     os.environ.setdefault("nnUNet_wandb_enabled", "0")
     os.environ.pop("RECOKD_SETTINGS", None)
+    os.environ["RECOKD_PROGRESS"] = "1"  # tqdm bars over training iterations (recokd.nnunet.progress)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # torch deprecation notices in workers
     add_ext_trainer_dir_to_env()
     return dirs
 
@@ -159,7 +194,8 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
         "student (no KD)": results / f"{TEACHER_TRAINER}__{student_plans}__{CONFIGURATION}",
         "student (ReCo-KD)": results / f"{KD_TRAINER}__{student_plans}__{CONFIGURATION}",
     }
-    stage = _Stage(total=8)
+    stage = _Stage(total=8, log_dir=out / "logs")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch deprecation notices
 
     from recokd.data.phantoms import write_phantom_dataset
 
@@ -180,6 +216,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     stage(
         f"training the teacher (stock nnU-Net, {cfg.teacher_epochs} x {cfg.iters_per_epoch} iterations)",
         lambda: _train_stock("nnUNetPlans", cfg.teacher_epochs, cfg),
+        progress="teacher",
     )
     stage(
         f"student plans t={cfg.t}",
@@ -190,6 +227,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     stage(
         f"training the student without KD ({cfg.student_epochs} x {cfg.iters_per_epoch} iterations)",
         lambda: _train_stock(student_plans, cfg.student_epochs, cfg),
+        progress="student, no KD",
     )
     stage(
         f"distilling the student with ReCo-KD ({cfg.student_epochs} x {cfg.iters_per_epoch} iterations)",
@@ -215,15 +253,18 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
                 "cpu",
             ]
         ),
+        progress="student, ReCo-KD",
     )
 
     predictions = out / "predictions"
     evaluations: dict[str, dict[str, Any]] = {}
 
     def predict_and_evaluate() -> None:
+        from tqdm import tqdm
+
         from recokd.evaluation.evaluate import evaluate_folders
 
-        for name, folder in models.items():
+        for name, folder in tqdm(models.items(), desc="models", unit="model", file=sys.stderr):
             trainer, plans, _ = folder.name.split("__")
             pred = predictions / _slug(name)
             _run_cli(

@@ -37,9 +37,8 @@ class GlobalContextBlock(nn.Module):
 
     def context(self, feat: torch.Tensor) -> torch.Tensor:
         """``ctx = sum_v a(v) F[:, v]`` with ``a = softmax_v(w_k . F[:, v])``; ``B x C x N -> B x C``."""
-        logits = torch.einsum("bcn,c->bn", feat, self.key.weight[0].to(feat.dtype))
-        a = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(feat.dtype)
-        return torch.einsum("bcn,bn->bc", feat, a)
+        logits = _project(feat, self.key.weight[0].to(feat.dtype))
+        return _pool(feat, _softmax_voxels(logits))
 
     def transform(self, ctx: torch.Tensor) -> torch.Tensor:
         """``W2 ReLU(GN(W1 ctx))``: ``B x C -> B x C``."""
@@ -59,14 +58,30 @@ class GlobalContextBlock(nn.Module):
         both are computed on the narrow ``C'``-channel feature.
         """
         k = self.key.weight[0].to(feat.dtype)
-        logits = torch.einsum("bcn,c->bn", feat, weight.t() @ k) + k @ bias
-        a = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(feat.dtype)
-        ctx = torch.einsum("bcn,bn->bc", feat, a) @ weight.t() + bias
+        logits = _project(feat, weight.t() @ k) + k @ bias
+        ctx = _pool(feat, _softmax_voxels(logits)) @ weight.t() + bias
         return self.transform(ctx)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         """``R(F) = F + delta(F)`` for a flattened ``B x C x N`` feature."""
         return feat + self.delta(feat)[:, :, None]
+
+
+def _project(feat: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``sum_c vector[c] feat[:, c, v]``: ``B x C x N, C -> B x N`` (a batched matmul on the layout as
+    it is; an einsum here transposed the whole feature first)."""
+    B, C, _ = feat.shape
+    return torch.bmm(vector.view(1, 1, C).expand(B, 1, C), feat)[:, 0]
+
+
+def _softmax_voxels(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over voxels in at least float32, returned in the logits' dtype."""
+    return torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(logits.dtype)
+
+
+def _pool(feat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_v weights[:, v] feat[:, :, v]``: ``B x C x N, B x N -> B x C``."""
+    return torch.bmm(feat, weights[:, :, None])[:, :, 0]
 
 
 def gc_alignment_loss(

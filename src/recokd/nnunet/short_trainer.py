@@ -23,6 +23,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from recokd.errors import UserError
+from recokd.nnunet.progress import TrainingProgress
 
 #: environment variable -> (trainer attribute, default)
 SHORT_SCHEDULE_ENV = {
@@ -45,7 +46,7 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
-class nnUNetTrainerShort(nnUNetTrainer):
+class nnUNetTrainerShort(TrainingProgress, nnUNetTrainer):
     """``nnUNetTrainer`` with epochs / iterations per epoch from ``RECOKD_SHORT_*`` env vars."""
 
     def __init__(
@@ -59,3 +60,16 @@ class nnUNetTrainerShort(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         for env, (attr, default) in SHORT_SCHEDULE_ENV.items():
             setattr(self, attr, _env_int(env, default))
+
+    def on_train_start(self):
+        super().on_train_start()
+        self._progress_start()
+
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(batch)
+        self._progress_tick()
+        return out
+
+    def on_train_end(self):
+        self._progress_close()
+        super().on_train_end()

@@ -64,6 +64,7 @@ from torch import distributed as dist
 from recokd.errors import UserError
 from recokd.kd.ema import unwrap
 from recokd.nnunet.ddp import all_reduce_mean_grads
+from recokd.nnunet.progress import TrainingProgress
 from recokd.nnunet.settings import SETTINGS_ENV, SETTINGS_FILE, KDSettings, resolve_settings, write_settings
 
 #: key of the KD extras in a checkpoint
@@ -76,7 +77,7 @@ _STEP_LOGS = "recokd_logs"
 GRAD_CLIP = 12.0
 
 
-class nnUNetTrainerReCoKD(nnUNetTrainer):
+class nnUNetTrainerReCoKD(TrainingProgress, nnUNetTrainer):
     """nnU-Net trainer that distils a frozen teacher into the student it trains (see module docs)."""
 
     def __init__(
@@ -255,6 +256,11 @@ class nnUNetTrainerReCoKD(nnUNetTrainer):
                 f"or continue (--c) a run whose fold folder holds {SETTINGS_FILE}"
             )
         super().on_train_start()
+        self._progress_start()
+
+    def on_train_end(self):
+        self._progress_close()
+        super().on_train_end()
 
     # ------------------------------------------------------------------ training
 
@@ -301,6 +307,7 @@ class nnUNetTrainerReCoKD(nnUNetTrainer):
         logs = {k: float(v) for k, v in kd.items() if k != "loss" and isinstance(v, (int, float))}
         logs["kd_loss"] = float(kd["loss"].detach())
         logs["seg_loss"] = float(seg_loss.detach())
+        self._progress_tick()
         return {"loss": loss.detach().cpu().numpy(), _STEP_LOGS: logs}
 
     def _clip_gradients(self, kd_params: list[torch.nn.Parameter]) -> None:
