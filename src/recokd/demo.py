@@ -427,6 +427,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs)
     p.add_argument("--student-epochs", type=int, default=d.student_epochs)
     p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch)
+    p.add_argument("--val-iters", type=int, default=d.val_iters, help="validation iterations per epoch")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.set_defaults(func=_run)
 
@@ -447,6 +448,7 @@ def _run(args: argparse.Namespace) -> int:
         teacher_epochs=args.teacher_epochs,
         student_epochs=args.student_epochs,
         iters_per_epoch=args.iters_per_epoch,
+        val_iters=args.val_iters,
         threads=args.threads,
     )
     run_demo(out, cfg)

@@ -1,0 +1,50 @@
+"""``recokd demo``: the whole workflow end to end on tiny settings (in a fresh process, since
+nnU-Net reads its folder variables at import time), and its refusal to replace an output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recokd.cli import main
+
+RECOKD = Path(sys.executable).parent / "recokd"
+
+
+def test_demo_refuses_a_non_empty_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "mine.txt").write_text("user data")
+    assert main(["demo", "-o", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "user data"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_end_to_end_on_tiny_settings(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    cmd = [str(RECOKD), "demo", "-o", str(out), "--cases", "4", "--test-cases", "1", "--teacher-epochs", "1",
+           "--student-epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1", "--threads", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=850, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # the terminal shows stage headers and the table; nnU-Net's own logs go to logs/
+    assert "[8/8] profiling" in proc.stdout and "Epoch time" not in proc.stdout
+    logs = sorted(p.name for p in (out / "logs").glob("*.log"))
+    assert len(logs) == 8 and any("teacher" in name for name in logs)
+    assert "Epoch time" in (out / "logs" / next(n for n in logs if n.startswith("3_"))).read_text()
+    result = json.loads((out / "results.json").read_text())
+    rows = {r["model"]: r for r in result["table"]["rows"]}
+    assert list(rows) == ["teacher", "student (no KD)", "student (ReCo-KD)"]
+    assert rows["student (no KD)"]["parameters"] == rows["student (ReCo-KD)"]["parameters"]
+    assert rows["teacher"]["parameters"] > 10 * rows["student (ReCo-KD)"]["parameters"]
+    assert all(r["cpu_latency_s"] > 0 for r in rows.values())
+    assert all(0.0 <= r["mean_dice"] <= 1.0 for r in rows.values())
+    for name in ("results.md", "dice_vs_latency.png"):
+        assert (out / name).is_file(), name
+    for folder in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "evaluation"):
+        assert (out / folder).is_dir(), folder
