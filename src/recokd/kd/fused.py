@@ -14,10 +14,10 @@ instead of storing them: nothing of size ``B x C x N`` is kept for the backward 
 the inputs. The gradient is exact (no algebraic expansion of the squares, so no cancellation).
 
 ``compiled=True`` runs the same per-chunk forward and backward formulas through ``torch.compile``
-(one compilation per feature shape, about a minute on a CPU, seconds per level on a GPU): the
-element-wise passes fuse into a few kernels, about 2x faster per step on a CPU. Requires a
-working ``torch.compile`` backend (a C++ compiler on CPU, Triton on CUDA); worth it for long
-trainings, not for a few iterations.
+(one compilation per feature shape, up to a minute each on a CPU): the element-wise passes fuse
+into a few kernels. On a 2-core CPU the whole loss is no faster than the chunked eager path
+(``benchmarks/kd_loss.py``); it is meant for GPUs (not measured here). Requires a working
+``torch.compile`` backend (a C++ compiler on CPU, Triton on CUDA).
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ class ReCoKD(KDMethod):
         regions: targets are multi-channel binary region maps (nnU-Net region training).
         validate_targets: check integer labels lie in ``0..K-1`` (one min/max per call).
         chunk: voxels per chunk of the fused statistics (memory/cache trade-off, not semantics).
-        compile: run the fused statistics through ``torch.compile`` (:mod:`recokd.kd.fused`): about
-            2x faster per step after a one-off compilation per level (minutes on a CPU); same values.
+        compile: run the fused statistics through ``torch.compile`` (:mod:`recokd.kd.fused`); same
+            values, one compilation per level; no gain measured on a CPU, meant for GPUs.
 
     ``forward(student_feats, teacher_feats, target)``: features are ``B x C x D x H x W`` lists, one
     per level; ``target`` is a full-resolution map (``B x 1 x ...`` or ``B x R x ...``) or a list of
