@@ -21,6 +21,9 @@ def test_demo_refuses_a_non_empty_output_folder(tmp_path: Path, capsys: pytest.C
     assert main(["demo", "-o", str(tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "user data"
+    assert main(["demo", "-o", str(tmp_path / "new"), "--cases", "4"]) == 2
+    assert "--cases >= 5" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow
@@ -28,7 +31,7 @@ def test_demo_refuses_a_non_empty_output_folder(tmp_path: Path, capsys: pytest.C
 def test_demo_end_to_end_on_tiny_settings(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    cmd = [str(RECOKD), "demo", "-o", str(out), "--cases", "4", "--test-cases", "1", "--teacher-epochs", "1",
+    cmd = [str(RECOKD), "demo", "-o", str(out), "--cases", "5", "--test-cases", "1", "--teacher-epochs", "1",
            "--student-epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1", "--threads", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=850, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

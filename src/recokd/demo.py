@@ -59,8 +59,8 @@ class DemoConfig:
     threads: int | None = None
 
     def validate(self) -> None:
-        if self.cases < 4 or self.test_cases < 1:
-            raise UserError("the demo needs --cases >= 4 and --test-cases >= 1")
+        if self.cases < 5 or self.test_cases < 1:
+            raise UserError("the demo needs --cases >= 5 (nnU-Net's 5-fold split) and --test-cases >= 1")
         for name in ("teacher_epochs", "student_epochs", "iters_per_epoch", "val_iters"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
@@ -433,15 +433,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = Path(args.output).resolve()
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise UserError(
-                f"output folder {out} exists and is not empty; pass --overwrite to replace it "
-                "or -o to choose another folder"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = DemoConfig(
         cases=args.cases,
         test_cases=args.test_cases,
@@ -451,5 +442,15 @@ def _run(args: argparse.Namespace) -> int:
         val_iters=args.val_iters,
         threads=args.threads,
     )
+    cfg.validate()  # before touching the output folder
+    out = Path(args.output).resolve()
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise UserError(
+                f"output folder {out} exists and is not empty; pass --overwrite to replace it "
+                "or -o to choose another folder"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
     run_demo(out, cfg)
     return 0
