@@ -14,6 +14,9 @@ Conventions (also written into every JSON/CSV/table this module produces):
   one full preprocessed-space volume (padding, tiling with ``tile_step_size``, Gaussian weighting,
   fp16 accumulation, mirroring if on), after ``warmup`` runs, median of ``repeats`` runs; with and
   without mirroring test-time augmentation (3D: 8 network passes per tile with it, 1 without).
+  On the CPU, by default with :mod:`recokd.deploy.cpu_conv`'s per-layer choice of oneDNN for 3D
+  convolutions (what ``recokd predict`` runs; ``fast_cpu_convs=False`` / ``--stock-cpu-convs``
+  measures stock nnU-Net, whose batch-1 heuristic puts narrow layers on a slow im2col kernel).
   The volume is either synthetic (standard normal, i.e. like z-scored data, of ``volume_shape``; by
   default twice the first model's patch size per axis) or a real case preprocessed by the model's
   own nnU-Net preprocessor (preprocessing itself is not timed). Torch threads are set to
@@ -99,6 +102,8 @@ class ProfileSettings:
     checkpoint: str = "checkpoint_final.pth"
     isolate: bool = True  #: each model in its own process (clean peak memory)
     seed: int = 0
+    #: CPU: per-layer oneDNN choice (recokd.deploy.cpu_conv), as ``recokd predict`` runs; False: stock
+    fast_cpu_convs: bool = True
 
     def validate(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -344,6 +349,13 @@ def make_predictor(model, settings: ProfileSettings, device: torch.device):
     predictor.trainer_name = loaded.trainer_name
     predictor.allowed_mirroring_axes = model.mirror_axes
     predictor.label_manager = loaded.label_manager
+    if device.type == "cpu" and settings.fast_cpu_convs:
+        import torch
+
+        from recokd.deploy.cpu_conv import use_fastest_cpu_conv3d
+
+        patch = tuple(loaded.configuration_manager.patch_size)
+        use_fastest_cpu_conv3d(loaded.network, torch.zeros(1, loaded.num_input_channels, *patch))
     return predictor
 
 
@@ -404,7 +416,10 @@ def profile_model(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
     # counted after the timings: the counting forward pass would otherwise pre-fault memory that
     # the allocator then reuses inside the measured window
     parameters = count_parameters(network)
-    flops = count_flops(network, (1, loaded.num_input_channels, *model.patch_size), device)
+    from recokd.deploy.cpu_conv import default_conv_kernels
+
+    with default_conv_kernels(network):  # the FLOP counter knows aten.convolution only
+        flops = count_flops(network, (1, loaded.num_input_channels, *model.patch_size), device)
     return ModelProfile(
         label=spec.label or default_label(spec.path), path=str(spec.path),
         checkpoint=str(loaded.checkpoint_path), trainer=loaded.trainer_name,

@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, metavar="OUT_DIR",
                    help="folder for profile.json, profile.csv (and dice_vs_latency.png)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--stock-cpu-convs", action="store_true",
+                   help="CPU: time PyTorch's default 3D convolution kernels (stock nnU-Net) instead of the "
+                        "per-layer oneDNN choice that recokd predict uses")
     p.add_argument("--no-isolate", action="store_true",
                    help="profile all models in this process (faster start; peak memory less clean)")
     p.set_defaults(func=_profile)
@@ -98,7 +101,7 @@ def _profile(args: argparse.Namespace) -> int:
         step_size=args.step_size, mirroring=("off", "on") if args.mirroring == "both" else (args.mirroring,),
         volume_shape=tuple(args.volume_shape) if args.volume_shape else None,
         case_files=tuple(args.case) if args.case else None, fold=fold, checkpoint=args.checkpoint,
-        isolate=not args.no_isolate,
+        isolate=not args.no_isolate, fast_cpu_convs=not args.stock_cpu_convs,
     )
     settings.validate()
     if args.output is not None:  # refuse early, not after minutes of timing

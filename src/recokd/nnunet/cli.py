@@ -148,6 +148,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--continue-prediction", action="store_true",
                    help="skip cases whose output exists already")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--stock-cpu-convs", action="store_true",
+                   help="CPU: keep PyTorch's default 3D convolution kernels (by default each layer uses "
+                        "oneDNN where that is faster: recokd.deploy.cpu_conv)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="who runs the network: torch (nnU-Net's predictor, default) or onnxruntime (CPU; "
                         "nnU-Net's preprocessing, sliding window and export with the network call on ONNX "
@@ -455,6 +458,14 @@ def _predict(args: argparse.Namespace) -> int:
                                 perform_everything_on_device=device.type == "cuda",
                                 device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=args.checkpoint)
+    if device.type == "cpu" and not args.stock_cpu_convs:
+        import torch
+
+        from recokd.deploy.cpu_conv import use_fastest_cpu_conv3d
+
+        patch = tuple(predictor.configuration_manager.patch_size)
+        channels = len(predictor.dataset_json["channel_names"])
+        use_fastest_cpu_conv3d(predictor.network, torch.zeros(1, channels, *patch))
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.npp == 0 and args.nps == 0:  # as nnUNetv2_predict: everything in this process
         predictor.predict_from_files_sequential(str(in_dir), str(out_dir),
