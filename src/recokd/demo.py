@@ -384,9 +384,12 @@ def _write_outputs(out: Path, table, evaluations, report, cfg: DemoConfig, elaps
     notes = (
         "FLOPs: torch.utils.flop_counter, 2 per multiply-add, one patch, batch 1. CPU latency: nnU-Net "
         "sliding window on one volume of twice the patch size per axis (27 tiles at step 0.5), no "
-        "mirroring, median of 3 after warm-up. Dice/HD95: held-out "
+        "mirroring, per-layer oneDNN choice as in recokd predict, median of 3 after warm-up. Dice/HD95: "
+        "held-out "
         "phantoms, mean over foreground classes; small = the small structures (vessel, adrenal, lesion); "
-        "empty-mask convention recokd-empty-v1 (HD95 NaN left out of means)."
+        "empty-mask convention recokd-empty-v1 (HD95 NaN left out of means). The schedules are CPU-sized "
+        "(a few hundred iterations; nnU-Net trains 250,000): read the Dice columns as a smoke test, "
+        "not as the method's accuracy (see benchmarks/RESULTS.md)."
     )
     (out / "results.md").write_text(
         f"# recokd demo\n\n```\n{text}\n```\n\n{notes}\n\nwall time: {elapsed:.0f} s\n"
