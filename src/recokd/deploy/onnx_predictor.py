@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from torch import nn
 
 from recokd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, create_session, read_sidecar
 from recokd.errors import UserError
+from recokd.json_files import read_json
 
 
 class OnnxNetwork(nn.Module):
@@ -49,16 +49,6 @@ class OnnxNetwork(nn.Module):
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         out = self.session.run([self.output_name], {self.input_name: array})[0]
         return torch.from_numpy(out).to(x.device)
-
-
-def _load_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError as e:
-        raise UserError(f"{what} {path} does not exist") from e
-    except (OSError, ValueError) as e:
-        raise UserError(f"{what} {path} could not be read as JSON: {e}") from e
 
 
 def _nnunet_predictor_class():
@@ -111,8 +101,8 @@ class nnUNetONNXPredictor(_nnunet_predictor_class()):  # noqa: N801 (nnU-Net's n
             if not model_dir.is_dir():
                 raise UserError(f"--model {model_dir} is not a folder (expected an nnU-Net results folder "
                                 "Trainer__Plans__Configuration with plans.json and dataset.json)")
-            plans = _load_json(model_dir / "plans.json", "plans file")
-            dataset_json = _load_json(model_dir / "dataset.json", "dataset.json")
+            plans = read_json(model_dir / "plans.json", "plans file")
+            dataset_json = read_json(model_dir / "dataset.json", "dataset.json")
             if plans.get("plans_name") != sidecar.get("plans_identifier"):
                 raise UserError(f"{model_dir / 'plans.json'} is plans {plans.get('plans_name')!r} but "
                                 f"{onnx_file} was exported from plans {sidecar.get('plans_identifier')!r}")

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recokd.errors import UserError
+from recokd.json_files import read_json
 
 if TYPE_CHECKING:
     import torch
@@ -484,13 +485,7 @@ def read_mean_dice(file: str | Path) -> float:
     """Mean foreground Dice from an evaluation summary JSON: ``recokd evaluate``'s ``summary.json``
     (``foreground_mean.dice``), nnU-Net's (``foreground_mean.Dice``) or a flat ``{"mean_dice": x}``."""
     file = Path(file)
-    try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError as e:
-        raise UserError(f"--eval-json: {file} does not exist") from e
-    except (OSError, ValueError) as e:
-        raise UserError(f"--eval-json: {file} could not be read as JSON: {e}") from e
+    data = read_json(file, "--eval-json:")
     candidates = []
     if isinstance(data, dict):
         fg = data.get("foreground_mean")

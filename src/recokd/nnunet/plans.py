@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recokd.errors import UserError
+from recokd.json_files import read_json
 from recokd.kd.widths import scale_width, scale_widths
 
 if TYPE_CHECKING:
@@ -395,16 +396,6 @@ def list_plans_files(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json") if p.name not in NON_PLANS_JSON)
 
 
-def _load_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError as e:
-        raise UserError(f"{what} {path} does not exist") from e
-    except (OSError, ValueError) as e:
-        raise UserError(f"{what} {path} could not be read as JSON: {e}") from e
-
-
 def write_json_no_clobber(path: Path, data: Any, overwrite: bool = False) -> bool:
     """Write ``data`` as JSON (nnU-Net's layout: indent 4, key order kept) to ``path``.
 
@@ -464,7 +455,7 @@ def make_student_plans(
         raise UserError(
             f"plans file {plans_file} does not exist; plans in {folder}: {', '.join(present) or '(none)'}"
         )
-    plans = _load_json(plans_file, "plans file")
+    plans = read_json(plans_file, "plans file")
     _check_configuration(plans, configuration, f"plans file {plans_file}")
     if new_identifier is None:
         new_identifier = student_plans_identifier(plans_identifier, t, c_min)
@@ -473,7 +464,7 @@ def make_student_plans(
         raise UserError(
             f"student plans identifier {new_identifier!r} is the teacher's; choose another with --name"
         )
-    dataset_json = _load_json(folder / "dataset.json", "dataset.json")
+    dataset_json = read_json(folder / "dataset.json", "dataset.json")
 
     student = scale_plans(plans, configuration, t, c_min, new_identifier=new_identifier)
     teacher_params = count_parameters(plans, configuration, dataset_json, where=f"plans file {plans_file}")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from recokd.errors import UserError
+from recokd.json_files import read_json
 
 #: environment variable naming the settings file of a fresh training
 SETTINGS_ENV = "RECOKD_SETTINGS"
@@ -143,13 +144,7 @@ class KDSettings:
 def read_settings(path: str | Path) -> KDSettings:
     """Load and validate a settings file."""
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError as e:
-        raise UserError(f"KD settings file {path} does not exist") from e
-    except (OSError, ValueError) as e:
-        raise UserError(f"KD settings file {path} could not be read as JSON: {e}") from e
+    data = read_json(path, "KD settings file")
     return KDSettings.from_dict(data, where=f"KD settings file {path}")
 
 
