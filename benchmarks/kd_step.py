@@ -105,7 +105,6 @@ def make_steps(size: int, t: int, num_classes: int, device: torch.device,
                                          num_classes, compile=True).to(device) if compiled else None
     x, target = make_batch(size, num_classes, device)
     seg_loss = nnunet_seg_loss(len(target))
-    distiller = Distiller(teacher, student, kd_method, taps)
     opt_plain = sgd(student.parameters())
     opt_kd = sgd([*student.parameters(), *kd_method.parameters()])
     lam = 0.01
@@ -138,12 +137,20 @@ def make_steps(size: int, t: int, num_classes: int, device: torch.device,
             loss = seg_loss(student(x), target)
         return finish(loss, opt_plain)
 
-    def kd() -> float:
-        opt_kd.zero_grad(set_to_none=True)
-        with autocast():
-            out, kd_out = distiller(x, target)
-            loss = seg_loss(out, target) + lam * kd_out["loss"]
-        return finish(loss, opt_kd, list(kd_method.parameters()))
+    def distillation_step(method, opt: torch.optim.Optimizer) -> Callable[[], float]:
+        """One ``nnUNetTrainerReCoKD.train_step`` with ``method`` (encoder-only teacher)."""
+        dist = Distiller(teacher, student, method, taps)
+
+        def step() -> float:
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                out, kd_out = dist(x, target)
+                loss = seg_loss(out, target) + lam * kd_out["loss"]
+            return finish(loss, opt, list(method.parameters()))
+
+        return step
+
+    kd = distillation_step(kd_method, opt_kd)
 
     def kd_full_teacher() -> float:
         opt_kd.zero_grad(set_to_none=True)
@@ -160,17 +167,8 @@ def make_steps(size: int, t: int, num_classes: int, device: torch.device,
 
     steps = {"plain": plain, "kd": kd, "kd_full_teacher": kd_full_teacher}
     if kd_compiled_method is not None:
-        distiller_c = Distiller(teacher, student, kd_compiled_method, taps)
         opt_c = sgd([*student.parameters(), *kd_compiled_method.parameters()])
-
-        def kd_compiled() -> float:
-            opt_c.zero_grad(set_to_none=True)
-            with autocast():
-                out, kd_out = distiller_c(x, target)
-                loss = seg_loss(out, target) + lam * kd_out["loss"]
-            return finish(loss, opt_c, list(kd_compiled_method.parameters()))
-
-        steps["kd_compiled"] = kd_compiled
+        steps["kd_compiled"] = distillation_step(kd_compiled_method, opt_c)
     return steps
 
 
