@@ -202,3 +202,35 @@ def ref_ifvd(s, t, target, num_classes, ignore_label=None, regions=False):
                 total = total + (_cos(fs[:, v], proto_s) - _cos(ft[:, v], proto_t)) ** 2
                 count += 1
     return total / max(count, 1)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """``sum (a - mean a)(b - mean b) / max(sqrt(sum (a - mean a)^2) sqrt(sum (b - mean b)^2), eps)``."""
+    da, db = a - a.sum() / a.numel(), b - b.sum() / b.numel()
+    denominator = torch.sqrt((da * da).sum()) * torch.sqrt((db * db).sum())
+    return (da * db).sum() / torch.maximum(denominator, torch.tensor(eps, dtype=denominator.dtype))
+
+
+def ref_dist(zs: torch.Tensor, zt: torch.Tensor, tau: float, beta: float, gamma: float,
+             regions: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DIST on B x K x *spatial logits, every voxel an instance: build the M x K probability table
+    row by row (``M = B * N``; softmax over classes of each voxel, or a sigmoid per channel), then
+    ``inter = tau^2 mean_v (1 - rho(row_v^S, row_v^T))``, ``intra = tau^2 mean_k (1 - rho(col_k^S,
+    col_k^T))``; returns ``(beta * inter + gamma * intra, inter, intra)``."""
+    B, K = zs.shape[:2]
+    zs, zt = zs.reshape(B, K, -1), zt.reshape(B, K, -1)
+    rows_s, rows_t = [], []
+    for b in range(B):
+        for v in range(zs.shape[2]):
+            if regions:
+                rows_s.append(torch.stack([torch.sigmoid(zs[b, k, v] / tau) for k in range(K)]))
+                rows_t.append(torch.stack([torch.sigmoid(zt[b, k, v] / tau) for k in range(K)]))
+            else:
+                rows_s.append(_softmax(zs[b, :, v] / tau))
+                rows_t.append(_softmax(zt[b, :, v] / tau))
+    ys, yt = torch.stack(rows_s), torch.stack(rows_t)  # M x K
+    M = ys.shape[0]
+    inter = sum(1 - _pearson(ys[v], yt[v]) for v in range(M)) / M
+    intra = sum(1 - _pearson(ys[:, k], yt[:, k]) for k in range(K)) / K
+    inter, intra = tau * tau * inter, tau * tau * intra
+    return beta * inter + gamma * intra, inter, intra

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from recokd.kd.baselines import (
+    DISTKD,
     IFVD,
     AttentionTransfer,
     ChannelWiseDistillation,
@@ -23,7 +24,8 @@ from recokd.kd.registry import CombinedKD, available_methods, build_kd_method
 from tests.kd import baseline_reference as ref
 
 FEATURE_METHODS = ["fitnet", "at", "cwd", "skd", "ifvd", "cirkd", "rkd"]
-ALL_METHODS = ["logits", *FEATURE_METHODS]
+LOGIT_METHODS = ["logits", "dist"]  # read only the full-resolution logits
+ALL_METHODS = [*LOGIT_METHODS, *FEATURE_METHODS]
 SIZES = [(4, 5, 3), (2, 3, 2)]  # anisotropic, odd: adaptive pooling windows overlap
 NUM_CLASSES = 3
 
@@ -161,6 +163,132 @@ def test_logits_match_reference(regions):
     assert abs(float(same.detach())) < 1e-12
 
 
+def _dist_logits(seed, shape=(2, 4, 3, 4, 2), requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    zs = torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(requires_grad)
+    zt = torch.randn(*shape, generator=g, dtype=torch.float64) * 3
+    return zs, zt
+
+
+@pytest.mark.parametrize(
+    "regions, options",
+    [(False, {}), (False, {"tau": 2.5, "beta": 0.7, "gamma": 1.9}), (True, {}), (True, {"tau": 0.6})],
+)
+def test_dist_matches_reference(regions, options):
+    zs, zt = _dist_logits(30, requires_grad=True)
+    zt.requires_grad_(True)  # must stay untouched: the teacher is detached
+    model = build_kd_method("dist", [], [], 4, regions=regions, **options)
+    assert isinstance(model, DISTKD) and model.uses_logits and not model.uses_features
+    out = model([], [], None, student_logits=zs, teacher_logits=zt)
+    tau, beta, gamma = model.tau, model.beta, model.gamma
+    expected, inter, intra = ref.ref_dist(zs, zt.detach(), tau, beta, gamma, regions)
+    assert out["loss"].dtype == torch.float64
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-10, atol=1e-12)
+    assert out["inter"] == pytest.approx(float(inter.detach()), rel=1e-10)
+    assert out["intra"] == pytest.approx(float(intra.detach()), rel=1e-10)
+    ours = torch.autograd.grad(out["loss"], zs, retain_graph=True)[0]
+    theirs = torch.autograd.grad(expected, zs)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-12)
+    assert ours.abs().sum() > 0
+    out["loss"].backward()
+    assert zt.grad is None
+    # a deep-supervision list is read at its first (full-resolution) entry
+    listed = model([], [], None, student_logits=[zs, zs[..., :1]], teacher_logits=[zt, zt[..., :1]])
+    torch.testing.assert_close(listed["loss"], out["loss"])
+
+
+def test_dist_reference_agrees_with_numpy_corrcoef():
+    np = pytest.importorskip("numpy")
+    zs, zt = _dist_logits(31)
+    ys = torch.softmax(zs, 1).movedim(1, -1).reshape(-1, 4).numpy()  # M x K
+    yt = torch.softmax(zt, 1).movedim(1, -1).reshape(-1, 4).numpy()
+    inter = np.mean([1 - np.corrcoef(a, b)[0, 1] for a, b in zip(ys, yt, strict=True)])
+    intra = np.mean([1 - np.corrcoef(ys[:, k], yt[:, k])[0, 1] for k in range(4)])
+    _, ref_inter, ref_intra = ref.ref_dist(zs, zt, 1.0, 1.0, 1.0)
+    assert float(ref_inter) == pytest.approx(inter, rel=1e-6)
+    assert float(ref_intra) == pytest.approx(intra, rel=1e-6)
+    model = build_kd_method("dist", [], [], 4, beta=2.0, gamma=0.5)
+    out = model([], [], student_logits=zs, teacher_logits=zt)
+    assert float(out["loss"]) == pytest.approx(2.0 * inter + 0.5 * intra, rel=1e-6)
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_dist_zero_when_student_matches_teacher_and_positive_otherwise(regions):
+    zs, zt = _dist_logits(32)
+    model = build_kd_method("dist", [], [], 4, regions=regions, tau=2.0)
+    same = model([], [], None, student_logits=zt, teacher_logits=zt)
+    assert abs(float(same["loss"])) < 1e-12 and abs(same["inter"]) < 1e-12 and abs(same["intra"]) < 1e-12
+    assert float(model([], [], None, student_logits=zs, teacher_logits=zt)["loss"]) > 1e-3
+
+
+def test_dist_invariances():
+    zs, zt = _dist_logits(33)
+    model = build_kd_method("dist", [], [], 4, tau=1.5, beta=0.8, gamma=1.3)
+
+    def loss(a, b):
+        return float(model([], [], None, student_logits=a, teacher_logits=b)["loss"])
+
+    base = loss(zs, zt)
+    g = torch.Generator().manual_seed(34)
+    per_voxel = lambda z: z + 5 * torch.randn(z.shape[0], 1, *z.shape[2:], generator=g, dtype=z.dtype)  # noqa: E731
+    # softmax ignores a constant added to all logits of a voxel (student and teacher independently)
+    assert loss(per_voxel(zs), per_voxel(zt)) == pytest.approx(base, rel=1e-9)
+    # relabelling the classes (same permutation for both) and reordering voxels / samples
+    perm = torch.tensor([2, 0, 3, 1])
+    assert loss(zs[:, perm], zt[:, perm]) == pytest.approx(base, rel=1e-9)
+    assert loss(zs.flip(0, 2, 4), zt.flip(0, 2, 4)) == pytest.approx(base, rel=1e-9)
+    # Pearson correlation is symmetric: swapping the roles leaves the value unchanged
+    assert loss(zt, zs) == pytest.approx(base, rel=1e-9)
+    # the intra term couples voxels across the batch: the loss is not the mean of per-sample losses
+    halves = (loss(zs[:1], zt[:1]) + loss(zs[1:], zt[1:])) / 2
+    assert halves != pytest.approx(base, rel=1e-6)
+
+
+def test_dist_degenerate_logits_are_finite():
+    model = build_kd_method("dist", [], [], NUM_CLASSES)
+    zs = torch.zeros(1, NUM_CLASSES, 2, 2, 2, requires_grad=True)  # uniform softmax: zero variance everywhere
+    out = model([], [], None, student_logits=zs, teacher_logits=torch.randn(1, NUM_CLASSES, 2, 2, 2))
+    assert torch.isfinite(out["loss"]) and out["inter"] == pytest.approx(1.0)
+    out["loss"].backward()
+    assert torch.isfinite(zs.grad).all()
+    one_voxel = torch.randn(1, NUM_CLASSES, 1, 1, 1, requires_grad=True)  # one voxel: constant columns
+    out = model([], [], None, student_logits=one_voxel, teacher_logits=torch.randn(1, NUM_CLASSES, 1, 1, 1))
+    assert torch.isfinite(out["loss"]) and out["intra"] == pytest.approx(1.0)
+    out["loss"].backward()
+    assert torch.isfinite(one_voxel.grad).all()
+
+
+def test_dist_bad_inputs_and_num_classes():
+    with pytest.raises(ValueError, match="num_classes"):
+        build_kd_method("dist", [], [], 1)
+    model = build_kd_method("dist", [4], [8], 3)
+    with pytest.raises(ValueError, match="needs student_logits"):
+        model([torch.randn(1, 4, 2, 2, 2)], [torch.randn(1, 8, 2, 2, 2)])
+    z = torch.randn(1, 4, 4, 4, 4)
+    with pytest.raises(ValueError, match="3 classes"):
+        model([], [], student_logits=z, teacher_logits=z)
+    with pytest.raises(ValueError, match="same shape"):
+        model([], [], student_logits=z[:, :3], teacher_logits=z[:, :3, :2])
+
+
+def test_dist_in_a_combination_with_reco():
+    combo = build_kd_method("reco+dist:0.5", [4], [8], 3, **{"dist.tau": 2.0, "dist.gamma": 0.0})
+    assert isinstance(combo, CombinedKD) and combo.uses_logits and combo.uses_features
+    assert combo.methods["dist"].tau == 2.0 and combo.methods["reco"].tau == 1.0
+    s, t = [torch.randn(2, 4, 4, 4, 4)], [torch.randn(2, 8, 4, 4, 4)]
+    y = torch.randint(0, 3, (2, 1, 4, 4, 4))
+    zs, zt = torch.randn(2, 3, 8, 8, 8), torch.randn(2, 3, 8, 8, 8)
+    with torch.no_grad():
+        out = combo(s, t, y, student_logits=zs, teacher_logits=zt)
+        a = combo.methods["reco"](s, t, y)["loss"]
+        b = combo.methods["dist"]([], [], student_logits=zs, teacher_logits=zt)
+    assert float(out["loss"]) == pytest.approx(float(a + 0.5 * b["loss"]), rel=1e-6)
+    assert float(b["loss"]) == pytest.approx(b["inter"], rel=1e-6)  # gamma = 0: inter only
+    assert out["dist:inter"] == b["inter"] and "reco:fg/0" in out
+    with_logits = build_kd_method("logits+dist:2", [4], [8], 3)  # two logit terms side by side
+    assert not with_logits.uses_features and not with_logits.uses_target
+
+
 def _identity_adapters(model, c):
     """Set each adapter C'=c -> C=2c to ``[I; I]`` with zero bias, so ``A(S) = [S; S]``."""
     with torch.no_grad():
@@ -210,7 +338,7 @@ def test_gradients_reach_student_and_method_params_never_teacher(name):
     assert all(isinstance(v, float) for k, v in out.items() if k != "loss")
     out["loss"].backward()
     assert all(x.grad is None for x in t) and zt.grad is None
-    if name == "logits":
+    if name in LOGIT_METHODS:
         assert zs.grad.abs().sum() > 0 and all(x.grad is None for x in s)
     else:
         assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in s)
@@ -279,6 +407,10 @@ def test_autocast_runs_losses_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = LogitKD([], [], NUM_CLASSES)([], [], student_logits=z, teacher_logits=z + 1)
     assert out["loss"].dtype == torch.float32
+    z2 = torch.randn(1, NUM_CLASSES, 4, 4, 4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = DISTKD([], [], NUM_CLASSES)([], [], student_logits=z, teacher_logits=z2)
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
 
 
 def test_registry_lists_baselines_with_published_defaults():
@@ -293,6 +425,7 @@ def test_registry_lists_baselines_with_published_defaults():
         "ifvd": (IFVD, {"ignore_label": None, "regions": False}),
         "cirkd": (CrossImageRelationalKD, {"temperature": 0.1, "grid": 4, "pool": "avg"}),
         "rkd": (RelationalKD, {"distance_weight": 25.0, "angle_weight": 50.0, "across_batch": False}),
+        "dist": (DISTKD, {"tau": 1.0, "beta": 1.0, "gamma": 1.0, "regions": False}),
     }
     for name, (cls, defaults) in expected.items():
         info = methods[name]
@@ -300,8 +433,8 @@ def test_registry_lists_baselines_with_published_defaults():
         assert defaults.items() <= info.options().items(), name
         method = build_kd_method(name, [4, 4], [8, 8], 3)  # as `recokd train` validates a spec
         assert isinstance(method, cls)
-        assert method.uses_logits == (name == "logits")
-        assert method.uses_features == (name != "logits")
+        assert method.uses_logits == (name in LOGIT_METHODS)
+        assert method.uses_features == (name not in LOGIT_METHODS)
         assert method.uses_target == (name == "ifvd")
     assert build_kd_method("cwd", [4], [8], 3, temperature=1.0).temperature == 1.0
     assert build_kd_method("rkd", [4], [8], 3, angle_weight=0.0).coef["angle"] == 0.0
@@ -317,6 +450,12 @@ def test_registry_lists_baselines_with_published_defaults():
         ("fitnet", {"level_weights": [1.0, 2.0, 3.0]}, "level_weights"),
         ("at", {"grid": 2}, "no option 'grid'"),
         ("rkd", {"distance_weight": 0.0, "angle_weight": 0.0}, "nothing to distil"),
+        ("dist", {"tau": 0.0}, "tau"),
+        ("dist", {"tau": float("inf")}, "tau"),
+        ("dist", {"beta": -1.0}, "beta"),
+        ("dist", {"beta": float("inf")}, "beta"),
+        ("dist", {"gamma": float("nan")}, "gamma"),
+        ("dist", {"temperature": 2.0}, "no option 'temperature'"),
     ],
 )
 def test_bad_options_give_clear_errors(name, options, match):
@@ -397,9 +536,11 @@ def test_every_method_runs_through_the_distiller(nets, name):
     losses["loss"].backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
-    assert bool(decoder_calls) == (name == "logits")  # only logit KD runs the teacher's decoder
+    assert bool(decoder_calls) == (name in LOGIT_METHODS)  # only logit methods run the teacher's decoder
     keys = {k for k in losses if k != "loss"}
     if name == "logits":
         assert keys == {"kl"}
+    elif name == "dist":
+        assert keys == {"inter", "intra"}
     else:
         assert any(k.endswith(f"/{len(taps) - 1}") for k in keys)  # every tapped level logged

@@ -46,6 +46,7 @@ __all__ = [
     "generate_case",
     "validate_geometry",
     "validate_imaging",
+    "validate_small_scale",
 ]
 
 #: intensity range of the images (HU), the range a 12-bit CT scanner stores
@@ -130,6 +131,13 @@ def validate_imaging(noise_hu: float, psf_mm: float) -> None:
             raise UserError(f"{field}: expected a number >= 0 ({unit}), got {value!r}")
 
 
+def validate_small_scale(small_scale: float) -> None:
+    """Check the small-structure scale: a finite number in ``[0.5, 4]``, else UserError."""
+    ok = isinstance(small_scale, (int, float, np.number)) and not isinstance(small_scale, bool)
+    if not (ok and np.isfinite(small_scale) and 0.5 <= small_scale <= 4.0):
+        raise UserError(f"small_scale: expected a number in 0.5..4 (1 = original sizes), got {small_scale!r}")
+
+
 def _small_radius(r_ref_vox: float, n: int) -> float:
     """FOV-relative radius of a structure that is ``r_ref_vox`` voxels at 64 voxels, >= 1 voxel."""
     return max(r_ref_vox * 2.0 / _REF_N, 2.0 / n)
@@ -147,16 +155,23 @@ def generate_case(
     *,
     noise_hu: float = 20.0,
     psf_mm: float = 0.6,
+    small_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one phantom case: ``(image float32 HU, label uint8)``, both of ``shape`` ``(z, y, x)``.
 
     Everything random comes from ``rng``, so the same generator state gives byte-identical arrays.
     ``noise_hu`` is the standard deviation of the (slightly spatially correlated) image noise;
     ``psf_mm`` the in-plane/through-plane scanner blur in mm, combined with a half-voxel
-    partial-volume blur. Every class of :data:`PHANTOM_CLASSES` is present in the label map.
+    partial-volume blur. ``small_scale`` multiplies the cross-section radii of the three small
+    structures (vessel, adrenal, lesion; the vessel's length is unchanged), so their voxel counts
+    grow about ``small_scale**2`` (vessel) to ``small_scale**3`` (adrenal, lesion) times: at a
+    32^3 grid, ``small_scale=2`` gives them the voxel sizes they have at the 64^3 reference grid
+    (~100 voxels each) instead of 7-30 voxels. ``1`` (default) draws the generator's original
+    cases. Every class of :data:`PHANTOM_CLASSES` is present in the label map.
     """
     shp, spc = validate_geometry(shape, spacing)
     validate_imaging(noise_hu, psf_mm)
+    validate_small_scale(small_scale)
     coords = [axis_coords(n) for n in shp]
     cz, cy, cx = coords
     u = rng.uniform
@@ -222,7 +237,8 @@ def generate_case(
     # adrenal: flat gland above/medial to the left kidney, wrapped in a fat pad
     kl = centers["kidney_left"]
     c = kl + np.array([kidney_r[0] * s + 0.10, -0.02, -0.10]) + jitter(0.02)
-    radii = [_small_radius(r * u(0.85, 1.15), n) for r, n in zip((4.5, 1.7, 2.8), shp, strict=True)]
+    radii = [_small_radius(small_scale * r * u(0.85, 1.15), n)
+             for r, n in zip((4.5, 1.7, 2.8), shp, strict=True)]
     f_adrenal = deformed_ellipsoid(rng, coords, c, radii, angles=np.array([0.0, 0.0, 0.5]) + angles(0.3),
                                    deform=0.08, n_knots=3)
     label[f_adrenal < 0] = _ID["adrenal"]
@@ -234,7 +250,7 @@ def generate_case(
     phase = u(0, 2 * np.pi, 2)
     path_y = spine_y - spine_r[0] - 0.13 + 0.04 * np.sin(1.3 * np.pi * cz + phase[0])
     path_x = spine_x + 0.10 + 0.05 * np.sin(1.1 * np.pi * cz + phase[1])
-    r_vessel = u(1.3, 1.8)
+    r_vessel = small_scale * u(1.3, 1.8)
     vessel = tube(coords, (z0, z1), path_y, path_x,
                   (_small_radius(r_vessel, shp[1]), _small_radius(r_vessel, shp[2])))
     label[vessel] = _ID["vessel"]
@@ -249,7 +265,7 @@ def generate_case(
         c = np.array([coords[a][idx[a]] for a in range(3)])
     else:  # pragma: no cover - only for degenerate grids
         c = centers["liver"]
-    r_lesion = u(2.4, 3.6)
+    r_lesion = small_scale * u(2.4, 3.6)
     radii = [_small_radius(r_lesion * u(0.85, 1.15), n) for n in shp]
     f_lesion = deformed_ellipsoid(rng, coords, c, radii, angles=angles(np.pi), deform=0.1, n_knots=3)
     label[(f_lesion < 0) & (label == _ID["liver"])] = _ID["lesion"]

@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
                    help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--noise", type=float, default=20.0, metavar="HU",
                    help="image noise standard deviation in HU (default: 20)")
+    p.add_argument("--small-scale", type=float, default=1.0, metavar="S",
+                   help="multiply the radii of the small structures (vessel, adrenal, lesion) by S, "
+                   "0.5..4; at a 32^3 grid, 2 gives them their 64^3 voxel sizes (default: 1)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing folder of the same name (deletes only that folder)")
     p.set_defaults(func=run)
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raw_dir=args.raw,
         overwrite=args.overwrite,
         noise_hu=args.noise,
+        small_scale=args.small_scale,
         progress=True,
     )
     meta = json.loads((folder / "dataset.json").read_text())["reco_kd_phantoms"]

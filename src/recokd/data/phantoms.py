@@ -37,6 +37,7 @@ from recokd.data.anatomy import (
     generate_case,
     validate_geometry,
     validate_imaging,
+    validate_small_scale,
 )
 from recokd.errors import UserError
 
@@ -120,14 +121,16 @@ def write_phantom_dataset(
     overwrite: bool = False,
     noise_hu: float = 20.0,
     psf_mm: float = 0.6,
+    small_scale: float = 1.0,
     progress: bool = False,
 ) -> Path:
     """Generate a phantom dataset and write it as ``<raw_dir>/Dataset{dataset_id:03d}_{name}/``.
 
     ``shape`` and ``spacing`` (mm) are in array order ``(z, y, x)``: ``spacing=(2.5, 1, 1)`` means
-    2.5 mm slices. ``raw_dir`` defaults to ``$nnUNet_raw`` and is created if missing. The dataset
-    is written to a hidden temporary folder next to its destination and moved into place only
-    when complete.
+    2.5 mm slices. ``small_scale`` enlarges the small structures
+    (:func:`~recokd.data.anatomy.generate_case`). ``raw_dir`` defaults to ``$nnUNet_raw`` and is
+    created if missing. The dataset is written to a hidden temporary folder next to its
+    destination and moved into place only when complete.
 
     Refuses (``UserError``) when ``raw_dir`` already holds a folder ``Dataset{dataset_id:03d}_*``:
     a folder of the same name is replaced only with ``overwrite=True`` (nothing else is deleted);
@@ -143,6 +146,7 @@ def write_phantom_dataset(
     seed = _check_int("seed", seed, 0)
     shp, spc = validate_geometry(shape, spacing)
     validate_imaging(noise_hu, psf_mm)
+    validate_small_scale(small_scale)
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise UserError(
             f"name: expected letters, digits, '_' or '-' (starting with a letter or digit), got {name!r}"
@@ -174,7 +178,7 @@ def write_phantom_dataset(
     raw.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder_name}-", dir=raw))
     try:
-        settings = (name, num_cases, num_test_cases, seed, shp, spc, noise_hu, psf_mm)
+        settings = (name, num_cases, num_test_cases, seed, shp, spc, noise_hu, psf_mm, float(small_scale))
         counts = _write_cases(tmp, *settings, progress)
         _write_dataset_json(tmp, *settings, counts)
         if target.exists():
@@ -196,6 +200,7 @@ def _write_cases(
     spacing: tuple[float, float, float],
     noise_hu: float,
     psf_mm: float,
+    small_scale: float,
     progress: bool,
 ) -> np.ndarray:
     """Generate and write all cases; returns the per-class voxel counts of the training cases."""
@@ -211,7 +216,9 @@ def _write_cases(
 
         indices = tqdm(indices, desc="phantoms", unit="case")
     for i in indices:
-        image, label = generate_case(case_rng(seed, i), shape, spacing, noise_hu=noise_hu, psf_mm=psf_mm)
+        image, label = generate_case(
+            case_rng(seed, i), shape, spacing, noise_hu=noise_hu, psf_mm=psf_mm, small_scale=small_scale
+        )
         split = "Tr" if i < num_cases else "Ts"
         case = f"{name}_{i:03d}"
         _write_volume(image, spacing, subdirs[f"images{split}"] / f"{case}_0000{FILE_ENDING}")
@@ -231,6 +238,7 @@ def _write_dataset_json(
     spacing: tuple[float, float, float],
     noise_hu: float,
     psf_mm: float,
+    small_scale: float,
     counts: np.ndarray,
 ) -> None:
     """Write nnU-Net's ``dataset.json`` with the generator settings under ``reco_kd_phantoms``."""
@@ -242,6 +250,7 @@ def _write_dataset_json(
         "spacing_zyx_mm": list(spacing),
         "noise_hu": float(noise_hu),
         "psf_mm": float(psf_mm),
+        "small_scale": float(small_scale),
         "case_ids_train": [0, num_cases - 1],
         "case_ids_test": [num_cases, num_cases + num_test_cases - 1] if num_test_cases else None,
         "test_labels": "labelsTs/ (not read by nnU-Net; for evaluating predictions on imagesTs)"

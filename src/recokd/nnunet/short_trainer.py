@@ -11,7 +11,16 @@ DDP workers and ``--c`` see the same values):
 - ``RECOKD_SHORT_VAL_ITERS`` validation iterations per epoch (default 2)
 
 The network, loss, optimiser and checkpoints are exactly ``nnUNetTrainer``'s, so a model trained
-with it is an ordinary nnU-Net model (a valid ReCo-KD teacher). nnU-Net finds the class by name
+with it is an ordinary nnU-Net model (a valid ReCo-KD teacher). With ``RECOKD_SEED`` set, the
+random generators are seeded right before the network is built
+(:class:`recokd.nnunet.seeding.SeededInitialization`), as in ``nnUNetTrainerReCoKD``, so a
+no-KD student and KD students of the same seed start from the same weights and data stream.
+
+``nnUNetTrainerShortNoDA`` is the same schedule without data augmentation: nnU-Net's own
+``nnUNetTrainerNoDA`` (the validation transforms for training, no mirroring at inference). On a
+CPU, where augmentation runs in the main process, it trains several times more iterations per
+minute; on small, well-sampled synthetic datasets that is the better trade (see
+``benchmarks/RESULTS.md``, "Choosing the regime"). nnU-Net finds the class by name
 through ``nnUNet_extTrainer=$(python -c "import recokd.nnunet as n; print(n.ext_trainer_dir())")``.
 """
 
@@ -21,9 +30,11 @@ import os
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
 from recokd.errors import UserError
 from recokd.nnunet.progress import TrainingProgress
+from recokd.nnunet.seeding import SeededInitialization
 
 #: environment variable -> (trainer attribute, default)
 SHORT_SCHEDULE_ENV = {
@@ -46,7 +57,7 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
-class nnUNetTrainerShort(TrainingProgress, nnUNetTrainer):
+class nnUNetTrainerShort(TrainingProgress, SeededInitialization, nnUNetTrainer):
     """``nnUNetTrainer`` with epochs / iterations per epoch from ``RECOKD_SHORT_*`` env vars."""
 
     def __init__(
@@ -73,3 +84,7 @@ class nnUNetTrainerShort(TrainingProgress, nnUNetTrainer):
     def on_train_end(self):
         self._progress_close()
         super().on_train_end()
+
+
+class nnUNetTrainerShortNoDA(nnUNetTrainerShort, nnUNetTrainerNoDA):
+    """:class:`nnUNetTrainerShort` without data augmentation (nnU-Net's ``nnUNetTrainerNoDA``)."""

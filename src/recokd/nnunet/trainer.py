@@ -28,6 +28,11 @@ DDP, validation, checkpoints, the results folder layout -- is stock ``nnUNetTrai
 * **Checkpoints**: nnU-Net's format plus a ``"recokd"`` entry (see :meth:`save_checkpoint`);
   written atomically (temporary file + rename), so a run killed while saving keeps its previous
   checkpoint and ``--c`` resumes exactly (KD modules, optimiser incl. KD parameters, EMA, epoch).
+* **Random streams**: the teacher and the KD method are built on isolated generators
+  (:func:`recokd.nnunet.seeding.isolated_rng`) and, with ``RECOKD_SEED``, every generator is
+  seeded right before the student is built, so the student's initialisation and its data stream
+  are those of a stock run of the same seed (``nnUNetTrainerShort``): a run with KD weight 0
+  reproduces it bit for bit on the CPU (see :mod:`recokd.nnunet.seeding`).
 * **Logging**: per epoch, the means over the epoch's iterations of ``seg_loss``, ``kd_loss``
   (unweighted) and every KD component (``kd/<component>``, ``kd/<component>/<level>``), plus
   ``kd_lambda``, in nnU-Net's logger (and so in the checkpoint and W&B) and in the text log.
@@ -56,6 +61,7 @@ import numpy as np
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from torch import autocast
@@ -65,6 +71,7 @@ from recokd.errors import UserError
 from recokd.kd.ema import unwrap
 from recokd.nnunet.ddp import all_reduce_mean_grads
 from recokd.nnunet.progress import TrainingProgress
+from recokd.nnunet.seeding import SeededInitialization, isolated_rng, kd_module_seed, seed_from_env
 from recokd.nnunet.settings import SETTINGS_ENV, SETTINGS_FILE, KDSettings, resolve_settings, write_settings
 
 #: key of the KD extras in a checkpoint
@@ -77,7 +84,7 @@ _STEP_LOGS = "recokd_logs"
 GRAD_CLIP = 12.0
 
 
-class nnUNetTrainerReCoKD(TrainingProgress, nnUNetTrainer):
+class nnUNetTrainerReCoKD(TrainingProgress, SeededInitialization, nnUNetTrainer):
     """nnU-Net trainer that distils a frozen teacher into the student it trains (see module docs)."""
 
     def __init__(
@@ -133,9 +140,10 @@ class nnUNetTrainerReCoKD(TrainingProgress, nnUNetTrainer):
 
         s = self.kd_settings
         assert s is not None
-        teacher = load_teacher(
-            s.teacher, fold=s.teacher_fold, checkpoint=s.teacher_checkpoint, device=self.device
-        )
+        with isolated_rng():  # building the teacher network must not shift the student's stream
+            teacher = load_teacher(
+                s.teacher, fold=s.teacher_fold, checkpoint=s.teacher_checkpoint, device=self.device
+            )
         num_input_channels = determine_num_input_channels(
             self.plans_manager, self.configuration_manager, self.dataset_json
         )
@@ -155,7 +163,9 @@ class nnUNetTrainerReCoKD(TrainingProgress, nnUNetTrainer):
     def configure_optimizers(self):
         """nnU-Net's SGD + poly LR, over the student's and the KD method's trainable parameters."""
         if self.teacher is not None and self.kd_method is None:
-            self.kd_method = self._build_kd_method()
+            # own generator: the student's data stream stays that of a stock run of the same seed
+            with isolated_rng(kd_module_seed(seed_from_env())):
+                self.kd_method = self._build_kd_method()
         params = list(self.network.parameters())
         if self.kd_method is not None:
             params += [p for p in self.kd_method.parameters() if p.requires_grad]
@@ -530,3 +540,8 @@ class nnUNetTrainerReCoKD(TrainingProgress, nnUNetTrainer):
                     self.weight_ema = StudentEMA(self.network, decay=self.weight_ema.decay)
         if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+
+
+class nnUNetTrainerReCoKDNoDA(nnUNetTrainerReCoKD, nnUNetTrainerNoDA):
+    """:class:`nnUNetTrainerReCoKD` without data augmentation (nnU-Net's ``nnUNetTrainerNoDA``): the
+    KD counterpart of :class:`recokd.nnunet.short_trainer.nnUNetTrainerShortNoDA`."""

@@ -10,6 +10,7 @@ Registered names (see ``recokd methods`` for every option and default):
 - ``ifvd``: intra-class feature variation (:class:`IFVD`)
 - ``cirkd``: memory-free cross-image relational KD (:class:`CrossImageRelationalKD`)
 - ``rkd``: relational KD, distance + angle (:class:`RelationalKD`)
+- ``dist``: DIST, Pearson-correlation relations of the logits (:class:`DISTKD`)
 
 ``recokd.kd.registry`` imports this package at its end, so importing either registers them.
 """
@@ -17,6 +18,7 @@ Registered names (see ``recokd methods`` for every option and default):
 from __future__ import annotations
 
 from recokd.kd.baselines.common import FeatureKD, pool_to_grid
+from recokd.kd.baselines.dist import DISTKD
 from recokd.kd.baselines.ifvd import IFVD
 from recokd.kd.baselines.logits import LogitKD
 from recokd.kd.baselines.pointwise import AttentionTransfer, ChannelWiseDistillation, FitNet
@@ -24,6 +26,7 @@ from recokd.kd.baselines.relational import CrossImageRelationalKD, RelationalKD,
 from recokd.kd.registry import register_kd_method
 
 __all__ = [
+    "DISTKD",
     "IFVD",
     "AttentionTransfer",
     "ChannelWiseDistillation",
@@ -47,6 +50,7 @@ BASELINES = {
     "ifvd": (IFVD, "IFVD: MSE of voxel-to-class-prototype cosine similarity maps"),
     "cirkd": (CrossImageRelationalKD, "CIRKD (memory-free): KL of cross-sample pooled-cell similarity rows"),
     "rkd": (RelationalKD, "RKD: distance (x25) + angle (x50) relations among pooled cells"),
+    "dist": (DISTKD, "DIST: 1 - Pearson of softmax(z/tau), per voxel over classes + per class over voxels"),
 }
 
 for _name, (_cls, _description) in BASELINES.items():
