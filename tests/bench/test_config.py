@@ -85,6 +85,33 @@ def test_config_written_resumed_and_refused_when_the_study_differs(tmp_path: Pat
     assert json.loads((out / CONFIG_FILE).read_text()) == saved  # nothing recorded for a refused call
 
 
+def test_a_bench_written_before_new_study_fields_resumes_with_their_defaults(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    study = _study(phantoms={"cases": 24, "test_cases": 8, "shape": [32, 32, 32], "seed": 0})
+    assert check_or_write_config(out, study, Selection(["reco"], [2], [0])) is False
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    for key in ("schedule", "warmup", "augmentation"):  # an older bench_config.json lacks these
+        del saved["study"][key]
+    (out / CONFIG_FILE).write_text(json.dumps(saved))
+    assert check_or_write_config(out, study, Selection(["reco"], [2], [1])) is True
+    with pytest.raises(UserError, match="augmentation: saved True, now False"):
+        check_or_write_config(out, replace(study, augmentation=False), Selection(["reco"], [2], [0]))
+    scaled = replace(study, phantoms={**study.phantoms, "small_scale": 2.0})
+    with pytest.raises(UserError, match="phantoms: saved"):
+        check_or_write_config(out, scaled, Selection(["reco"], [2], [0]))
+
+
+def test_trainers_follow_the_augmentation_setting() -> None:
+    assert (_study().stock_trainer, _study().kd_trainer) == ("nnUNetTrainerShort", "nnUNetTrainerReCoKD")
+    no_da = _study(augmentation=False, warmup=0.2)
+    assert (no_da.stock_trainer, no_da.kd_trainer) == ("nnUNetTrainerShortNoDA", "nnUNetTrainerReCoKDNoDA")
+    text = no_da.schedule_text()
+    assert "no data augmentation" in text and "linear warm-up over the first 20% of the epochs" in text
+    assert "(constant)" in _study(warmup=0.0).schedule_text()
+    with pytest.raises(UserError, match="--warmup must be in"):
+        _study(warmup=1.5).validate()
+
+
 def test_config_refuses_a_folder_that_is_not_a_bench(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty and holds no bench_config.json"):

@@ -170,6 +170,36 @@ def test_every_class_present_on_the_smallest_grid() -> None:
         assert set(np.unique(label)) == set(LABELS.values())
 
 
+def test_small_scale_enlarges_only_the_small_structures() -> None:
+    from recokd.data.anatomy import PHANTOM_CLASSES
+
+    small = [c.label for c in PHANTOM_CLASSES if c.size == "small"]
+    others = [c.label for c in PHANTOM_CLASSES if c.size != "small"]
+    default = [generate_case(case_rng(0, i), (32, 32, 32)) for i in range(4)]
+    explicit = [generate_case(case_rng(0, i), (32, 32, 32), small_scale=1.0) for i in range(4)]
+    scaled = [generate_case(case_rng(0, i), (32, 32, 32), small_scale=2.0) for i in range(4)]
+    # 1 is the original generator, byte for byte (datasets written before the option keep their cases)
+    assert all(a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+               for a, b in zip(default, explicit, strict=True))
+    counts = {name: np.sum([np.bincount(lab.ravel(), minlength=len(LABELS)) for _, lab in cases], axis=0)
+              for name, cases in (("default", default), ("scaled", scaled))}
+    for label in small:  # radii x2: the vessel's cross-section x4, the blobs' volume up to x8
+        assert counts["scaled"][label] >= 2.5 * counts["default"][label]
+        assert counts["scaled"][label] / len(scaled) >= 60  # learnable: no longer 7-30 voxels at 32^3
+    # the organs are drawn the same; they only lose the voxels the larger small structures now cover
+    for (_, lab_default), (_, lab_scaled) in zip(default, scaled, strict=True):
+        for label in others:
+            assert not np.any((lab_scaled == label) & (lab_default != label))
+            lost = (lab_default == label) & (lab_scaled != label)
+            assert np.isin(lab_scaled[lost], small).all()
+
+
+@pytest.mark.parametrize("value", [0.4, 4.5, float("nan"), True, "2"])
+def test_small_scale_out_of_range_is_refused(value) -> None:
+    with pytest.raises(UserError, match="small_scale"):
+        generate_case(np.random.default_rng(0), (16, 16, 16), small_scale=value)
+
+
 @pytest.mark.parametrize(
     ("shape", "spacing", "kwargs"),
     [

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from recokd.bench.config import (
     CONFIG_FILE,
+    KD_TRAINER_NO_DA,
     PHANTOM_DATASET_ID,
     PHANTOM_DATASET_NAME,
+    STOCK_TRAINER_NO_DA,
     PhantomSpec,
     Selection,
     Study,
@@ -21,7 +23,9 @@ from recokd.bench.config import (
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
 
-_PHANTOM_ARGS = ("phantom_cases", "phantom_test_cases", "phantom_shape", "phantom_seed")
+_PHANTOM_ARGS = (
+    "phantom_cases", "phantom_test_cases", "phantom_shape", "phantom_seed", "phantom_small_scale"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -122,6 +126,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="lambda_max of the KD weight for every method (default: %(default)s)",
     )
     p.add_argument(
+        "--schedule",
+        choices=("constant", "linear", "cosine"),
+        default=d.schedule,
+        help="KD weight schedule of every KD run (default: %(default)s)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=d.warmup,
+        help="fraction of the epochs over which the KD weight ramps up (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-augmentation",
+        action="store_true",
+        help="train every run without data augmentation (nnU-Net's NoDA variant of our trainers: "
+        f"{STOCK_TRAINER_NO_DA}, {KD_TRAINER_NO_DA})",
+    )
+    p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
         default="auto",
@@ -164,6 +186,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"volume size, one or three numbers (default: {ph.shape[0]})",
     )
     g.add_argument("--phantom-seed", type=int, default=None, help=f"generator seed (default: {ph.seed})")
+    g.add_argument(
+        "--phantom-small-scale",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"radius factor of the small structures, 0.5..4 (default: {ph.small_scale:g}; 2 at 32^3 "
+        "gives them their 64^3 voxel sizes)",
+    )
     g = p.add_argument_group("profile")
     g.add_argument(
         "--profile-repeats",
@@ -237,6 +267,8 @@ def build_study(args: argparse.Namespace) -> Study:
             spec.shape = list(args.phantom_shape) * (3 if len(args.phantom_shape) == 1 else 1)
         if args.phantom_seed is not None:
             spec.seed = args.phantom_seed
+        if args.phantom_small_scale is not None:
+            spec.small_scale = float(args.phantom_small_scale)
         spec.validate()
         dataset, phantoms = f"Dataset{PHANTOM_DATASET_ID:03d}_{PHANTOM_DATASET_NAME}", asdict(spec)
     else:
@@ -265,6 +297,9 @@ def build_study(args: argparse.Namespace) -> Study:
         iters_per_epoch=args.iters_per_epoch,
         val_iters=args.val_iters,
         kd_weight=args.kd_weight,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        augmentation=not args.no_augmentation,
         test_images=test_images,
         test_labels=test_labels,
         small_classes=small,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ PHANTOM_DATASET_NAME = "BenchPhantoms"
 #: nnU-Net trainer of the teacher (when the bench trains it) and of the no-KD students
 STOCK_TRAINER = "nnUNetTrainerShort"
 KD_TRAINER = "nnUNetTrainerReCoKD"
+#: the same pair without data augmentation (``Study.augmentation`` false)
+STOCK_TRAINER_NO_DA = "nnUNetTrainerShortNoDA"
+KD_TRAINER_NO_DA = "nnUNetTrainerReCoKDNoDA"
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
 
@@ -87,6 +90,8 @@ class PhantomSpec:
     test_cases: int = 8
     shape: list[int] = field(default_factory=lambda: [32, 32, 32])
     seed: int = 0
+    #: radius factor of the small structures (:func:`recokd.data.anatomy.generate_case`)
+    small_scale: float = 1.0
 
     def validate(self) -> None:
         if self.cases < 5:
@@ -95,6 +100,8 @@ class PhantomSpec:
             raise UserError("--phantom-test-cases must be >= 1")
         if len(self.shape) != 3 or min(self.shape) < 16:
             raise UserError(f"--phantom-shape: expected one or three sizes >= 16, got {self.shape}")
+        if not 0.5 <= self.small_scale <= 4.0:
+            raise UserError(f"--phantom-small-scale: expected a number in 0.5..4, got {self.small_scale}")
 
 
 @dataclass
@@ -114,6 +121,11 @@ class Study:
     iters_per_epoch: int = 30
     val_iters: int = 2
     kd_weight: float = 0.01
+    #: KD weight schedule and warm-up fraction (``recokd train --schedule/--warmup``)
+    schedule: str = "linear"
+    warmup: float = 0.6
+    #: nnU-Net's data augmentation for every run the bench trains (False: the NoDA trainers)
+    augmentation: bool = True
     test_images: str | None = None  #: None: ``imagesTs`` of the raw dataset
     test_labels: str | None = None  #: None: ``labelsTs`` of the raw dataset
     small_classes: list[str] | None = None  #: None: the phantoms' size group "small" (if any)
@@ -126,6 +138,8 @@ class Study:
             raise UserError("--teacher-epochs must be >= 1")
         if not self.kd_weight >= 0:
             raise UserError(f"--kd-weight must be >= 0, got {self.kd_weight}")
+        if not 0 <= self.warmup <= 1:
+            raise UserError(f"--warmup must be in [0, 1], got {self.warmup}")
         if self.c_min < 1:
             raise UserError(f"--c-min must be >= 1, got {self.c_min}")
         if (self.test_images is None) != (self.test_labels is None):
@@ -134,17 +148,32 @@ class Study:
                 "the raw dataset)"
             )
 
+    @property
+    def stock_trainer(self) -> str:
+        """Trainer of the teacher the bench trains and of the no-KD students."""
+        return STOCK_TRAINER if self.augmentation else STOCK_TRAINER_NO_DA
+
+    @property
+    def kd_trainer(self) -> str:
+        """Trainer of the KD students (``recokd train -tr``)."""
+        return KD_TRAINER if self.augmentation else KD_TRAINER_NO_DA
+
     def schedule_text(self) -> str:
         teacher = (
             f"teacher: existing model {self.teacher}"
             if self.teacher
-            else f"teacher: stock nnU-Net ({STOCK_TRAINER}) {self.teacher_epochs} epoch(s) x "
+            else f"teacher: stock nnU-Net ({self.stock_trainer}) {self.teacher_epochs} epoch(s) x "
             f"{self.iters_per_epoch} iterations, seed {self.teacher_seed}"
         )
+        warmup = (
+            "constant" if self.schedule == "constant" or self.warmup == 0
+            else f"{self.schedule} warm-up over the first {self.warmup:.0%} of the epochs"
+        )
+        augmentation = "nnU-Net's data augmentation" if self.augmentation else "no data augmentation"
         return (
             f"students: {self.epochs} epoch(s) x {self.iters_per_epoch} training iterations "
             f"({self.val_iters} validation iteration(s) per epoch); KD weight lambda_max {self.kd_weight} "
-            f"(recokd train's default linear warm-up schedule); {teacher}"
+            f"({warmup}); {augmentation}; {teacher}"
         )
 
 
@@ -206,9 +235,21 @@ def plan_runs(selection: Selection) -> list[RunSpec]:
 # ---------------------------------------------------------------------------- bench_config.json
 
 
+def _with_defaults(study: dict[str, Any]) -> dict[str, Any]:
+    """A saved study with the defaults of fields added since it was written (same meaning as then)."""
+    out = {f.name: f.default for f in fields(Study) if f.default is not MISSING}
+    out.update(study)
+    phantoms = study.get("phantoms")
+    if isinstance(phantoms, dict):
+        out["phantoms"] = {**asdict(PhantomSpec()), **phantoms}
+    return out
+
+
 def study_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``field: saved ..., now ...`` for every study field that differs."""
+    """``field: saved ..., now ...`` for every study field that differs (a field missing from an
+    older ``bench_config.json`` counts as its default, which is what that bench ran with)."""
     out = []
+    saved, current = _with_defaults(saved), _with_defaults(current)
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
             out.append(f"{key}: saved {saved.get(key)!r}, now {current.get(key)!r}")

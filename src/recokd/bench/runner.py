@@ -32,12 +32,10 @@ from typing import Any
 
 from recokd.bench import report
 from recokd.bench.config import (
-    KD_TRAINER,
     LOG_FILE,
     NOKD,
     PHANTOM_DATASET_ID,
     RESULT_FILE,
-    STOCK_TRAINER,
     TEACHER,
     RunSpec,
     Selection,
@@ -46,6 +44,7 @@ from recokd.bench.config import (
 )
 from recokd.bench.worker import command, write_json_atomic
 from recokd.errors import UserError
+from recokd.nnunet.seeding import SEED_ENV
 
 #: CPU-friendly nnU-Net settings (set unless the environment has them): augmentation in the main
 #: process, one export process, no torch.compile
@@ -256,6 +255,7 @@ class BenchRunner:
             for k, v in CPU_ENV.items():
                 env.setdefault(k, v)
         env.pop("RECOKD_SETTINGS", None)
+        env.pop(SEED_ENV, None)
         for k in SHORT_ENV:
             env.pop(k, None)
         if short_epochs is not None:
@@ -324,7 +324,7 @@ class BenchRunner:
                 / TEACHER
                 / "nnUNet_results"
                 / study.dataset
-                / f"{STOCK_TRAINER}__{study.plans}__{study.configuration}"
+                / f"{study.stock_trainer}__{study.plans}__{study.configuration}"
             )
         layout = Layout(out, study.dataset, raw, pre, images, labels, teacher)
         layout.student_plans = self.student_plans(layout)
@@ -358,7 +358,7 @@ class BenchRunner:
         study = self.study
         if spec.method == TEACHER:
             return layout.teacher_model
-        trainer = STOCK_TRAINER if spec.method == NOKD else KD_TRAINER
+        trainer = study.stock_trainer if spec.method == NOKD else study.kd_trainer
         return (
             spec.folder(self.out)
             / "nnUNet_results"
@@ -387,8 +387,10 @@ class BenchRunner:
                 "train", layout.dataset, study.configuration, study.fold,
                 "--teacher", str(layout.teacher_model), "--teacher-fold", study.fold,
                 "-t", str(spec.t), "-p", study.plans, "--c-min", str(study.c_min), "--method", spec.method,
+                "-tr", trainer, "--seed", str(seed),
                 "--epochs", str(study.epochs), "--iters-per-epoch", str(study.iters_per_epoch),
                 "--val-iters", str(study.val_iters), "--kd-weight", str(study.kd_weight),
+                "--schedule", study.schedule, "--warmup", str(study.warmup),
                 "--device", self.device,
             ]}
         if train is not None and train["type"] == "stock":
@@ -426,7 +428,10 @@ class BenchRunner:
                 "plans": plans,
             },
         }
-        return job, self.env(layout, model.parent.parent, short_epochs)
+        env = self.env(layout, model.parent.parent, short_epochs)
+        if seed is not None:  # seeds the student's initialisation and data stream (recokd.nnunet.seeding)
+            env[SEED_ENV] = str(seed)
+        return job, env
 
     def run_all(self, layout: Layout) -> dict[RunSpec, str]:
         """Every planned run in order; returns ``spec -> "done" | "failed"``."""

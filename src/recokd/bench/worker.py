@@ -78,6 +78,7 @@ def _prepare(job: dict[str, Any]) -> None:
         num_test_cases=spec["test_cases"],
         seed=spec["seed"],
         shape=tuple(spec["shape"]),
+        small_scale=float(spec.get("small_scale", 1.0)),
         name=job["dataset_name"],
         raw_dir=job["raw_root"],
         overwrite=True,

@@ -23,6 +23,8 @@ from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
 
 TRAINER_NAME = "nnUNetTrainerReCoKD"
+#: KD trainers ``recokd train -tr`` accepts: nnU-Net's augmentation, or none (nnUNetTrainerNoDA)
+KD_TRAINERS = (TRAINER_NAME, "nnUNetTrainerReCoKDNoDA")
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
 #: settings field -> (argparse dest, default for a fresh start); ``None`` dest defaults mean "not given"
@@ -85,6 +87,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                               "(default: checkpoint_final.pth)")
     t.add_argument("-t", type=int, default=2, help="width reduction exponent: widths / 2**t (default: 2)")
     t.add_argument("--c-min", type=int, default=4, help="minimum stage width (default: 4)")
+    t.add_argument("-tr", dest="trainer", choices=KD_TRAINERS, default=TRAINER_NAME,
+                   help="KD trainer: with nnU-Net's data augmentation (default) or without it "
+                        "(nnUNetTrainerReCoKDNoDA, the KD counterpart of nnUNetTrainerNoDA)")
+    t.add_argument("--seed", type=int, default=None,
+                   help="seed the student's initialisation and the data stream (RECOKD_SEED); the teacher "
+                        "and the KD modules draw from their own generators, so runs of one seed differ "
+                        "only by the KD term (default: unseeded, as nnU-Net)")
     t.add_argument("-p", default="nnUNetPlans",
                    help="the teacher's plans identifier the student plans derive from (default: %(default)s)")
     t.add_argument("--method", default=None,
@@ -309,11 +318,13 @@ def _train(args: argparse.Namespace) -> int:
     _require_env("nnUNet_results")
     fold = _parse_fold(args.fold)
     device = _device(args.device, args.num_gpus)
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must be an integer >= 0, got {args.seed}")
     if args.c and args.overwrite:
         raise UserError("--c (continue) and --overwrite (start over) exclude each other")
     dataset_name = resolve_dataset_name(args.dataset)
     student_id = student_plans_identifier(args.p, args.t, args.c_min)
-    out = fold_folder(dataset_name, student_id, args.configuration, fold)
+    out = fold_folder(dataset_name, student_id, args.configuration, fold, args.trainer)
     settings_path = out / SETTINGS_FILE
     checkpoints = [n for n in CHECKPOINT_NAMES if (out / n).is_file()]
     given = _explicit_settings(args)
@@ -359,17 +370,23 @@ def _train(args: argparse.Namespace) -> int:
 
     from nnunetv2.run.run_training import run_training
 
+    from recokd.nnunet.seeding import SEED_ENV
+
     _set_threads(device)
-    previous = os.environ.get(SETTINGS_ENV)
-    os.environ[SETTINGS_ENV] = str(settings_path)  # read by the trainer (and by every DDP worker)
+    env = {SETTINGS_ENV: str(settings_path)}  # read by the trainer (and by every DDP worker)
+    if args.seed is not None:
+        env[SEED_ENV] = str(args.seed)
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        run_training(dataset_name, args.configuration, fold, TRAINER_NAME, student_id, num_gpus=args.num_gpus,
+        run_training(dataset_name, args.configuration, fold, args.trainer, student_id, num_gpus=args.num_gpus,
                      export_validation_probabilities=args.npz, continue_training=resume, device=device)
     finally:
-        if previous is None:
-            os.environ.pop(SETTINGS_ENV, None)
-        else:
-            os.environ[SETTINGS_ENV] = previous
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
     model_folder = out.parent
     print()
@@ -377,9 +394,10 @@ def _train(args: argparse.Namespace) -> int:
     print("To predict with stock nnU-Net, let it find the trainer class:")
     print(f"  export nnUNet_extTrainer={ext_trainer_dir()}")
     print(f"  nnUNetv2_predict -i INPUT -o OUTPUT -d {dataset_name} -c {args.configuration} -f {fold} "
-          f"-tr {TRAINER_NAME} -p {student_id}")
+          f"-tr {args.trainer} -p {student_id}")
+    tr = "" if args.trainer == TRAINER_NAME else f" -tr {args.trainer}"
     print(f"or: recokd predict -i INPUT -o OUTPUT -d {dataset_name} -c {args.configuration} -f {fold} "
-          f"-p {student_id}")
+          f"-p {student_id}{tr}")
     return 0
 
 

@@ -29,9 +29,6 @@ import os
 import random
 from collections.abc import Iterator
 
-import numpy as np
-import torch
-
 from recokd.errors import UserError
 
 #: environment variable holding the run's seed (read when the trainer is initialised)
@@ -56,6 +53,9 @@ def seed_from_env() -> int | None:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, numpy's global generator and torch's (CPU and every CUDA device)."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -73,6 +73,9 @@ def isolated_rng(seed: int | None = None) -> Iterator[None]:
     Whatever the block draws does not change what is drawn after it. With ``seed`` the block's
     draws start from ``seed_everything(seed)``, so they are reproducible too.
     """
+    import numpy as np
+    import torch
+
     py_state = random.getstate()
     np_state = np.random.get_state()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
