@@ -24,7 +24,8 @@ SCHEDULE = ["--epochs", str(EPOCHS), "--iters-per-epoch", str(ITERS), "--val-ite
 
 
 def _weights(model_folder: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(model_folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    path = model_folder / "fold_0" / "checkpoint_final.pth"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
     assert ckpt["current_epoch"] == EPOCHS
     return ckpt["network_weights"]
 
@@ -84,7 +85,9 @@ def test_kd_weight_zero_reproduces_the_stock_student_for_every_method(
 
 
 @pytest.mark.slow
-def test_no_augmentation_trainers_are_paired_too(kd_env, teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_augmentation_trainers_are_paired_too(
+    kd_env, teacher: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert main(["student-plans", str(DATASET_ID), "-c", CONFIGURATION, "-t", "2"]) == 0
     stock = _stock_student(kd_env, monkeypatch, seed=2, trainer="nnUNetTrainerShortNoDA")
     kd = _kd_student(kd_env, teacher, "reco", seed=2, kd_weight=0.0, trainer="nnUNetTrainerReCoKDNoDA")
