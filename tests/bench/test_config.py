@@ -44,6 +44,11 @@ def test_methods_default_to_every_registered_one_and_unknown_names_are_refused()
         parse_methods("reco,recoo,kd")
     msg = str(e.value)
     assert "unknown method(s) recoo, kd" in msg and all(m in msg for m in registered)
+    # weighted specs of registered methods (a KD-weight sweep in one bench)
+    assert parse_methods("reco,reco:10,reco+logits:0.5") == ["reco", "reco:10", "reco+logits:0.5"]
+    for bad in ("reco:x", "reco:0", "reco:nan", "recoo:2", "reco+reco:2"):
+        with pytest.raises(UserError, match="unknown method"):
+            parse_methods(bad)
 
 
 def test_int_lists() -> None:

@@ -10,6 +10,7 @@ under different settings in one table would be wrong.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -61,20 +62,36 @@ def registered_methods() -> list[str]:
 
 
 def parse_methods(text: str | None, registered: list[str] | None = None) -> list[str]:
-    """KD method names of ``--methods`` (default: every registered one), checked against the registry.
+    """KD methods of ``--methods`` (default: every registered one), checked against the registry.
 
-    ``nokd`` (the student without KD) and ``teacher`` are always part of a bench; listing them is
-    allowed and ignored.
+    An entry may also be a weighted spec of registered methods (``reco:10``, ``reco+logits:0.5``,
+    :func:`recokd.kd.registry.parse_method_spec`): ``reco:10`` trains ReCo-KD at 10 x the study's
+    ``--kd-weight``, so one bench can sweep the KD weight. ``nokd`` (the student without KD) and
+    ``teacher`` are always part of a bench; listing them is allowed and ignored.
     """
     known = registered_methods() if registered is None else list(registered)
     if text is None or not text.strip():
         return known
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known and n not in (NOKD, TEACHER)]
+
+    def valid(name: str) -> bool:
+        if name in known or name in (NOKD, TEACHER):
+            return True
+        terms = [t.strip() for t in name.split("+")]
+        try:
+            weights = [float(t.partition(":")[2] or 1.0) for t in terms]
+        except ValueError:
+            return False
+        heads = [t.partition(":")[0].strip() for t in terms]
+        ok_weights = all(math.isfinite(w) and w > 0 for w in weights)
+        return all(h in known for h in heads) and ok_weights and len(set(heads)) == len(heads)
+
+    unknown = [n for n in names if not valid(n)]
     if unknown:
         raise UserError(
             f"--methods: unknown method(s) {', '.join(unknown)}; registered KD methods: {', '.join(known)} "
-            f"(see `recokd methods`; '{NOKD}' and '{TEACHER}' are always included)"
+            f"(see `recokd methods`; weighted specs such as reco:10 or reco+logits:0.5 are accepted; "
+            f"'{NOKD}' and '{TEACHER}' are always included)"
         )
     return list(dict.fromkeys(n for n in names if n not in (NOKD, TEACHER)))
 
