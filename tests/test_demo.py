@@ -24,6 +24,16 @@ def test_demo_refuses_a_non_empty_output_folder(tmp_path: Path, capsys: pytest.C
     assert main(["demo", "-o", str(tmp_path / "new"), "--cases", "4"]) == 2
     assert "--cases >= 5" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+    # a teacher to reuse is checked before anything is written
+    assert main(["demo", "-o", str(tmp_path / "new"), "--teacher", str(tmp_path)]) == 2
+    assert "expected an nnU-Net model folder Trainer__Plans__3d_fullres" in capsys.readouterr().err
+    model = tmp_path / "nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres"
+    model.mkdir()
+    (model / "plans.json").write_text("{}")
+    assert main(["demo", "-o", str(tmp_path / "new"), "--teacher", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert "dataset.json" in err and "fold_0/checkpoint_final.pth" in err and "missing" in err
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow
@@ -47,7 +57,19 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path: Path) -> None:
     assert rows["teacher"]["parameters"] > 10 * rows["student (ReCo-KD)"]["parameters"]
     assert all(r["cpu_latency_s"] > 0 for r in rows.values())
     assert all(0.0 <= r["mean_dice"] <= 1.0 for r in rows.values())
+    assert set(result["table"]["gap_recovered"]) == {"mean_dice", "small_dice"}
+    assert "gap recovered by ReCo-KD" in proc.stdout
     for name in ("results.md", "dice_vs_latency.png"):
         assert (out / name).is_file(), name
     for folder in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "evaluation"):
         assert (out / folder).is_dir(), folder
+
+    # a second demo reusing that teacher trains only the students
+    teacher = next((out / "nnUNet_results").glob("Dataset*/nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres"))
+    again = tmp_path / "again"
+    proc = subprocess.run([*cmd[:3], str(again), *cmd[4:], "--teacher", str(teacher)],
+                          capture_output=True, text=True, timeout=850, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "reusing the teacher" in proc.stdout and "training the teacher" not in proc.stdout
+    rerun = {r["model"]: r for r in json.loads((again / "results.json").read_text())["table"]["rows"]}
+    assert rerun["teacher"]["mean_dice"] == rows["teacher"]["mean_dice"]  # the same model, the same data

@@ -4,18 +4,21 @@ Steps (each a real component, nothing mocked):
 
 1. write a CT-like phantom dataset in nnU-Net raw format (:mod:`recokd.data`);
 2. plan and preprocess it with nnU-Net (``3d_fullres``);
-3. train a teacher with stock nnU-Net training (``nnUNetTrainerShort``: nnU-Net's trainer on a
-   short schedule);
+3. train a teacher with stock nnU-Net training (``nnUNetTrainerShortNoDA``: nnU-Net's trainer on a
+   short schedule, without data augmentation), or reuse one (``--teacher``: a teacher folder of an
+   earlier demo, copied into this one);
 4. distil a t=2 student with ReCo-KD (``recokd train``) and train the same student without KD
-   (stock nnU-Net training on the student plans, same schedule);
+   (stock nnU-Net training on the student plans, same schedule, same seed: the two runs differ
+   only by the KD term, see :mod:`recokd.nnunet.seeding`);
 5. predict the held-out cases with nnU-Net's predictor, evaluate (Dice, HD95, NSD) and profile
    (parameters, FLOPs, CPU latency);
 6. print one table and save it, with its plots, in the output folder.
 
 All nnU-Net folders live inside the output folder: the user's own ``nnUNet_raw`` /
 ``nnUNet_preprocessed`` / ``nnUNet_results`` are never touched (the environment variables are
-set for this process only). The schedules are deliberately short (CPU minutes, not GPU days):
-the figures show the workflow and the direction of the effect, not converged accuracy.
+set for this process only). The regime (grid, small-structure size, no augmentation, schedules,
+KD weight) is the CPU regime of ``benchmarks/RESULTS.md`` ("Choosing the regime"), scaled down to
+fit in about 15 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -33,30 +36,39 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from recokd.bench.report import gap_recovered
 from recokd.errors import UserError
 
 DATASET_ID = 990
 DATASET_NAME = "DemoPhantoms"
 CONFIGURATION = "3d_fullres"
-TEACHER_TRAINER = "nnUNetTrainerShort"
-KD_TRAINER = "nnUNetTrainerReCoKD"
+#: trainers of the teacher / no-KD student and of the KD student, by ``DemoConfig.augmentation``
+STOCK_TRAINERS = {True: "nnUNetTrainerShort", False: "nnUNetTrainerShortNoDA"}
+KD_TRAINERS = {True: "nnUNetTrainerReCoKD", False: "nnUNetTrainerReCoKDNoDA"}
+TEACHER_CHECKPOINT = "checkpoint_final.pth"
+#: files of an nnU-Net model folder a reused teacher needs (besides fold_0/checkpoint_final.pth)
+_MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 
 
 @dataclass
 class DemoConfig:
-    """Sizes and schedules of the demo (the defaults fit in about 10 minutes on 2 CPU cores)."""
+    """Sizes and schedules of the demo (the defaults fit in about 15 minutes on 2 CPU cores)."""
 
-    cases: int = 24
+    cases: int = 40
     test_cases: int = 8
     shape: tuple[int, int, int] = (32, 32, 32)
     seed: int = 0
+    small_scale: float = 2.0
     t: int = 2
-    teacher_epochs: int = 5
-    student_epochs: int = 5
-    iters_per_epoch: int = 30
+    teacher_epochs: int = 20
+    student_epochs: int = 10
+    iters_per_epoch: int = 50
     val_iters: int = 2
     kd_weight: float = 0.01
+    warmup: float = 0.6
+    augmentation: bool = False
     threads: int | None = None
+    teacher: str | None = None  #: a teacher model folder to reuse instead of training one
 
     def validate(self) -> None:
         if self.cases < 5 or self.test_cases < 1:
@@ -64,6 +76,35 @@ class DemoConfig:
         for name in ("teacher_epochs", "student_epochs", "iters_per_epoch", "val_iters"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        if not self.kd_weight >= 0:
+            raise UserError(f"--kd-weight must be >= 0, got {self.kd_weight}")
+        if not 0 <= self.warmup <= 1:
+            raise UserError(f"--warmup must be in [0, 1], got {self.warmup}")
+        if self.teacher is not None:
+            check_teacher_folder(Path(self.teacher))
+
+    @property
+    def stock_trainer(self) -> str:
+        return STOCK_TRAINERS[self.augmentation]
+
+    @property
+    def kd_trainer(self) -> str:
+        return KD_TRAINERS[self.augmentation]
+
+
+def check_teacher_folder(folder: Path) -> None:
+    """A teacher to reuse: an nnU-Net model folder ``Trainer__Plans__3d_fullres`` with fold 0 trained,
+    e.g. ``<earlier demo>/nnUNet_results/Dataset990_DemoPhantoms/<trainer>__nnUNetPlans__3d_fullres``."""
+    parts = folder.name.split("__")
+    if not folder.is_dir() or len(parts) != 3 or parts[2] != CONFIGURATION:
+        raise UserError(
+            f"--teacher {folder}: expected an nnU-Net model folder Trainer__Plans__{CONFIGURATION}, e.g. "
+            f"<earlier demo output>/nnUNet_results/Dataset{DATASET_ID:03d}_{DATASET_NAME}/"
+            f"{STOCK_TRAINERS[False]}__nnUNetPlans__{CONFIGURATION}"
+        )
+    missing = [n for n in (*_MODEL_FILES, f"fold_0/{TEACHER_CHECKPOINT}") if not (folder / n).is_file()]
+    if missing:
+        raise UserError(f"--teacher {folder}: {', '.join(missing)} missing (a trained fold 0 is needed)")
 
 
 class _Stage:
@@ -164,10 +205,24 @@ def _train_stock(plans: str, epochs: int, cfg: DemoConfig) -> None:
     import torch
     from nnunetv2.run.run_training import run_training
 
+    from recokd.nnunet.seeding import SEED_ENV
+
     os.environ["RECOKD_SHORT_EPOCHS"] = str(epochs)
     os.environ["RECOKD_SHORT_ITERS"] = str(cfg.iters_per_epoch)
     os.environ["RECOKD_SHORT_VAL_ITERS"] = str(cfg.val_iters)
-    run_training(str(DATASET_ID), CONFIGURATION, 0, TEACHER_TRAINER, plans, device=torch.device("cpu"))
+    os.environ[SEED_ENV] = str(cfg.seed)
+    run_training(str(DATASET_ID), CONFIGURATION, 0, cfg.stock_trainer, plans, device=torch.device("cpu"))
+
+
+def _copy_teacher(source: Path, results: Path) -> Path:
+    """Copy a trained teacher (its fold 0 final checkpoint and model files) into this demo's results."""
+    target = results / source.name
+    (target / "fold_0").mkdir(parents=True, exist_ok=True)
+    for name in _MODEL_FILES:
+        shutil.copy2(source / name, target / name)
+    shutil.copy2(source / "fold_0" / TEACHER_CHECKPOINT, target / "fold_0" / TEACHER_CHECKPOINT)
+    print(f"copied {source} -> {target}")
+    return target
 
 
 def _run_cli(argv: list[str]) -> None:
@@ -189,10 +244,13 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     dataset = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
     student_plans = f"nnUNetPlans_recokd_t{cfg.t}"
     results = dirs["results"] / dataset
+    teacher_name = (
+        Path(cfg.teacher).name if cfg.teacher else f"{cfg.stock_trainer}__nnUNetPlans__{CONFIGURATION}"
+    )
     models = {
-        "teacher": results / f"{TEACHER_TRAINER}__nnUNetPlans__{CONFIGURATION}",
-        "student (no KD)": results / f"{TEACHER_TRAINER}__{student_plans}__{CONFIGURATION}",
-        "student (ReCo-KD)": results / f"{KD_TRAINER}__{student_plans}__{CONFIGURATION}",
+        "teacher": results / teacher_name,
+        "student (no KD)": results / f"{cfg.stock_trainer}__{student_plans}__{CONFIGURATION}",
+        "student (ReCo-KD)": results / f"{cfg.kd_trainer}__{student_plans}__{CONFIGURATION}",
     }
     stage = _Stage(total=8, log_dir=out / "logs")
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch deprecation notices
@@ -207,53 +265,47 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
             num_test_cases=cfg.test_cases,
             seed=cfg.seed,
             shape=cfg.shape,
+            small_scale=cfg.small_scale,
             name=DATASET_NAME,
             raw_dir=dirs["raw"],
             progress=True,
         ),
     )
     stage("nnU-Net planning and preprocessing (3d_fullres)", _plan_and_preprocess)
-    stage(
-        f"training the teacher (stock nnU-Net, {cfg.teacher_epochs} x {cfg.iters_per_epoch} iterations)",
-        lambda: _train_stock("nnUNetPlans", cfg.teacher_epochs, cfg),
-        progress="teacher",
-    )
+    if cfg.teacher:
+        stage(f"reusing the teacher {cfg.teacher}", lambda: _copy_teacher(Path(cfg.teacher), results))
+    else:
+        stage(
+            f"training the teacher (stock nnU-Net, {cfg.teacher_epochs} x {cfg.iters_per_epoch} iterations)",
+            lambda: _train_stock("nnUNetPlans", cfg.teacher_epochs, cfg),
+            progress="teacher",
+        )
     stage(
         f"student plans t={cfg.t}",
         lambda: _run_cli(
             ["student-plans", str(DATASET_ID), "-p", "nnUNetPlans", "-c", CONFIGURATION, "-t", str(cfg.t)]
         ),
     )
-    stage(
-        f"training the student without KD ({cfg.student_epochs} x {cfg.iters_per_epoch} iterations)",
-        lambda: _train_stock(student_plans, cfg.student_epochs, cfg),
-        progress="student, no KD",
-    )
+    # KD first: a reused teacher that does not fit this demo's data is refused before anything trains
     stage(
         f"distilling the student with ReCo-KD ({cfg.student_epochs} x {cfg.iters_per_epoch} iterations)",
         lambda: _run_cli(
             [
-                "train",
-                str(DATASET_ID),
-                CONFIGURATION,
-                "0",
-                "--teacher",
-                str(models["teacher"]),
-                "-t",
-                str(cfg.t),
-                "--epochs",
-                str(cfg.student_epochs),
-                "--iters-per-epoch",
-                str(cfg.iters_per_epoch),
-                "--val-iters",
-                str(cfg.val_iters),
-                "--kd-weight",
-                str(cfg.kd_weight),
-                "--device",
-                "cpu",
+                "train", str(DATASET_ID), CONFIGURATION, "0",
+                "--teacher", str(models["teacher"]), "-t", str(cfg.t), "-tr", cfg.kd_trainer,
+                "--seed", str(cfg.seed),
+                "--epochs", str(cfg.student_epochs), "--iters-per-epoch", str(cfg.iters_per_epoch),
+                "--val-iters", str(cfg.val_iters),
+                "--kd-weight", str(cfg.kd_weight), "--warmup", str(cfg.warmup),
+                "--device", "cpu",
             ]
         ),
         progress="student, ReCo-KD",
+    )
+    stage(
+        f"training the student without KD ({cfg.student_epochs} x {cfg.iters_per_epoch} iterations)",
+        lambda: _train_stock(student_plans, cfg.student_epochs, cfg),
+        progress="student, no KD",
     )
 
     predictions = out / "predictions"
@@ -349,7 +401,14 @@ def _table(models: dict[str, Path], evaluations: dict[str, dict[str, Any]], repo
                 "hd95_mm": _mean(fg.get("hd95_mm")),
             }
         )
-    return {"rows": rows}
+    by_model = {r["model"]: r for r in rows}
+    gap = {
+        key: gap_recovered(
+            by_model["student (ReCo-KD)"][key], by_model["student (no KD)"][key], by_model["teacher"][key]
+        )
+        for key in ("mean_dice", "small_dice")
+    }
+    return {"rows": rows, "gap_recovered": gap}
 
 
 def _mean(value: Any) -> float | None:
@@ -374,6 +433,14 @@ def format_table(table: dict[str, Any]) -> str:
             f"{r['cpu_latency_s']:>12.2f}{_fmt(r['mean_dice'], '.3f'):>11}{_fmt(r['small_dice'], '.3f'):>12}"
             f"{_fmt(r['hd95_mm'], '.1f'):>9}"
         )
+    gap = table.get("gap_recovered") or {}
+    pct = {k: "n/a (teacher not above the no-KD student)" if v is None else f"{100 * v:+.0f}%"
+           for k, v in gap.items()}
+    if pct:
+        lines.append(
+            f"gap recovered by ReCo-KD, (KD - no KD) / (teacher - no KD): mean Dice {pct['mean_dice']}, "
+            f"small Dice {pct['small_dice']}"
+        )
     return "\n".join(lines)
 
 
@@ -381,15 +448,22 @@ def _write_outputs(out: Path, table, evaluations, report, cfg: DemoConfig, elaps
     from recokd.evaluation.plots import dice_vs_latency
 
     text = format_table(table)
+    augmentation = "nnU-Net's data augmentation" if cfg.augmentation else "no data augmentation (NoDA)"
+    teacher = (
+        f"reused from {cfg.teacher}" if cfg.teacher
+        else f"{cfg.teacher_epochs} x {cfg.iters_per_epoch} iterations"
+    )
     notes = (
         "FLOPs: torch.utils.flop_counter, 2 per multiply-add, one patch, batch 1. CPU latency: nnU-Net "
         "sliding window on one volume of twice the patch size per axis (27 tiles at step 0.5), no "
         "mirroring, per-layer oneDNN choice as in recokd predict, median of 3 after warm-up. Dice/HD95: "
-        "held-out "
-        "phantoms, mean over foreground classes; small = the small structures (vessel, adrenal, lesion); "
-        "empty-mask convention recokd-empty-v1 (HD95 NaN left out of means). The schedules are CPU-sized "
-        "(a few hundred iterations; nnU-Net trains 250,000): read the Dice columns as a smoke test, "
-        "not as the method's accuracy (see benchmarks/RESULTS.md)."
+        f"{cfg.test_cases} held-out phantoms ({'x'.join(map(str, cfg.shape))}, small structures x"
+        f"{cfg.small_scale:g}), mean over foreground classes; small = the small structures (vessel, "
+        "adrenal, lesion); empty-mask convention recokd-empty-v1 (HD95 NaN left out of means). "
+        f"Schedules: teacher {teacher}; both students {cfg.student_epochs} x {cfg.iters_per_epoch} "
+        f"iterations, seed {cfg.seed} (paired: same initialisation and data stream); {augmentation}; "
+        f"ReCo-KD lambda_max {cfg.kd_weight:g}, linear warm-up over {cfg.warmup:.0%} of the epochs. "
+        "One seed: the study over seeds, with the spread, is benchmarks/RESULTS.md."
     )
     (out / "results.md").write_text(
         f"# recokd demo\n\n```\n{text}\n```\n\n{notes}\n\nwall time: {elapsed:.0f} s\n"
@@ -427,10 +501,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--test-cases", type=int, default=d.test_cases, help="held-out phantoms (default: %(default)s)"
     )
-    p.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs)
-    p.add_argument("--student-epochs", type=int, default=d.student_epochs)
-    p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch)
+    p.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs,
+                   help="teacher epochs (default: %(default)s)")
+    p.add_argument("--student-epochs", type=int, default=d.student_epochs,
+                   help="epochs of each student (default: %(default)s)")
+    p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch,
+                   help="training iterations per epoch (default: %(default)s)")
     p.add_argument("--val-iters", type=int, default=d.val_iters, help="validation iterations per epoch")
+    p.add_argument("--kd-weight", type=float, default=d.kd_weight,
+                   help="ReCo-KD lambda_max (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="fraction of the epochs over which the KD weight ramps up (default: %(default)s)")
+    p.add_argument("--teacher", default=None, metavar="MODEL_FOLDER",
+                   help="reuse a trained teacher instead of training one: the teacher model folder of an "
+                        "earlier demo (<its -o>/nnUNet_results/Dataset990_DemoPhantoms/"
+                        "nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres), copied into this output folder; "
+                        "it must have been trained on the same phantoms (same --cases)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.set_defaults(func=_run)
 
@@ -443,7 +529,10 @@ def _run(args: argparse.Namespace) -> int:
         student_epochs=args.student_epochs,
         iters_per_epoch=args.iters_per_epoch,
         val_iters=args.val_iters,
+        kd_weight=args.kd_weight,
+        warmup=args.warmup,
         threads=args.threads,
+        teacher=str(Path(args.teacher).expanduser().resolve()) if args.teacher else None,
     )
     cfg.validate()  # before touching the output folder
     out = Path(args.output).resolve()

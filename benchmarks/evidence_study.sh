@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The evidence study of benchmarks/RESULTS.md: a competent teacher, paired students, a KD-weight sweep on a
+# validation split, the final comparison over seeds. Every step is resumable: it skips what is finished
+# (nnU-Net checkpoint_final.pth, recokd bench result.json files), so run it again to continue.
+#
+#   bash benchmarks/evidence_study.sh [STEP ...]      STEP: data teacher curves sweep final (default: all)
+#
+# CPU, 2 cores: data ~1 min, teacher ~35 min, each student run 2-5 min. Environment knobs: STUDY (folder,
+# default benchmarks/results/evidence), PY (python, default .venv/bin/python), SEEDS (final bench, default 3).
+# Heavy folders (nnU-Net data, models, predictions) stay out of git (STUDY/.gitignore); the per-run
+# result.json / evaluation files and the reports are committed, which is what the benches resume from.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STUDY=${STUDY:-benchmarks/results/evidence}
+PY=${PY:-.venv/bin/python}
+BIN=$(dirname "$PY")
+SEEDS=${SEEDS:-3}
+DATA=$STUDY/data
+export nnUNet_raw=$PWD/$DATA/nnUNet_raw nnUNet_preprocessed=$PWD/$DATA/nnUNet_preprocessed
+export nnUNet_results=$PWD/$DATA/nnUNet_results
+export nnUNet_extTrainer=$("$PY" -c "import recokd.nnunet as n; print(n.ext_trainer_dir())")
+export nnUNet_def_n_proc=1 nnUNet_compile=0 nnUNet_wandb_enabled=0 PYTHONWARNINGS=ignore::FutureWarning
+DATASET=Dataset801_P32s2p0
+TEACHER=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres
+VAL=$PWD/$DATA/validation_raw/Dataset802_P32s2p0Validation
+# the students' schedule (every student of every bench): epochs x 50 iterations, no augmentation
+STUDENT=(--no-augmentation --iters-per-epoch 50 --val-iters 2 --epochs 10 -t 2 --device cpu --no-progress)
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(data teacher curves sweep final)
+want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
+mkdir -p "$STUDY"
+printf 'data/\n**/nnUNet_results/\n**/nnUNet_raw/\n**/nnUNet_preprocessed/\n**/predictions/\n' > "$STUDY/.gitignore"
+
+if want data; then
+    # 60 training + 16 held-out (test) phantoms of 32^3 (1 mm), small structures x2 (~100 voxels each)
+    [ -d "$nnUNet_raw/$DATASET" ] || "$BIN/recokd" phantoms --id 801 --name P32s2p0 --cases 60 --test-cases 16 \
+        --shape 32 32 32 --small-scale 2 --seed 0 --raw "$nnUNet_raw"
+    # the validation split of the KD sweep: 16 more phantoms from another generator seed (never the test cases)
+    [ -d "$VAL" ] || "$BIN/recokd" phantoms --id 802 --name P32s2p0Validation --cases 2 --test-cases 16 \
+        --shape 32 32 32 --small-scale 2 --seed 1 --raw "$PWD/$DATA/validation_raw"
+    # nnU-Net's planner: no nnUNet_n_proc_DA=0 here (it would call torch.set_num_threads(0))
+    [ -f "$nnUNet_preprocessed/$DATASET/nnUNetPlans.json" ] || \
+        "$BIN/nnUNetv2_plan_and_preprocess" -d 801 -c 3d_fullres -np 1 --verify_dataset_integrity
+fi
+
+export nnUNet_n_proc_DA=0  # training: augmentation (here: none) in the main process
+if want teacher && [ ! -f "$TEACHER/fold_0/checkpoint_final.pth" ]; then
+    # stock nnU-Net (nnUNetTrainerNoDA on a short schedule): 40 epochs x 50 iterations, seed 0
+    RECOKD_SHORT_EPOCHS=40 RECOKD_SHORT_ITERS=50 RECOKD_SHORT_VAL_ITERS=4 RECOKD_SEED=0 \
+        "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA -device cpu
+fi
+
+if want curves; then
+    folds=("$TEACHER/fold_0")
+    for f in "$STUDY"/final/runs/t2/nokd/seed*/nnUNet_results/*/*/fold_0; do [ -d "$f" ] && folds+=("$f"); done
+    "$PY" benchmarks/learning_curves.py "${folds[@]}" --every 100 --csv "$STUDY/curves.csv" \
+        --plot "$STUDY/curves.png" | tee "$STUDY/curves.txt"
+fi
+
+bench() {  # bench FOLDER ARGS...: a student bench against the teacher above
+    local out=$1; shift
+    "$BIN/recokd" bench --dataset 801 --teacher "$TEACHER" -o "$out" "${STUDENT[@]}" "$@"
+}
+
+if want sweep; then
+    # KD weight lambda_max in {0.01, 0.1, 1} (reco, reco:10, reco:100 at --kd-weight 0.01) x warm-up fraction
+    # {0, 0.2, 0.6}, seed 0, scored on the validation phantoms
+    for w in 0 0.2 0.6; do
+        bench "$STUDY/sweep/warmup$w" --warmup "$w" --methods reco,reco:10,reco:100 --seed-list 0 \
+            --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile
+    done
+fi
+
+if want final; then
+    # the comparison on the test phantoms with the setting chosen on the validation split (RESULTS.md)
+    bench "$STUDY/final" --kd-weight "${KD_WEIGHT:-0.1}" --warmup "${WARMUP:-0.2}" --seeds "$SEEDS" \
+        --methods reco,reco-sard,reco-ca,cwd,fitnet,logits,dist
+fi
