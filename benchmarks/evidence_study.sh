@@ -63,12 +63,16 @@ bench() {  # bench FOLDER ARGS...: a student bench against the teacher above
 }
 
 if want sweep; then
-    # KD weight lambda_max in {0.01, 0.1, 1} (reco, reco:10, reco:100 at --kd-weight 0.01) x warm-up fraction
-    # {0, 0.2, 0.6}, seed 0, scored on the validation phantoms
-    for w in 0 0.2 0.6; do
-        bench "$STUDY/sweep/warmup$w" --warmup "$w" --methods reco,reco:10,reco:100 --seed-list 0 \
-            --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile
+    # 1. KD weight lambda_max in {0.01, 0.1, 1} (reco, reco:10, reco:100 at --kd-weight 0.01), warm-up 0.2;
+    # 2. warm-up fraction in {0, 0.6} at the best lambda of 1 (BEST_WEIGHT, a method spec: reco:10 = 0.1).
+    # Seed 0, scored on the validation phantoms, never on the test cases.
+    sweep=(--seed-list 0 --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile)
+    bench "$STUDY/sweep/warmup0.2" --warmup 0.2 --methods reco,reco:10,reco:100 "${sweep[@]}"
+    for w in 0 0.6; do
+        bench "$STUDY/sweep/warmup$w" --warmup "$w" --methods "${BEST_WEIGHT:-reco:100}" "${sweep[@]}"
     done
+    # 3. the students' schedule: the teacher's length (40 epochs = 2000 iterations) instead of 10
+    bench "$STUDY/sweep/long" --epochs 40 --warmup 0.2 --methods "${BEST_WEIGHT:-reco:100}" "${sweep[@]}"
 fi
 
 if want final; then
