@@ -52,7 +52,8 @@ _MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 
 @dataclass
 class DemoConfig:
-    """Sizes and schedules of the demo (the defaults fit in about 15 minutes on 2 CPU cores)."""
+    """Sizes and schedules of the demo (the defaults fit in about 15 minutes on 2 CPU cores: the
+    teacher's 650 iterations take ~11 of them; see benchmarks/RESULTS.md, "Choosing the regime")."""
 
     cases: int = 40
     test_cases: int = 8
@@ -60,8 +61,8 @@ class DemoConfig:
     seed: int = 0
     small_scale: float = 2.0
     t: int = 2
-    teacher_epochs: int = 20
-    student_epochs: int = 10
+    teacher_epochs: int = 13
+    student_epochs: int = 4
     iters_per_epoch: int = 50
     val_iters: int = 2
     kd_weight: float = 0.01

@@ -91,12 +91,19 @@ def isolated_rng(seed: int | None = None) -> Iterator[None]:
 
 class SeededInitialization:
     """Mixin for an ``nnUNetTrainer`` subclass: with ``RECOKD_SEED`` set, seed every global
-    generator right before nnU-Net's ``initialize`` builds the network (once per trainer)."""
+    generator right before nnU-Net's ``initialize`` builds the network (once per trainer).
+
+    Under DDP every rank gets its own stream (``seed + rank * 100003``): the ranks must sample
+    different batches, and the student's initial weights are rank 0's anyway (DDP broadcasts them).
+    """
 
     def initialize(self):
         if not self.was_initialized:
             seed = seed_from_env()
             if seed is not None:
-                seed_everything(seed)
+                import torch.distributed as dist
+
+                rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+                seed_everything(seed + rank * 100003)
                 self.print_to_log_file(f"{SEED_ENV}={seed}: generators seeded before building the network")
         super().initialize()
