@@ -109,15 +109,18 @@ def test_nnunet_finds_trainers_through_ext_trainer_dir(monkeypatch: pytest.Monke
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from recokd.nnunet.short_trainer import nnUNetTrainerShort
-    from recokd.nnunet.trainer import nnUNetTrainerReCoKD
+    from recokd.nnunet.short_trainer import nnUNetTrainerShort, nnUNetTrainerShortNoDA
+    from recokd.nnunet.trainer import nnUNetTrainerReCoKD, nnUNetTrainerReCoKDNoDA
 
     folder = Path(ext_trainer_dir())
     assert sorted(p.name for p in folder.glob("*.py")) == [
-        "__init__.py", "nnUNetTrainerReCoKD.py", "nnUNetTrainerShort.py"]
+        "__init__.py", "nnUNetTrainerReCoKD.py", "nnUNetTrainerReCoKDNoDA.py", "nnUNetTrainerShort.py",
+        "nnUNetTrainerShortNoDA.py"]
     monkeypatch.setenv(EXT_TRAINER_ENV, str(folder))
     assert recursive_find_trainer_class_by_name("nnUNetTrainerReCoKD") is nnUNetTrainerReCoKD
     assert recursive_find_trainer_class_by_name("nnUNetTrainerShort") is nnUNetTrainerShort
+    assert recursive_find_trainer_class_by_name("nnUNetTrainerReCoKDNoDA") is nnUNetTrainerReCoKDNoDA
+    assert recursive_find_trainer_class_by_name("nnUNetTrainerShortNoDA") is nnUNetTrainerShortNoDA
     assert "nnUNetTrainerReCoKD" not in sys.modules  # nnU-Net cleans up its by-file imports
     monkeypatch.delenv(EXT_TRAINER_ENV)
     with pytest.raises(RuntimeError, match="nnUNet_extTrainer"):

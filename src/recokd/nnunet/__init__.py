@@ -15,7 +15,7 @@ def ext_trainer_dir() -> str:
     nnU-Net (``nnunetv2.utilities.find_objects``) looks trainer classes up by the name stored in a
     checkpoint (``trainer_name``), first in its own package, then in the folders listed in
     ``nnUNet_extTrainer`` (separated by ``os.pathsep``). This folder holds one small module per
-    trainer (``nnUNetTrainerReCoKD``, ``nnUNetTrainerShort``)::
+    trainer (``nnUNetTrainerReCoKD``, ``nnUNetTrainerShort`` and their NoDA variants)::
 
         export nnUNet_extTrainer=$(python -c "import recokd.nnunet as n; print(n.ext_trainer_dir())")
     """
