@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from recokd.kd.base import KDMethod
+from recokd.kd.baselines.logits import full_resolution_logits
 
 #: lower bound of the product of the two norms in the Pearson correlation: a constant row or
 #: column (zero variance) then has correlation 0 instead of NaN
@@ -93,17 +94,7 @@ class DISTKD(KDMethod):
         student_logits: torch.Tensor | Sequence[torch.Tensor] | None = None,
         teacher_logits: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor | float]:
-        if student_logits is None or teacher_logits is None:
-            raise ValueError("DISTKD needs student_logits and teacher_logits (B x K x D x H x W)")
-        zs = student_logits if isinstance(student_logits, torch.Tensor) else student_logits[0]
-        zt = teacher_logits if isinstance(teacher_logits, torch.Tensor) else teacher_logits[0]
-        if zs.shape != zt.shape or zs.dim() < 3:
-            raise ValueError(
-                f"student logits {tuple(zs.shape)} and teacher logits {tuple(zt.shape)} must have the "
-                "same shape B x K x D x H x W"
-            )
-        if zs.shape[1] != self.num_classes:
-            raise ValueError(f"DISTKD was built for {self.num_classes} classes, logits have {zs.shape[1]}")
+        zs, zt = full_resolution_logits("DISTKD", self.num_classes, student_logits, teacher_logits)
         tau = self.tau
         B, K = zs.shape[:2]
         with torch.autocast(device_type=zs.device.type, enabled=False):

@@ -61,17 +61,7 @@ class LogitKD(KDMethod):
         student_logits: torch.Tensor | Sequence[torch.Tensor] | None = None,
         teacher_logits: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor | float]:
-        if student_logits is None or teacher_logits is None:
-            raise ValueError("LogitKD needs student_logits and teacher_logits (B x K x D x H x W)")
-        zs = student_logits if isinstance(student_logits, torch.Tensor) else student_logits[0]
-        zt = teacher_logits if isinstance(teacher_logits, torch.Tensor) else teacher_logits[0]
-        if zs.shape != zt.shape or zs.dim() < 3:
-            raise ValueError(
-                f"student logits {tuple(zs.shape)} and teacher logits {tuple(zt.shape)} must have the "
-                "same shape B x K x D x H x W"
-            )
-        if zs.shape[1] != self.num_classes:
-            raise ValueError(f"LogitKD was built for {self.num_classes} classes, logits have {zs.shape[1]}")
+        zs, zt = full_resolution_logits("LogitKD", self.num_classes, student_logits, teacher_logits)
         T = self.temperature
         with torch.autocast(device_type=zs.device.type, enabled=False):
             dtype = torch.promote_types(torch.promote_types(zs.dtype, zt.dtype), torch.float32)
@@ -86,6 +76,29 @@ class LogitKD(KDMethod):
 
     def extra_repr(self) -> str:
         return f"classes={self.num_classes}, T={self.temperature}, regions={self.regions}"
+
+
+def full_resolution_logits(
+    method: str,
+    num_classes: int,
+    student_logits: torch.Tensor | Sequence[torch.Tensor] | None,
+    teacher_logits: torch.Tensor | Sequence[torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full-resolution ``B x K x D x H x W`` logits of student and teacher (a deep-supervision
+    list gives its first entry), checked to exist, to have one shape and ``num_classes`` channels;
+    ValueError naming ``method`` otherwise."""
+    if student_logits is None or teacher_logits is None:
+        raise ValueError(f"{method} needs student_logits and teacher_logits (B x K x D x H x W)")
+    zs = student_logits if isinstance(student_logits, torch.Tensor) else student_logits[0]
+    zt = teacher_logits if isinstance(teacher_logits, torch.Tensor) else teacher_logits[0]
+    if zs.shape != zt.shape or zs.dim() < 3:
+        raise ValueError(
+            f"student logits {tuple(zs.shape)} and teacher logits {tuple(zt.shape)} must have the "
+            "same shape B x K x D x H x W"
+        )
+    if zs.shape[1] != num_classes:
+        raise ValueError(f"{method} was built for {num_classes} classes, logits have {zs.shape[1]}")
+    return zs, zt
 
 
 def _binary_kl(zt: torch.Tensor, zs: torch.Tensor) -> torch.Tensor:
