@@ -3,7 +3,7 @@
 # validation split, the final comparison over seeds. Every step is resumable: it skips what is finished
 # (nnU-Net checkpoint_final.pth, recokd bench result.json files), so run it again to continue.
 #
-#   bash benchmarks/evidence_study.sh [STEP ...]      STEP: data teacher curves sweep final (default: all)
+#   bash benchmarks/evidence_study.sh [STEP ...]   STEP: data teacher students curves sweep final (default: all)
 #
 # CPU, 2 cores: data ~1 min, teacher ~35 min, each student run 2-5 min. Environment knobs: STUDY (folder,
 # default benchmarks/results/evidence), PY (python, default .venv/bin/python), SEEDS (final bench, default 3).
@@ -26,7 +26,7 @@ VAL=$PWD/$DATA/validation_raw/Dataset802_P32s2p0Validation
 # the students' schedule (every student of every bench): epochs x 50 iterations, no augmentation
 STUDENT=(--no-augmentation --iters-per-epoch 50 --val-iters 2 --epochs 10 -t 2 --device cpu --no-progress)
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(data teacher curves sweep final)
+[ ${#steps[@]} -gt 0 ] || steps=(data teacher students curves sweep final)
 want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 mkdir -p "$STUDY"
 printf 'data/\n**/nnUNet_results/\n**/nnUNet_raw/\n**/nnUNet_preprocessed/\n**/predictions/\n' > "$STUDY/.gitignore"
@@ -50,11 +50,25 @@ if want teacher && [ ! -f "$TEACHER/fold_0/checkpoint_final.pth" ]; then
         "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA -device cpu
 fi
 
+if want students; then
+    # students trained alone (stock nnU-Net, NoDA, seed 0) for the regime's learning curves
+    for spec in "2 20" "3 10" "1 20"; do
+        set -- $spec
+        "$BIN/recokd" student-plans 801 -c 3d_fullres -t "$1" > /dev/null
+        fold=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t$1__3d_fullres/fold_0
+        [ -f "$fold/checkpoint_final.pth" ] || RECOKD_SHORT_EPOCHS=$2 RECOKD_SHORT_ITERS=50 RECOKD_SHORT_VAL_ITERS=4 \
+            RECOKD_SEED=0 "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA -p "nnUNetPlans_recokd_t$1" \
+            -device cpu
+    done
+fi
+
 if want curves; then
-    folds=("$TEACHER/fold_0")
-    for f in "$STUDY"/final/runs/t2/nokd/seed*/nnUNet_results/*/*/fold_0; do [ -d "$f" ] && folds+=("$f"); done
+    folds=()
+    for f in "$nnUNet_results/$DATASET"/nnUNetTrainerShortNoDA__nnUNetPlans*__3d_fullres*/fold_0; do
+        [ -d "$f" ] && folds+=("$f")
+    done
     "$PY" benchmarks/learning_curves.py "${folds[@]}" --every 100 --csv "$STUDY/curves.csv" \
-        --plot "$STUDY/curves.png" | tee "$STUDY/curves.txt"
+        --plot "$STUDY/curves.png" > "$STUDY/curves.txt"
 fi
 
 bench() {  # bench FOLDER ARGS...: a student bench against the teacher above
