@@ -19,13 +19,12 @@ are never repeated (unless ``--rerun``). An unfinished run is started over: a fo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from recokd.bench.config import (
     plan_runs,
 )
 from recokd.bench.worker import command, write_json_atomic
+from recokd.environ import temporary_environ
 from recokd.errors import UserError
 from recokd.nnunet.seeding import SEED_ENV
 
@@ -52,25 +52,6 @@ CPU_ENV = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": 
 SHORT_ENV = ("RECOKD_SHORT_EPOCHS", "RECOKD_SHORT_ITERS", "RECOKD_SHORT_VAL_ITERS")
 PREPARED_FILE = "prepared.json"
 OUTPUT_FILES = ("runs.csv", "summary.csv", "results.md", "dice_vs_latency.png", "per_class_dice.png")
-
-
-@contextlib.contextmanager
-def temporary_environ(**values: str | None) -> Iterator[None]:
-    """Set (or, for None, remove) environment variables for the block; restore them afterwards."""
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # ---------------------------------------------------------------------------- dataset

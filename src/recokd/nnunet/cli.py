@@ -370,23 +370,16 @@ def _train(args: argparse.Namespace) -> int:
 
     from nnunetv2.run.run_training import run_training
 
+    from recokd.environ import temporary_environ
     from recokd.nnunet.seeding import SEED_ENV
 
     _set_threads(device)
     env = {SETTINGS_ENV: str(settings_path)}  # read by the trainer (and by every DDP worker)
     if args.seed is not None:
         env[SEED_ENV] = str(args.seed)
-    previous = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with temporary_environ(**env):
         run_training(dataset_name, args.configuration, fold, args.trainer, student_id, num_gpus=args.num_gpus,
                      export_validation_probabilities=args.npz, continue_training=resume, device=device)
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
     model_folder = out.parent
     print()
