@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from recokd.bench.config import KD_TRAINER, KD_TRAINER_NO_DA, STOCK_TRAINER, STOCK_TRAINER_NO_DA
 from recokd.bench.report import gap_recovered
 from recokd.errors import UserError
 
@@ -43,8 +44,8 @@ DATASET_ID = 990
 DATASET_NAME = "DemoPhantoms"
 CONFIGURATION = "3d_fullres"
 #: trainers of the teacher / no-KD student and of the KD student, by ``DemoConfig.augmentation``
-STOCK_TRAINERS = {True: "nnUNetTrainerShort", False: "nnUNetTrainerShortNoDA"}
-KD_TRAINERS = {True: "nnUNetTrainerReCoKD", False: "nnUNetTrainerReCoKDNoDA"}
+STOCK_TRAINERS = {True: STOCK_TRAINER, False: STOCK_TRAINER_NO_DA}
+KD_TRAINERS = {True: KD_TRAINER, False: KD_TRAINER_NO_DA}
 TEACHER_CHECKPOINT = "checkpoint_final.pth"
 #: files of an nnU-Net model folder a reused teacher needs (besides fold_0/checkpoint_final.pth)
 _MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")

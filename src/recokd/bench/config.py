@@ -77,14 +77,13 @@ def parse_methods(text: str | None, registered: list[str] | None = None) -> list
     def valid(name: str) -> bool:
         if name in known or name in (NOKD, TEACHER):
             return True
-        terms = [t.strip() for t in name.split("+")]
+        from recokd.kd.registry import parse_method_spec
+
         try:
-            weights = [float(t.partition(":")[2] or 1.0) for t in terms]
+            terms = parse_method_spec(name)
         except ValueError:
             return False
-        heads = [t.partition(":")[0].strip() for t in terms]
-        ok_weights = all(math.isfinite(w) and w > 0 for w in weights)
-        return all(h in known for h in heads) and ok_weights and len(set(heads)) == len(heads)
+        return all(n in known and math.isfinite(w) and w > 0 for n, w in terms)
 
     unknown = [n for n in names if not valid(n)]
     if unknown:
