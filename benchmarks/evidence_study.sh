@@ -3,7 +3,8 @@
 # validation split, the final comparison over seeds. Every step is resumable: it skips what is finished
 # (nnU-Net checkpoint_final.pth, recokd bench result.json files), so run it again to continue.
 #
-#   bash benchmarks/evidence_study.sh [STEP ...]   STEP: data teacher students curves sweep final (default: all)
+#   bash benchmarks/evidence_study.sh [STEP ...]
+#   STEP: data teacher students curves sweep adam-students adam-curves adam-sweep final (default: all)
 #
 # CPU, 2 cores: data ~1 min, teacher ~35 min, each student run 2-5 min. Environment knobs: STUDY (folder,
 # default benchmarks/results/evidence), PY (python, default .venv/bin/python), SEEDS (final bench, default 3).
@@ -23,10 +24,14 @@ export nnUNet_def_n_proc=1 nnUNet_compile=0 nnUNet_wandb_enabled=0 PYTHONWARNING
 DATASET=Dataset801_P32s2p0
 TEACHER=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres
 VAL=$PWD/$DATA/validation_raw/Dataset802_P32s2p0Validation
-# the students' schedule (every student of every bench): epochs x 50 iterations, no augmentation
+# regime 1 (sweep): the students' schedule: epochs x 50 iterations, no augmentation, nnU-Net's SGD
 STUDENT=(--no-augmentation --iters-per-epoch 50 --val-iters 2 --epochs 10 -t 2 --device cpu --no-progress)
+# regime 2 (adam-sweep, final): the same schedule with nnU-Net's AdamW (nnUNetTrainerAdam) for every student, t=3
+ADAM_T=${ADAM_T:-3}
+STUDENT_ADAM=(--no-augmentation --iters-per-epoch 50 --val-iters 2 --epochs 10 -t "$ADAM_T" --optimizer adam
+    --device cpu --no-progress)
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(data teacher students curves sweep final)
+[ ${#steps[@]} -gt 0 ] || steps=(data teacher students curves sweep adam-students adam-curves adam-sweep final)
 want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 mkdir -p "$STUDY"
 printf 'data/\n**/nnUNet_results/\n**/nnUNet_raw/\n**/nnUNet_preprocessed/\n**/predictions/\n' > "$STUDY/.gitignore"
@@ -71,9 +76,13 @@ if want curves; then
         --plot "$STUDY/curves.png" > "$STUDY/curves.txt"
 fi
 
-bench() {  # bench FOLDER ARGS...: a student bench against the teacher above
+bench() {  # bench FOLDER ARGS...: a regime-1 student bench against the teacher above
     local out=$1; shift
     "$BIN/recokd" bench --dataset 801 --teacher "$TEACHER" -o "$out" "${STUDENT[@]}" "$@"
+}
+bench_adam() {  # bench_adam FOLDER ARGS...: a regime-2 student bench
+    local out=$1; shift
+    "$BIN/recokd" bench --dataset 801 --teacher "$TEACHER" -o "$out" "${STUDENT_ADAM[@]}" "$@"
 }
 
 if want sweep; then
@@ -89,8 +98,40 @@ if want sweep; then
     bench "$STUDY/sweep/long" --epochs 40 --warmup 0.2 --methods "${BEST_WEIGHT:-reco:100}" "${sweep[@]}"
 fi
 
+if want adam-students; then
+    # students trained alone with nnU-Net's AdamW (nnUNetTrainerAdam's optimiser), 10 x 50 iterations, seed 0
+    for t in 2 3; do
+        "$BIN/recokd" student-plans 801 -c 3d_fullres -t "$t" > /dev/null
+        fold=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t${t}__3d_fullres_adam/fold_0
+        [ -f "$fold/checkpoint_final.pth" ] || (
+            tmp=$(mktemp -d) && export nnUNet_results=$tmp &&
+            RECOKD_SHORT_EPOCHS=10 RECOKD_SHORT_ITERS=50 RECOKD_SHORT_VAL_ITERS=4 RECOKD_SHORT_OPTIMIZER=adam \
+            RECOKD_SEED=0 "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA \
+                -p "nnUNetPlans_recokd_t$t" -device cpu &&
+            mkdir -p "$(dirname "$fold")" &&
+            mv "$tmp/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t${t}__3d_fullres/fold_0" "$fold" )
+    done
+fi
+
+if want adam-curves; then
+    "$PY" benchmarks/learning_curves.py "$nnUNet_results/$DATASET"/*_adam/fold_0 --every 100 \
+        --csv "$STUDY/curves_adam.csv" --plot "$STUDY/curves_adam.png" > "$STUDY/curves_adam.txt"
+fi
+
+if want adam-sweep; then
+    # regime 2 on the validation phantoms, seed 0: lambda_max in {0.01, 0.1, 1} at warm-up 0.2, then
+    # warm-up in {0, 0.6} at the best lambda (ADAM_BEST, a method spec at --kd-weight 0.01: reco:10 = 0.1)
+    sweep=(--seed-list 0 --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile)
+    bench_adam "$STUDY/adam-sweep/warmup0.2" --warmup 0.2 --methods reco,reco:10,reco:100 "${sweep[@]}"
+    if [ -n "${ADAM_BEST:-}" ]; then
+        for w in 0 0.6; do
+            bench_adam "$STUDY/adam-sweep/warmup$w" --warmup "$w" --methods "$ADAM_BEST" "${sweep[@]}"
+        done
+    fi
+fi
+
 if want final; then
     # the comparison on the test phantoms with the setting chosen on the validation split (RESULTS.md)
-    bench "$STUDY/final" --kd-weight "${KD_WEIGHT:-0.1}" --warmup "${WARMUP:-0.2}" --seeds "$SEEDS" \
+    bench_adam "$STUDY/final" --kd-weight "${KD_WEIGHT:-0.1}" --warmup "${WARMUP:-0.2}" --seeds "$SEEDS" \
         --methods reco,reco-sard,reco-ca,cwd,fitnet,logits,dist
 fi

@@ -39,6 +39,7 @@ from typing import Any
 from recokd.bench.config import KD_TRAINER, KD_TRAINER_NO_DA, STOCK_TRAINER, STOCK_TRAINER_NO_DA
 from recokd.bench.report import gap_recovered
 from recokd.errors import UserError
+from recokd.nnunet.optim import OPTIMIZER_NAMES, OPTIMIZER_TEXT, SHORT_OPTIMIZER_ENV, check_optimizer_name
 
 DATASET_ID = 990
 DATASET_NAME = "DemoPhantoms"
@@ -69,6 +70,8 @@ class DemoConfig:
     kd_weight: float = 0.01
     warmup: float = 0.6
     augmentation: bool = False
+    #: optimiser of the teacher and both students (:mod:`recokd.nnunet.optim`)
+    optimizer: str = "adam"
     threads: int | None = None
     teacher: str | None = None  #: a teacher model folder to reuse instead of training one
 
@@ -82,6 +85,7 @@ class DemoConfig:
             raise UserError(f"--kd-weight must be >= 0, got {self.kd_weight}")
         if not 0 <= self.warmup <= 1:
             raise UserError(f"--warmup must be in [0, 1], got {self.warmup}")
+        check_optimizer_name(self.optimizer, "--optimizer")
         if self.teacher is not None:
             check_teacher_folder(Path(self.teacher))
 
@@ -212,6 +216,7 @@ def _train_stock(plans: str, epochs: int, cfg: DemoConfig) -> None:
     os.environ["RECOKD_SHORT_EPOCHS"] = str(epochs)
     os.environ["RECOKD_SHORT_ITERS"] = str(cfg.iters_per_epoch)
     os.environ["RECOKD_SHORT_VAL_ITERS"] = str(cfg.val_iters)
+    os.environ[SHORT_OPTIMIZER_ENV] = cfg.optimizer
     os.environ[SEED_ENV] = str(cfg.seed)
     run_training(str(DATASET_ID), CONFIGURATION, 0, cfg.stock_trainer, plans, device=torch.device("cpu"))
 
@@ -299,7 +304,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
                 "--epochs", str(cfg.student_epochs), "--iters-per-epoch", str(cfg.iters_per_epoch),
                 "--val-iters", str(cfg.val_iters),
                 "--kd-weight", str(cfg.kd_weight), "--warmup", str(cfg.warmup),
-                "--device", "cpu",
+                "--optimizer", cfg.optimizer, "--device", "cpu",
             ]
         ),
         progress="student, ReCo-KD",
@@ -464,6 +469,7 @@ def _write_outputs(out: Path, table, evaluations, report, cfg: DemoConfig, elaps
         "adrenal, lesion); empty-mask convention recokd-empty-v1 (HD95 NaN left out of means). "
         f"Schedules: teacher {teacher}; both students {cfg.student_epochs} x {cfg.iters_per_epoch} "
         f"iterations, seed {cfg.seed} (paired: same initialisation and data stream); {augmentation}; "
+        f"optimiser {OPTIMIZER_TEXT[cfg.optimizer]}; "
         f"ReCo-KD lambda_max {cfg.kd_weight:g}, linear warm-up over {cfg.warmup:.0%} of the epochs. "
         "One seed: the study over seeds, with the spread, is benchmarks/RESULTS.md."
     )
@@ -519,6 +525,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "earlier demo (<its -o>/nnUNet_results/Dataset990_DemoPhantoms/"
                         "nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres), copied into this output folder; "
                         "it must have been trained on the same phantoms (same --cases)")
+    p.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=d.optimizer,
+                   help="optimiser of the teacher and both students (default: %(default)s: AdamW as "
+                        "nnU-Net's nnUNetTrainerAdam; sgd: nnU-Net's default, far slower for the narrow "
+                        "students)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.set_defaults(func=_run)
 
@@ -533,6 +543,7 @@ def _run(args: argparse.Namespace) -> int:
         val_iters=args.val_iters,
         kd_weight=args.kd_weight,
         warmup=args.warmup,
+        optimizer=args.optimizer,
         threads=args.threads,
         teacher=str(Path(args.teacher).expanduser().resolve()) if args.teacher else None,
     )

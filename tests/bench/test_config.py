@@ -133,4 +133,9 @@ def test_study_validation() -> None:
     with pytest.raises(UserError, match="--epochs must be >= 1"):
         _study(epochs=0).validate()
     text = _study(epochs=3, iters_per_epoch=7, teacher_epochs=9).schedule_text()
-    assert "3 epoch(s) x 7 training iterations" in text and "nnUNetTrainerShort) 9 epoch(s) x 7" in text
+    assert "3 epoch(s) x 7 training iterations" in text and "nnUNetTrainerShort, SGD" in text
+    assert "9 epoch(s) x 7" in text
+    adam = _study(optimizer="adam").schedule_text()
+    assert "iteration(s) per epoch), AdamW (nnU-Net's nnUNetTrainerAdam)" in adam
+    with pytest.raises(UserError, match="--optimizer must be one of sgd, adam"):
+        _study(optimizer="lbfgs").validate()

@@ -30,10 +30,12 @@ def _weights(model_folder: Path) -> dict[str, torch.Tensor]:
     return ckpt["network_weights"]
 
 
-def _stock_student(kd_env, monkeypatch: pytest.MonkeyPatch, seed: int, trainer: str = "nnUNetTrainerShort"):
+def _stock_student(kd_env, monkeypatch: pytest.MonkeyPatch, seed: int, trainer: str = "nnUNetTrainerShort",
+                   optimizer: str = "sgd"):
     from nnunetv2.run.run_training import run_training
 
     monkeypatch.setenv("RECOKD_SEED", str(seed))
+    monkeypatch.setenv("RECOKD_SHORT_OPTIMIZER", optimizer)
     monkeypatch.setenv("RECOKD_SHORT_EPOCHS", str(EPOCHS))
     monkeypatch.setenv("RECOKD_SHORT_ITERS", str(ITERS))
     monkeypatch.setenv("RECOKD_SHORT_VAL_ITERS", "1")
@@ -48,10 +50,10 @@ def _stock_student(kd_env, monkeypatch: pytest.MonkeyPatch, seed: int, trainer: 
 
 
 def _kd_student(kd_env, teacher: Path, method: str, seed: int, kd_weight: float,
-                trainer: str = "nnUNetTrainerReCoKD") -> dict[str, torch.Tensor]:
+                trainer: str = "nnUNetTrainerReCoKD", optimizer: str = "sgd") -> dict[str, torch.Tensor]:
     rc = main(["train", str(DATASET_ID), CONFIGURATION, "0", "--teacher", str(teacher), "-t", "2",
                "--method", method, "--kd-weight", str(kd_weight), "--schedule", "constant",
-               "--seed", str(seed), "-tr", trainer,
+               "--seed", str(seed), "-tr", trainer, "--optimizer", optimizer,
                *SCHEDULE, "--device", "cpu", "--overwrite"])
     assert rc == 0
     return _weights(kd_env.results / DATASET_NAME / f"{trainer}__{STUDENT_PLANS}__{CONFIGURATION}")
@@ -94,3 +96,19 @@ def test_no_augmentation_trainers_are_paired_too(
     assert not _differing(stock, kd)
     with_da = _stock_student(kd_env, monkeypatch, seed=2)
     assert _differing(stock, with_da), "augmentation must change the training stream"
+
+
+@pytest.mark.slow
+def test_adam_students_are_paired_too(kd_env, teacher: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU regime's students train with nnU-Net's AdamW (RECOKD_SHORT_OPTIMIZER / --optimizer)."""
+    assert main(["student-plans", str(DATASET_ID), "-c", CONFIGURATION, "-t", "2"]) == 0
+    trainers = ("nnUNetTrainerShortNoDA", "nnUNetTrainerReCoKDNoDA")
+    stock = _stock_student(kd_env, monkeypatch, seed=3, trainer=trainers[0], optimizer="adam")
+    # MS-SARD has adapters (KD parameters in the optimiser): still bit-identical at weight 0
+    kd = _kd_student(kd_env, teacher, "reco", seed=3, kd_weight=0.0, trainer=trainers[1], optimizer="adam")
+    assert not _differing(stock, kd)
+    sgd = _stock_student(kd_env, monkeypatch, seed=3, trainer=trainers[0], optimizer="sgd")
+    assert _differing(stock, sgd), "the optimiser must change the student"
+    ckpt = torch.load(kd_env.results / DATASET_NAME / f"{trainers[1]}__{STUDENT_PLANS}__{CONFIGURATION}"
+                      / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert "amsgrad" in ckpt["optimizer_state"]["param_groups"][0]

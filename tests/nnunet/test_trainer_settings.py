@@ -47,6 +47,7 @@ def test_settings_round_trip(tmp_path: Path) -> None:
         ("teacher_fold", -1, "non-negative integer or 'all'"),
         ("method_options", [1], "option name -> value"),
         ("version", 99, "settings format 1"),
+        ("optimizer", "rmsprop", "one of sgd, adam"),
     ],
 )
 def test_settings_reject_bad_values_naming_file_and_field(tmp_path: Path, field: str, value,
@@ -125,6 +126,26 @@ def test_nnunet_finds_trainers_through_ext_trainer_dir(monkeypatch: pytest.Monke
     monkeypatch.delenv(EXT_TRAINER_ENV)
     with pytest.raises(RuntimeError, match="nnUNet_extTrainer"):
         recursive_find_trainer_class_by_name("nnUNetTrainerReCoKD")
+
+
+def test_optimizers_are_nnunets_sgd_and_adamw() -> None:
+    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+    from recokd.nnunet.optim import build_optimizer, check_optimizer_name
+
+    params = [torch.nn.Parameter(torch.ones(3))]
+    sgd, sched = build_optimizer("sgd", params, 1e-2, 3e-5, 10)
+    assert isinstance(sgd, torch.optim.SGD) and isinstance(sched, PolyLRScheduler)
+    g = sgd.param_groups[0]
+    assert (g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]) == (1e-2, 0.99, True, 3e-5)
+    adam, _ = build_optimizer("adam", params, 1e-2, 3e-5, 10)
+    g = adam.param_groups[0]
+    assert isinstance(adam, torch.optim.AdamW) and g["amsgrad"]
+    assert (g["lr"], g["weight_decay"]) == (1e-2, 3e-5)
+    sched.step(5)  # poly: lr0 * (1 - 5/10) ** 0.9
+    assert sgd.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**0.9)
+    with pytest.raises(UserError, match="--optimizer must be one of sgd, adam, got 'adagrad'"):
+        check_optimizer_name("adagrad", "--optimizer")
 
 
 def test_short_trainer_env(monkeypatch: pytest.MonkeyPatch) -> None:

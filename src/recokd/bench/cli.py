@@ -22,6 +22,7 @@ from recokd.bench.config import (
 )
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
+from recokd.nnunet.optim import OPTIMIZER_NAMES
 
 _PHANTOM_ARGS = (
     "phantom_cases", "phantom_test_cases", "phantom_shape", "phantom_seed", "phantom_small_scale"
@@ -136,6 +137,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=d.warmup,
         help="fraction of the epochs over which the KD weight ramps up (default: %(default)s)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZER_NAMES,
+        default=d.optimizer,
+        help="optimiser of every student (default: %(default)s, nnU-Net's SGD; adam: AdamW with AMSGrad "
+        "as nnU-Net's nnUNetTrainerAdam, which the CPU regime's students need)",
+    )
+    p.add_argument(
+        "--teacher-optimizer",
+        choices=OPTIMIZER_NAMES,
+        default=d.teacher_optimizer,
+        help="optimiser of the teacher the bench trains (default: %(default)s)",
     )
     p.add_argument(
         "--no-augmentation",
@@ -300,6 +314,8 @@ def build_study(args: argparse.Namespace) -> Study:
         schedule=args.schedule,
         warmup=args.warmup,
         augmentation=not args.no_augmentation,
+        optimizer=args.optimizer,
+        teacher_optimizer=args.teacher_optimizer,
         test_images=test_images,
         test_labels=test_labels,
         small_classes=small,

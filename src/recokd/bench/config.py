@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from recokd.errors import UserError
+from recokd.nnunet.optim import OPTIMIZER_TEXT, check_optimizer_name
 
 CONFIG_FILE = "bench_config.json"
 CONFIG_FORMAT = 1
@@ -142,6 +143,10 @@ class Study:
     warmup: float = 0.6
     #: nnU-Net's data augmentation for every run the bench trains (False: the NoDA trainers)
     augmentation: bool = True
+    #: optimiser of every student, KD or not (:mod:`recokd.nnunet.optim`: ``sgd`` or ``adam``)
+    optimizer: str = "sgd"
+    #: optimiser of the teacher the bench trains
+    teacher_optimizer: str = "sgd"
     test_images: str | None = None  #: None: ``imagesTs`` of the raw dataset
     test_labels: str | None = None  #: None: ``labelsTs`` of the raw dataset
     small_classes: list[str] | None = None  #: None: the phantoms' size group "small" (if any)
@@ -158,6 +163,8 @@ class Study:
             raise UserError(f"--warmup must be in [0, 1], got {self.warmup}")
         if self.c_min < 1:
             raise UserError(f"--c-min must be >= 1, got {self.c_min}")
+        check_optimizer_name(self.optimizer, "--optimizer")
+        check_optimizer_name(self.teacher_optimizer, "--teacher-optimizer")
         if (self.test_images is None) != (self.test_labels is None):
             raise UserError(
                 "give --test-images and --test-labels together (or neither: imagesTs/labelsTs of "
@@ -178,8 +185,8 @@ class Study:
         teacher = (
             f"teacher: existing model {self.teacher}"
             if self.teacher
-            else f"teacher: stock nnU-Net ({self.stock_trainer}) {self.teacher_epochs} epoch(s) x "
-            f"{self.iters_per_epoch} iterations, seed {self.teacher_seed}"
+            else f"teacher: stock nnU-Net ({self.stock_trainer}, {OPTIMIZER_TEXT[self.teacher_optimizer]}) "
+            f"{self.teacher_epochs} epoch(s) x {self.iters_per_epoch} iterations, seed {self.teacher_seed}"
         )
         warmup = (
             "constant" if self.schedule == "constant" or self.warmup == 0
@@ -188,7 +195,8 @@ class Study:
         augmentation = "nnU-Net's data augmentation" if self.augmentation else "no data augmentation"
         return (
             f"students: {self.epochs} epoch(s) x {self.iters_per_epoch} training iterations "
-            f"({self.val_iters} validation iteration(s) per epoch); KD weight lambda_max {self.kd_weight} "
+            f"({self.val_iters} validation iteration(s) per epoch), {OPTIMIZER_TEXT[self.optimizer]}; "
+            f"KD weight lambda_max {self.kd_weight} "
             f"({warmup}); {augmentation}; {teacher}"
         )
 

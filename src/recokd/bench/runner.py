@@ -44,12 +44,13 @@ from recokd.bench.config import (
 from recokd.bench.worker import command, write_json_atomic
 from recokd.environ import temporary_environ
 from recokd.errors import UserError
+from recokd.nnunet.optim import SHORT_OPTIMIZER_ENV
 from recokd.nnunet.seeding import SEED_ENV
 
 #: CPU-friendly nnU-Net settings (set unless the environment has them): augmentation in the main
 #: process, one export process, no torch.compile
 CPU_ENV = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
-SHORT_ENV = ("RECOKD_SHORT_EPOCHS", "RECOKD_SHORT_ITERS", "RECOKD_SHORT_VAL_ITERS")
+SHORT_ENV = ("RECOKD_SHORT_EPOCHS", "RECOKD_SHORT_ITERS", "RECOKD_SHORT_VAL_ITERS", SHORT_OPTIMIZER_ENV)
 PREPARED_FILE = "prepared.json"
 OUTPUT_FILES = ("runs.csv", "summary.csv", "results.md", "dice_vs_latency.png", "per_class_dice.png")
 
@@ -221,7 +222,9 @@ class BenchRunner:
 
     # ------------------------------------------------------------------ environment and jobs
 
-    def env(self, layout: Layout, results_root: Path, short_epochs: int | None = None) -> dict[str, str]:
+    def env(
+        self, layout: Layout, results_root: Path, short_epochs: int | None = None, optimizer: str = "sgd"
+    ) -> dict[str, str]:
         from recokd.nnunet import add_ext_trainer_dir_to_env
 
         env = dict(os.environ)
@@ -245,6 +248,7 @@ class BenchRunner:
                 RECOKD_SHORT_ITERS=str(self.study.iters_per_epoch),
                 RECOKD_SHORT_VAL_ITERS=str(self.study.val_iters),
             )
+            env[SHORT_OPTIMIZER_ENV] = optimizer
         add_ext_trainer_dir_to_env(env)
         return env
 
@@ -354,12 +358,14 @@ class BenchRunner:
         trainer, plans, _ = model.name.split("__")
         fold_folder = model / f"fold_{study.fold}"
         short_epochs: int | None = None
+        optimizer = study.optimizer
         train: dict[str, Any] | None
         seed = spec.seed
         if spec.method == TEACHER:
             seed = None if study.teacher else study.teacher_seed
             train = None if study.teacher else {"type": "stock", "plans": study.plans}
             short_epochs = None if study.teacher else study.teacher_epochs
+            optimizer = study.teacher_optimizer
         elif spec.method == NOKD:
             train = {"type": "stock", "plans": plans}
             short_epochs = study.epochs
@@ -371,7 +377,7 @@ class BenchRunner:
                 "-tr", trainer, "--seed", str(seed),
                 "--epochs", str(study.epochs), "--iters-per-epoch", str(study.iters_per_epoch),
                 "--val-iters", str(study.val_iters), "--kd-weight", str(study.kd_weight),
-                "--schedule", study.schedule, "--warmup", str(study.warmup),
+                "--schedule", study.schedule, "--warmup", str(study.warmup), "--optimizer", study.optimizer,
                 "--device", self.device,
             ]}
         if train is not None and train["type"] == "stock":
@@ -409,7 +415,7 @@ class BenchRunner:
                 "plans": plans,
             },
         }
-        env = self.env(layout, model.parent.parent, short_epochs)
+        env = self.env(layout, model.parent.parent, short_epochs, optimizer)
         if seed is not None:  # seeds the student's initialisation and data stream (recokd.nnunet.seeding)
             env[SEED_ENV] = str(seed)
         return job, env

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from recokd.errors import UserError
+from recokd.nnunet.optim import SHORT_OPTIMIZER_ENV
 
 
 def command(job_file: Path) -> list[str]:
@@ -113,7 +114,8 @@ def _train(job: dict[str, Any]) -> bool:
             f"{train['trainer']} {train['plans']} "
             f"(RECOKD_SHORT_EPOCHS={os.environ.get('RECOKD_SHORT_EPOCHS')}, "
             f"RECOKD_SHORT_ITERS={os.environ.get('RECOKD_SHORT_ITERS')}, "
-            f"RECOKD_SHORT_VAL_ITERS={os.environ.get('RECOKD_SHORT_VAL_ITERS')})",
+            f"RECOKD_SHORT_VAL_ITERS={os.environ.get('RECOKD_SHORT_VAL_ITERS')}, "
+            f"{SHORT_OPTIMIZER_ENV}={os.environ.get(SHORT_OPTIMIZER_ENV)})",
             flush=True,
         )
         fold_value: int | str = train["fold"] if train["fold"] == "all" else int(train["fold"])

@@ -60,10 +60,13 @@ _CSV_FIELDS = ("case", "class", "label", "dice", "hd95_mm", "nsd", "nsd_toleranc
                "pred_voxels", "empty", "empty_convention")
 _DEFINITIONS = {
     "dice": "2|P&G|/(|P|+|G|) over voxels",
-    "hd95_mm": "symmetric 95th-percentile Hausdorff distance between boundary voxels, Euclidean, in mm "
-               "(MONAI compute_hausdorff_distance, percentile=95, spacing from the image header)",
-    "nsd": "normalised surface Dice: fraction of boundary voxels of both masks within the class "
-           "tolerance (mm) of the other boundary (MONAI compute_surface_dice, spacing from the header)",
+    "hd95_mm": "95th-percentile Hausdorff distance, the larger of the two directed 95th percentiles "
+               "(max(p95 d(P->G), p95 d(G->P))) between boundary voxels, Euclidean, in mm (MONAI "
+               "compute_hausdorff_distance, percentile=95, spacing from the image header)",
+    "nsd": "normalised surface Dice (Nikolov et al. 2021) by surface area as DeepMind's surface-distance: "
+           "area of the surfels of both surfaces within the class tolerance (mm) of the other surface / "
+           "total surfel area (MONAI compute_surface_dice with use_subvoxels=True, spacing from the "
+           "header; not MONAI's default boundary-voxel count)",
     "per_class": "mean and sample sd (n-1; null if n<2) over cases; NaN HD95 left out and counted",
     "foreground_mean": "mean of the per-class means over foreground classes (each class weighs the same)",
 }

@@ -21,6 +21,7 @@ from typing import Any
 
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
+from recokd.nnunet.optim import OPTIMIZER_NAMES
 
 TRAINER_NAME = "nnUNetTrainerReCoKD"
 #: KD trainers ``recokd train -tr`` accepts: nnU-Net's augmentation, or none (nnUNetTrainerNoDA)
@@ -41,6 +42,7 @@ _SETTINGS_ARGS: dict[str, tuple[str, Any]] = {
     "iters_per_epoch": ("iters_per_epoch", 250),
     "val_iters": ("val_iters", 50),
     "save_every": ("save_every", 50),
+    "optimizer": ("optimizer", "sgd"),
 }
 
 
@@ -116,6 +118,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="validation iterations per epoch (default: 50)")
     t.add_argument("--save-every", type=_positive_int, default=None,
                    help="write checkpoint_latest.pth every N epochs (default: 50)")
+    t.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=None,
+                   help="the student's optimiser: nnU-Net's SGD (default) or AdamW with AMSGrad as nnU-Net's "
+                        "nnUNetTrainerAdam (same learning rate, weight decay and poly schedule); the CPU "
+                        "regime's students learn far faster with adam (benchmarks/RESULTS.md)")
     _add_device(t)
     t.add_argument("--num-gpus", "-num_gpus", type=_positive_int, default=1,
                    help="GPUs for DDP training (nnU-Net's -num_gpus)")

@@ -29,6 +29,7 @@ from typing import Any
 
 from recokd.errors import UserError
 from recokd.json_files import read_json
+from recokd.nnunet.optim import OPTIMIZER_NAMES
 
 #: environment variable naming the settings file of a fresh training
 SETTINGS_ENV = "RECOKD_SETTINGS"
@@ -68,6 +69,9 @@ class KDSettings:
     val_iters: int = 50
     #: write ``checkpoint_latest.pth`` every this many epochs (nnU-Net: 50)
     save_every: int = 50
+    #: ``"sgd"`` (nnU-Net's default) or ``"adam"`` (nnU-Net's ``nnUNetTrainerAdam``),
+    #: see :mod:`recokd.nnunet.optim`
+    optimizer: str = "sgd"
     #: informational: how the student plans were derived (``recokd train`` fills these)
     t: int | None = None
     c_min: int | None = None
@@ -126,6 +130,8 @@ class KDSettings:
             raise bad("warmup", "a fraction in [0, 1]")
         if self.ema_decay is not None and (not is_num(self.ema_decay) or not 0 < self.ema_decay < 1):
             raise bad("ema_decay", "null (no EMA) or a number in (0, 1), e.g. 0.999")
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise bad("optimizer", f"one of {', '.join(OPTIMIZER_NAMES)}")
         # val_iters >= 1: nnU-Net's on_validation_epoch_end cannot collate zero batches
         for name in ("epochs", "iters_per_epoch", "val_iters", "save_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:

@@ -9,10 +9,12 @@ DDP workers and ``--c`` see the same values):
 - ``RECOKD_SHORT_EPOCHS`` (default 2)
 - ``RECOKD_SHORT_ITERS`` training iterations per epoch (default 10)
 - ``RECOKD_SHORT_VAL_ITERS`` validation iterations per epoch (default 2)
+- ``RECOKD_SHORT_OPTIMIZER`` ``sgd`` (default, nnU-Net's) or ``adam`` (nnU-Net's
+  ``nnUNetTrainerAdam``: AdamW with AMSGrad), see :mod:`recokd.nnunet.optim`
 
-The network, loss, optimiser and checkpoints are exactly ``nnUNetTrainer``'s, so a model trained
-with it is an ordinary nnU-Net model (a valid ReCo-KD teacher). With ``RECOKD_SEED`` set, the
-random generators are seeded right before the network is built
+The network, loss, optimiser (unless ``adam`` is chosen) and checkpoints are exactly
+``nnUNetTrainer``'s, so a model trained with it is an ordinary nnU-Net model (a valid ReCo-KD
+teacher). With ``RECOKD_SEED`` set, the random generators are seeded right before the network is built
 (:class:`recokd.nnunet.seeding.SeededInitialization`), as in ``nnUNetTrainerReCoKD``, so a
 no-KD student and KD students of the same seed start from the same weights and data stream.
 
@@ -35,6 +37,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
 from recokd.errors import UserError
+from recokd.nnunet.guards import FiniteLossGuard
+from recokd.nnunet.optim import SHORT_OPTIMIZER_ENV, build_optimizer, check_optimizer_name
 from recokd.nnunet.progress import TrainingProgress
 from recokd.nnunet.seeding import SeededInitialization
 
@@ -59,7 +63,7 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
-class nnUNetTrainerShort(TrainingProgress, SeededInitialization, nnUNetTrainer):
+class nnUNetTrainerShort(FiniteLossGuard, TrainingProgress, SeededInitialization, nnUNetTrainer):
     """``nnUNetTrainer`` with epochs / iterations per epoch from ``RECOKD_SHORT_*`` env vars."""
 
     def __init__(
@@ -73,6 +77,15 @@ class nnUNetTrainerShort(TrainingProgress, SeededInitialization, nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         for env, (attr, default) in SHORT_SCHEDULE_ENV.items():
             setattr(self, attr, _env_int(env, default))
+        raw = os.environ.get(SHORT_OPTIMIZER_ENV, "").strip() or "sgd"
+        self.optimizer_name = check_optimizer_name(raw, f"environment variable {SHORT_OPTIMIZER_ENV}")
+
+    def configure_optimizers(self):
+        """nnU-Net's SGD, or AdamW as its ``nnUNetTrainerAdam`` (``RECOKD_SHORT_OPTIMIZER``), + poly LR."""
+        return build_optimizer(
+            self.optimizer_name, self.network.parameters(), self.initial_lr, self.weight_decay,
+            self.num_epochs,
+        )
 
     def on_train_start(self):
         super().on_train_start()
@@ -80,6 +93,7 @@ class nnUNetTrainerShort(TrainingProgress, SeededInitialization, nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         out = super().train_step(batch)
+        self._check_finite_loss(out["loss"])
         self._progress_tick()
         return out
 

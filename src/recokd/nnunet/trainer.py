@@ -59,7 +59,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 from nnunetv2.utilities.helpers import dummy_context
@@ -70,6 +69,8 @@ from torch import distributed as dist
 from recokd.errors import UserError
 from recokd.kd.ema import unwrap
 from recokd.nnunet.ddp import all_reduce_mean_grads
+from recokd.nnunet.guards import FiniteLossGuard
+from recokd.nnunet.optim import build_optimizer
 from recokd.nnunet.progress import TrainingProgress
 from recokd.nnunet.seeding import SeededInitialization, isolated_rng, kd_module_seed, seed_from_env
 from recokd.nnunet.settings import SETTINGS_ENV, SETTINGS_FILE, KDSettings, resolve_settings, write_settings
@@ -84,7 +85,7 @@ _STEP_LOGS = "recokd_logs"
 GRAD_CLIP = 12.0
 
 
-class nnUNetTrainerReCoKD(TrainingProgress, SeededInitialization, nnUNetTrainer):
+class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitialization, nnUNetTrainer):
     """nnU-Net trainer that distils a frozen teacher into the student it trains (see module docs)."""
 
     def __init__(
@@ -161,7 +162,8 @@ class nnUNetTrainerReCoKD(TrainingProgress, SeededInitialization, nnUNetTrainer)
         )
 
     def configure_optimizers(self):
-        """nnU-Net's SGD + poly LR, over the student's and the KD method's trainable parameters."""
+        """nnU-Net's SGD (or its AdamW variant, settings field ``optimizer``) + poly LR, over the
+        student's and the KD method's trainable parameters (:mod:`recokd.nnunet.optim`)."""
         if self.teacher is not None and self.kd_method is None:
             # own generator: the student's data stream stays that of a stock run of the same seed
             with isolated_rng(kd_module_seed(seed_from_env())):
@@ -169,11 +171,8 @@ class nnUNetTrainerReCoKD(TrainingProgress, SeededInitialization, nnUNetTrainer)
         params = list(self.network.parameters())
         if self.kd_method is not None:
             params += [p for p in self.kd_method.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True
-        )
-        lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
-        return optimizer, lr_scheduler
+        name = self.kd_settings.optimizer if self.kd_settings is not None else "sgd"
+        return build_optimizer(name, params, self.initial_lr, self.weight_decay, self.num_epochs)
 
     def _kd_options(self) -> dict[str, Any]:
         """The method options of the settings plus the dataset's ignore label / region mode,
@@ -317,6 +316,7 @@ class nnUNetTrainerReCoKD(TrainingProgress, SeededInitialization, nnUNetTrainer)
         logs = {k: float(v) for k, v in kd.items() if k != "loss" and isinstance(v, (int, float))}
         logs["kd_loss"] = float(kd["loss"].detach())
         logs["seg_loss"] = float(seg_loss.detach())
+        self._check_finite_loss(loss.detach(), {"seg_loss": logs["seg_loss"], "kd_loss": logs["kd_loss"]})
         self._progress_tick()
         return {"loss": loss.detach().cpu().numpy(), _STEP_LOGS: logs}
 
