@@ -163,7 +163,7 @@ def predict_folder(
     ``continue_prediction``). ``sequential`` runs preprocessing and export in this process
     (``predict_from_files_sequential``) instead of nnU-Net's worker pools. Returns the case ids.
     """
-    from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
+    from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
 
     if overwrite and continue_prediction:
         raise UserError("--overwrite and --continue-prediction exclude each other")
@@ -173,15 +173,13 @@ def predict_folder(
     predictor = nnUNetONNXPredictor(tile_step_size=step_size, use_mirroring=mirroring, threads=threads)
     predictor.initialize_from_onnx(onnx_file, model_dir)
     file_ending = predictor.dataset_json["file_ending"]
-    cases = [str(c) for c in get_identifiers_from_splitted_dataset_folder(str(in_dir), file_ending)]
-    if not cases:
-        raise UserError(f"input folder {in_dir} has no images named CASE_XXXX{file_ending}")
+    cases = prediction_cases(in_dir, file_ending, predictor.dataset_json["channel_names"])
     existing = [c for c in cases if (out_dir / f"{c}{file_ending}").exists()]
     if existing and not (overwrite or continue_prediction):
         raise UserError(f"{out_dir} already holds predictions for {len(existing)} case(s) (e.g. "
                         f"{existing[0]}{file_ending}); pass --overwrite to replace them or "
                         "--continue-prediction to skip them")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder_writable(out_dir)
     if sequential:
         predictor.predict_from_files_sequential(str(in_dir), str(out_dir),
                                                 save_probabilities=save_probabilities,

@@ -444,21 +444,19 @@ def _predict(args: argparse.Namespace) -> int:
     if not 0 < args.step_size <= 1:
         raise UserError(f"--step-size must be in (0, 1], got {args.step_size}")
 
-    in_dir, out_dir = Path(args.input), Path(args.output)
-    if not in_dir.is_dir():
-        raise UserError(f"input folder {in_dir} does not exist")
-    with open(model / "dataset.json", encoding="utf-8") as f:
-        file_ending = json.load(f)["file_ending"]
-    from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
+    from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
 
-    cases = [str(c) for c in get_identifiers_from_splitted_dataset_folder(str(in_dir), file_ending)]
-    if not cases:
-        raise UserError(f"input folder {in_dir} has no images named CASE_XXXX{file_ending}")
+    in_dir, out_dir = Path(args.input), Path(args.output)
+    with open(model / "dataset.json", encoding="utf-8") as f:
+        dataset_json = json.load(f)
+    file_ending = dataset_json["file_ending"]
+    cases = prediction_cases(in_dir, file_ending, dataset_json["channel_names"])
     existing = [c for c in cases if (out_dir / f"{c}{file_ending}").exists()]
     if existing and not (args.overwrite or args.continue_prediction):
         raise UserError(f"{out_dir} already holds predictions for {len(existing)} case(s) (e.g. "
                         f"{existing[0]}{file_ending}); pass --overwrite to replace them or "
                         "--continue-prediction to skip them")
+    check_output_folder_writable(out_dir)
 
     if args.backend == "onnxruntime":
         return _predict_onnxruntime(args, model, folds, in_dir, out_dir, len(cases))
