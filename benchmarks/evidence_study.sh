@@ -132,6 +132,6 @@ fi
 
 if want final; then
     # the comparison on the test phantoms with the setting chosen on the validation split (RESULTS.md)
-    bench_adam "$STUDY/final" --kd-weight "${KD_WEIGHT:-0.1}" --warmup "${WARMUP:-0.2}" --seeds "$SEEDS" \
+    bench_adam "$STUDY/final" --kd-weight "${KD_WEIGHT:-0.01}" --warmup "${WARMUP:-0.2}" --seeds "$SEEDS" \
         --methods reco,reco-sard,reco-ca,cwd,fitnet,logits,dist
 fi

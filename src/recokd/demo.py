@@ -55,7 +55,7 @@ _MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 @dataclass
 class DemoConfig:
     """Sizes and schedules of the demo (the defaults fit in about 15 minutes on 2 CPU cores: the
-    teacher's 650 iterations take ~11 of them; see benchmarks/RESULTS.md, "Choosing the regime")."""
+    teacher's 500 iterations take ~8 of them; see benchmarks/RESULTS.md, "Choosing the regime")."""
 
     cases: int = 40
     test_cases: int = 8
@@ -63,12 +63,12 @@ class DemoConfig:
     seed: int = 0
     small_scale: float = 2.0
     t: int = 2
-    teacher_epochs: int = 13
-    student_epochs: int = 4
+    teacher_epochs: int = 10
+    student_epochs: int = 5
     iters_per_epoch: int = 50
     val_iters: int = 2
     kd_weight: float = 0.01
-    warmup: float = 0.6
+    warmup: float = 0.2
     augmentation: bool = False
     #: optimiser of the teacher and both students (:mod:`recokd.nnunet.optim`)
     optimizer: str = "adam"

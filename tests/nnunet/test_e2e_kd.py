@@ -206,3 +206,26 @@ def test_every_kd_method_trains_through_recokd_train(kd_env, teacher: Path, meth
     assert values and all(np.isfinite(float(v)) for v in values.values()), kd_line
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["trainer_name"] == "nnUNetTrainerReCoKD" and "recokd" in ckpt
+
+
+@pytest.mark.slow
+def test_kd_options_are_checked_on_the_real_taps_before_anything_is_deleted(
+    kd_env, teacher: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The fault: the up-front check built the method on dummy 2-level channels, so a correct
+    3-entry level_weights (4-stage net: 3 taps) was refused and a wrong 2-entry one passed, failing
+    only inside the trainer after --overwrite had deleted the trained fold."""
+    fold = _model_dir(kd_env.results) / "fold_all"
+    ok = main([*TRAIN, "all", "--teacher", str(teacher), "--kd-option", "level_weights=[0.5, 0.3, 0.2]",
+               "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1", "--overwrite", *CPU])
+    assert ok == 0 and (fold / "checkpoint_final.pth").is_file()
+    before = {p: p.stat().st_mtime_ns for p in fold.rglob("*") if p.is_file()}
+    plans = kd_env.preprocessed / DATASET_NAME / f"{STUDENT_PLANS}.json"
+    plans_before = plans.read_bytes()
+    capsys.readouterr()
+    rc = main([*TRAIN, "all", "--teacher", str(teacher), "--kd-option", "level_weights=[1, 0]",
+               "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1", "--overwrite", *CPU])
+    err = capsys.readouterr().err
+    assert rc == 2 and "level_weights has 2 entries for 3 levels" in err and "Traceback" not in err
+    assert {p: p.stat().st_mtime_ns for p in fold.rglob("*") if p.is_file()} == before  # fold untouched
+    assert plans.read_bytes() == plans_before

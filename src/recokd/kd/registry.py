@@ -64,6 +64,14 @@ def available_methods() -> dict[str, MethodInfo]:
     return dict(_REGISTRY)
 
 
+def accepted_options(spec: str) -> set[str]:
+    """Names of the options any term of ``spec`` accepts (raises ``ValueError`` on a bad spec)."""
+    out: set[str] = set()
+    for name, _ in parse_method_spec(spec):
+        out |= set(_REGISTRY[name].options())
+    return out
+
+
 def parse_method_spec(spec: str) -> list[tuple[str, float]]:
     """``"reco+logits:0.5"`` -> ``[("reco", 1.0), ("logits", 0.5)]`` (names checked)."""
     terms: list[tuple[str, float]] = []

@@ -280,36 +280,36 @@ def _check_resume_flags(saved, args: argparse.Namespace, given: dict[str, Any], 
         )
 
 
-def _validate_method(settings) -> None:
-    """Build the KD method once on dummy channels so a bad spec/option fails before nnU-Net starts."""
-    from recokd.kd.registry import build_kd_method
-
-    try:
-        build_kd_method(settings.method, [4, 4], [8, 8], 3, **settings.method_options)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"--method {settings.method!r} / --kd-option: {e}") from e
-
-
-def _check_teacher(settings, student_plans_file: Path, configuration: str, dataset_folder: Path) -> None:
-    """Load the teacher on the CPU and check it against the student plans (clean error before training)."""
+def _check_before_training(settings, student_plans: dict, configuration: str, dataset_folder: Path) -> None:
+    """Everything the trainer will build, built once on the CPU before anything is written or deleted:
+    the teacher (checked against the student plans) and the KD method on the real networks' taps."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from recokd.nnunet.compat import check_teacher_student_compatible
+    from recokd.nnunet.kd_setup import build_kd_for, kd_options
+    from recokd.nnunet.plans import build_network
     from recokd.nnunet.teacher import load_teacher
 
     teacher = load_teacher(settings.teacher, fold=settings.teacher_fold,
                            checkpoint=settings.teacher_checkpoint, device="cpu")
-    with open(student_plans_file, encoding="utf-8") as f:
-        plans = json.load(f)
     with open(dataset_folder / "dataset.json", encoding="utf-8") as f:
         dataset_json = json.load(f)
-    pm = PlansManager(plans)
+    pm = PlansManager(student_plans)
     cm = pm.get_configuration(configuration)
+    student = build_network(pm, cm, dataset_json)
     channels = determine_num_input_channels(pm, cm, dataset_json)
     check_teacher_student_compatible(teacher, pm, cm, dataset_json, student_num_input_channels=channels)
     print(f"teacher:        {teacher.checkpoint_path} ({teacher.trainer_name}, {teacher.configuration_name}) "
           "- compatible with the student plans")
+    lm = pm.get_label_manager(dataset_json)
+    where = "--method / --kd-option"
+    options = kd_options(settings.method, settings.method_options, lm.ignore_label, bool(lm.has_regions),
+                         warn=lambda _msg: None, where=where)
+    built = build_kd_for(settings.method, options, student, teacher.network, lm.num_segmentation_heads,
+                         (1, channels, *cm.patch_size), where=where)
+    print(f"KD method:      {settings.method} on {len(built.student_taps)} tapped stages (student channels "
+          f"{built.student_channels}, teacher {built.teacher_channels})")
 
 
 # ---------------------------------------------------------------------------- train
@@ -317,7 +317,12 @@ def _check_teacher(settings, student_plans_file: Path, configuration: str, datas
 
 def _train(args: argparse.Namespace) -> int:
     from recokd.nnunet import add_ext_trainer_dir_to_env, ext_trainer_dir
-    from recokd.nnunet.plans import make_student_plans, resolve_dataset_name, student_plans_identifier
+    from recokd.nnunet.plans import (
+        make_student_plans,
+        resolve_dataset_name,
+        student_plans_identifier,
+        write_json_no_clobber,
+    )
     from recokd.nnunet.settings import SETTINGS_ENV, SETTINGS_FILE, read_settings, write_settings
 
     _require_env("nnUNet_preprocessed")
@@ -358,14 +363,14 @@ def _train(args: argparse.Namespace) -> int:
                 "--overwrite to delete the fold folder and start over"
             )
         settings = _fresh_settings(args, given)
-    _validate_method(settings)
-
+    # every check first (nothing is written before this line)
     sp = make_student_plans(dataset_name, args.p, args.configuration, args.t, c_min=args.c_min,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, dry_run=True)
     print(f"student plans:  {sp.identifier} ({sp.path}; widths {sp.student_widths}, "
           f"{sp.student_params:,} parameters = 1/{sp.teacher_params / sp.student_params:.1f} of the teacher)")
-    _check_teacher(settings, sp.path, args.configuration, sp.path.parent)
+    _check_before_training(settings, sp.plans, args.configuration, sp.path.parent)
 
+    write_json_no_clobber(sp.path, sp.plans, overwrite=args.overwrite)
     if not resume:
         if args.overwrite and out.exists():
             shutil.rmtree(out)

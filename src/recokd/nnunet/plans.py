@@ -45,6 +45,7 @@ read it once at import).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -93,8 +94,10 @@ class StudentPlans:
     scaled_configurations: list[str]
     #: the folder nnU-Net trains this configuration on (same as the teacher's, see module doc)
     preprocessed_data: Path
-    #: False when an identical file already existed and was left untouched
+    #: False when an identical file already existed and was left untouched (or ``dry_run``)
     written: bool
+    #: the student plans (what is, or would be, in ``path``)
+    plans: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def param_ratio(self) -> float:
@@ -396,6 +399,25 @@ def list_plans_files(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json") if p.name not in NON_PLANS_JSON)
 
 
+def check_json_no_clobber(path: Path, data: Any, overwrite: bool = False) -> bool:
+    """True if :func:`write_json_no_clobber` would write ``data`` to ``path``; raises like it would."""
+    if not path.exists():
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            existing = json.load(f)
+    except (OSError, ValueError):
+        existing = None
+    if existing == data:
+        return False
+    if not overwrite:
+        raise UserError(
+            f"{path} already exists with different content; pass --overwrite to replace it, or choose "
+            "another identifier with --name"
+        )
+    return True
+
+
 def write_json_no_clobber(path: Path, data: Any, overwrite: bool = False) -> bool:
     """Write ``data`` as JSON (nnU-Net's layout: indent 4, key order kept) to ``path``.
 
@@ -403,19 +425,8 @@ def write_json_no_clobber(path: Path, data: Any, overwrite: bool = False) -> boo
     exists with different (or unreadable) content, :class:`UserError` is raised unless
     ``overwrite``. Writes go through a temporary file and an atomic rename.
     """
-    if path.exists():
-        try:
-            with open(path, encoding="utf-8") as f:
-                existing = json.load(f)
-        except (OSError, ValueError):
-            existing = None
-        if existing == data:
-            return False
-        if not overwrite:
-            raise UserError(
-                f"{path} already exists with different content; pass --overwrite (overwrite=True) to "
-                "replace it, or choose another identifier with --name"
-            )
+    if not check_json_no_clobber(path, data, overwrite):
+        return False
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -436,6 +447,7 @@ def make_student_plans(
     c_min: int = DEFAULT_C_MIN,
     new_identifier: str | None = None,
     overwrite: bool = False,
+    dry_run: bool = False,
 ) -> StudentPlans:
     """Write the student plans file next to the teacher's and report widths and parameter counts.
 
@@ -444,7 +456,9 @@ def make_student_plans(
     of both networks with nnU-Net's builder (CPU) and writes ``<new_identifier>.json`` in the same
     folder (default identifier: :func:`student_plans_identifier`). An existing file with
     identical content is left alone; a different one is only replaced with ``overwrite=True``.
-    The teacher's own plans file can never be the target.
+    The teacher's own plans file can never be the target. ``dry_run``: compute and check
+    everything (a different existing file without ``overwrite`` is still an error) but write
+    nothing, e.g. to validate a training before its plans are written.
     """
     _check_identifier(plans_identifier, "plans identifier")
     _check_t_c_min(t, c_min)
@@ -471,7 +485,11 @@ def make_student_plans(
     student_params = count_parameters(student, configuration, dataset_json, where="student plans")
 
     out_file = folder / f"{new_identifier}.json"
-    written = write_json_no_clobber(out_file, student, overwrite=overwrite)
+    if dry_run:
+        check_json_no_clobber(out_file, student, overwrite=overwrite)
+        written = False
+    else:
+        written = write_json_no_clobber(out_file, student, overwrite=overwrite)
     data_identifier = _resolved_data_identifier(student, configuration)
     return StudentPlans(
         path=out_file,
@@ -489,6 +507,7 @@ def make_student_plans(
         scaled_configurations=configurations_sharing_architecture(student, configuration),
         preprocessed_data=folder / data_identifier if data_identifier else folder,
         written=written,
+        plans=student,
     )
 
 

@@ -174,67 +174,26 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
         name = self.kd_settings.optimizer if self.kd_settings is not None else "sgd"
         return build_optimizer(name, params, self.initial_lr, self.weight_decay, self.num_epochs)
 
-    def _kd_options(self) -> dict[str, Any]:
-        """The method options of the settings plus the dataset's ignore label / region mode,
-        the latter only for methods that accept them (and only where the user did not set them)."""
-        from recokd.kd.registry import available_methods, parse_method_spec
-
-        s = self.kd_settings
-        assert s is not None
-        try:
-            terms = parse_method_spec(s.method)
-        except ValueError as e:
-            raise UserError(f"KD settings {self.kd_settings_file}: field 'method': {e}") from e
-        accepted: set[str] = set()
-        for name, _ in terms:
-            accepted |= set(available_methods()[name].options())
-        options = dict(s.method_options)
-        lm = self.label_manager
-        automatic = {"ignore_label": lm.ignore_label, "regions": bool(lm.has_regions)}
-        for key, value in automatic.items():
-            if key in options or value in (None, False):
-                continue
-            if key in accepted:
-                options[key] = value
-            else:
-                self.print_to_log_file(
-                    f"WARNING: the dataset has {key}={value!r} but KD method {s.method!r} does not take it"
-                )
-        return options
-
     def _build_kd_method(self):
-        from recokd.kd.registry import build_kd_method
-        from recokd.kd.taps import default_nnunet_taps, tap_channels
+        from recokd.nnunet.kd_setup import build_kd_for, kd_options
 
         s = self.kd_settings
         assert s is not None and self.teacher is not None
-        student = unwrap(self.network)
-        teacher = self.teacher.network
-        self.student_taps = default_nnunet_taps(student)
-        self.teacher_taps = default_nnunet_taps(teacher)
+        where = f"KD settings {self.kd_settings_file}"
+        lm = self.label_manager
+        options = kd_options(s.method, s.method_options, lm.ignore_label, bool(lm.has_regions),
+                             warn=self.print_to_log_file, where=where)
         num_input_channels = determine_num_input_channels(
             self.plans_manager, self.configuration_manager, self.dataset_json
         )
-        shape = (1, num_input_channels, *self.configuration_manager.patch_size)
-        student_channels = tap_channels(student, self.student_taps, shape)
-        teacher_channels = tap_channels(teacher, self.teacher_taps, shape)
-        options = self._kd_options()
-        try:
-            method = build_kd_method(
-                s.method,
-                student_channels,
-                teacher_channels,
-                self.label_manager.num_segmentation_heads,
-                **options,
-            )
-        except (ValueError, TypeError) as e:
-            raise UserError(
-                f"KD settings {self.kd_settings_file}: cannot build KD method {s.method!r} with options "
-                f"{options}: {e}"
-            ) from e
+        input_shape = (1, num_input_channels, *self.configuration_manager.patch_size)
+        built = build_kd_for(s.method, options, unwrap(self.network), self.teacher.network,
+                             lm.num_segmentation_heads, input_shape, where=where)
+        self.student_taps, self.teacher_taps = built.student_taps, built.teacher_taps
+        method = built.method
         self.print_to_log_file(
             f"ReCo-KD method {s.method!r} options {options}; taps {self.student_taps}; student channels "
-            f"{student_channels}, teacher channels {teacher_channels}; "
+            f"{built.student_channels}, teacher channels {built.teacher_channels}; "
             f"{sum(p.numel() for p in method.parameters() if p.requires_grad)} trainable KD parameters"
         )
         return method.to(self.device)
