@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from recokd.cli import main
 from recokd.errors import UserError
 from recokd.evaluation.evaluate import evaluate_folders
+from tests.evaluation.test_metrics import reference_box_nsd
 
 SPACING = (2.5, 1.0, 1.0)   # z, y, x
 SHAPE = (8, 12, 12)
@@ -77,7 +78,9 @@ def test_evaluate_folders_scores_every_case_and_class(folders: tuple[Path, Path]
     assert res.case_geometry["T_000"] == {"shape": list(SHAPE), "spacing_mm": list(SPACING)}
     organ = res.per_case["T_001"]["organ"]
     assert organ.dice == pytest.approx(0.75) and organ.hd95_mm == pytest.approx(2.5)  # shift in mm
-    assert organ.nsd == pytest.approx(80 / 112, abs=1e-6)
+    # surface-area NSD of the 4^3 cube moved one 2.5 mm slice, 1 mm tolerance (see test_metrics.py)
+    moved, cube = ((3, 2, 2), (4, 4, 4)), ((2, 2, 2), (4, 4, 4))
+    assert organ.nsd == pytest.approx(reference_box_nsd(moved, cube, SPACING, 1.0), abs=1e-6)
     dot = res.per_case["T_002"]["dot"]
     assert (dot.dice, dot.nsd, dot.empty, dot.nsd_tolerance_mm) == (0.0, 0.0, "pred", 2.0)
     assert math.isnan(dot.hd95_mm)
