@@ -289,3 +289,30 @@ def test_cli_student_plans(isolated, capsys):
                  "--overwrite"]) == 0
     assert get_widths(json.loads((isolated / "nnUNetPlans_recokd_t2.json").read_text()),
                       "3d_fullres") == [4, 8, 16, 32]
+
+
+def test_dry_run_checks_but_writes_nothing(isolated):
+    target = isolated / "nnUNetPlans_recokd_t2.json"
+    sp = make_student_plans(TINY_ID, "nnUNetPlans", "3d_fullres", 2, dry_run=True)
+    assert not target.exists() and not sp.written
+    assert get_widths(sp.plans, "3d_fullres") == [8, 16, 32, 64]
+    make_student_plans(TINY_ID, "nnUNetPlans", "3d_fullres", 2)
+    before = target.read_bytes()
+    with pytest.raises(UserError, match="already exists with different content; pass --overwrite"):
+        make_student_plans(TINY_ID, "nnUNetPlans", "3d_fullres", 3, new_identifier=target.stem, dry_run=True)
+    sp = make_student_plans(TINY_ID, "nnUNetPlans", "3d_fullres", 3, new_identifier=target.stem, dry_run=True,
+                            overwrite=True)
+    assert target.read_bytes() == before and get_widths(sp.plans, "3d_fullres") == [4, 8, 16, 32]
+
+
+def test_widths_saturating_at_c_min_are_reported(isolated, capsys):
+    from recokd.cli import main
+
+    assert make_student_plans(TINY_ID, "nnUNetPlans", "3d_fullres", 2).saturation_note() is None
+    sp = make_student_plans(TINY_ID, "nnUNetPlans", "3d_fullres", 5, new_identifier="t5")
+    assert sp.student_widths == [4, 4, 4, 8]
+    assert sp.saturation_note() == (
+        "note: 2 of 4 stage widths saturate at c_min 4 (teacher width / 2**5 < 4, stages [0, 1]);"
+        " a larger -t shrinks the student no further there")
+    assert main(["student-plans", str(TINY_ID), "-t", "7", "--name", "t7"]) == 0
+    assert "4 of 4 stage widths saturate at c_min 4" in capsys.readouterr().out

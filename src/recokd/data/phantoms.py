@@ -161,7 +161,7 @@ def write_phantom_dataset(
             f"nnU-Net finds datasets by id, so choose another id (it is not deleted, even with overwrite)"
         )
     if target.exists() and not overwrite:
-        raise UserError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise UserError(f"{target} already exists; pass --overwrite to replace it")
     if target.exists() and not target.is_dir():
         raise UserError(f"{target} exists and is not a directory; remove it or choose another name")
     for var in ("nnUNet_preprocessed", "nnUNet_results"):

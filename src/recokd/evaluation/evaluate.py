@@ -385,7 +385,7 @@ def check_writable(paths: Any, overwrite: bool) -> None:
     """UserError naming the existing files among ``paths`` unless ``overwrite``."""
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
-        raise UserError(f"output exists: {', '.join(existing)}; pass --overwrite (overwrite=True) to replace")
+        raise UserError(f"output exists: {', '.join(existing)}; pass --overwrite to replace them")
     for p in existing:
         if Path(p).is_dir():
             raise UserError(f"output: {p} is a directory, expected a file path")

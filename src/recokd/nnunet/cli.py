@@ -368,6 +368,8 @@ def _train(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, dry_run=True)
     print(f"student plans:  {sp.identifier} ({sp.path}; widths {sp.student_widths}, "
           f"{sp.student_params:,} parameters = 1/{sp.teacher_params / sp.student_params:.1f} of the teacher)")
+    if sp.saturation_note():
+        print(f"                {sp.saturation_note()}")
     _check_before_training(settings, sp.plans, args.configuration, sp.path.parent)
 
     write_json_no_clobber(sp.path, sp.plans, overwrite=args.overwrite)

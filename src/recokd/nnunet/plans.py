@@ -104,6 +104,15 @@ class StudentPlans:
         """``student_params / teacher_params``."""
         return self.student_params / self.teacher_params
 
+    def saturation_note(self) -> str | None:
+        """A sentence when some stage widths hit ``c_min`` instead of ``teacher / 2**t`` (else None)."""
+        clamped = [i for i, w in enumerate(self.teacher_widths) if w / 2**self.t < self.c_min]
+        if not clamped:
+            return None
+        return (f"note: {len(clamped)} of {len(self.teacher_widths)} stage widths saturate at c_min "
+                f"{self.c_min} (teacher width / 2**{self.t} < {self.c_min}, stages {clamped}); a larger -t "
+                "shrinks the student no further there")
+
 
 # --------------------------------------------------------------------------- validation helpers
 
