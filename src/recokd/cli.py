@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        resume = getattr(args, "resume_command", None)
+        if resume is not None:
+            print(f"continue from the last checkpoint with: {resume(args)}", file=sys.stderr)
         return 130
 
 

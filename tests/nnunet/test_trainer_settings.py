@@ -282,3 +282,20 @@ def test_predict_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["predict", "-i", str(tmp_path), "-o", str(tmp_path / "o"), "-d", "555", "-p", "A",
                  "--device", "cpu"]) == 2
     assert "no fold of" in capsys.readouterr().err
+
+
+def test_an_interrupted_train_prints_the_command_that_continues_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import recokd.nnunet.cli as nnunet_cli
+
+    def interrupted(args) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nnunet_cli, "_train", interrupted)
+    rc = main(["train", "Dataset004_Hippocampus", "3d_fullres", "0", "--teacher", "/t", "-t", "3",
+               "-tr", "nnUNetTrainerReCoKDNoDA", "--seed", "1", "--device", "cpu", "--overwrite"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted" in err
+    assert ("continue from the last checkpoint with: recokd train Dataset004_Hippocampus 3d_fullres 0 -t 3 "
+            "-tr nnUNetTrainerReCoKDNoDA --seed 1 --device cpu --c") in err

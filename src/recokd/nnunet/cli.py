@@ -131,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--overwrite", action="store_true",
                    help="delete an existing fold folder (and replace out-of-date student plans) and "
                         "start over")
-    t.set_defaults(func=_train)
+    t.set_defaults(func=_train, resume_command=train_resume_command)
 
     p = subparsers.add_parser(
         "predict",
@@ -313,6 +313,25 @@ def _check_before_training(settings, student_plans: dict, configuration: str, da
 
 
 # ---------------------------------------------------------------------------- train
+
+
+def train_resume_command(args: argparse.Namespace) -> str:
+    """The ``recokd train ... --c`` command that continues the run ``args`` started (or continued)."""
+    import shlex
+
+    parts = ["recokd", "train", args.dataset, args.configuration, args.fold, "-t", str(args.t)]
+    if args.p != "nnUNetPlans":
+        parts += ["-p", args.p]
+    if args.c_min != 4:
+        parts += ["--c-min", str(args.c_min)]
+    if args.trainer != TRAINER_NAME:
+        parts += ["-tr", args.trainer]
+    if args.seed is not None:
+        parts += ["--seed", str(args.seed)]
+    parts += ["--device", args.device]
+    if args.num_gpus != 1:
+        parts += ["--num-gpus", str(args.num_gpus)]
+    return shlex.join([*parts, "--c"])
 
 
 def _train(args: argparse.Namespace) -> int:
