@@ -4,7 +4,8 @@ A spec is ``NAME[:WEIGHT][+NAME[:WEIGHT]...]``. Each registered factory is calle
 ``factory(student_channels, teacher_channels, num_classes, **options)`` and returns a
 :class:`~recokd.kd.base.KDMethod`. Options are routed by name: ``"logits.temperature"`` goes to
 the ``logits`` term only; a bare ``"temperature"`` goes to every term whose factory accepts it
-(an option no term accepts is an error, so typos do not pass silently).
+(an option no term accepts is an error, so typos do not pass silently). Every option value is
+type- and range-checked (:mod:`recokd.kd.option_checks`) before a factory sees it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from recokd.kd.base import KDMethod
+from recokd.kd.option_checks import check_option
 from recokd.kd.reco import ReCoKD
 
 Factory = Callable[..., KDMethod]
@@ -148,6 +150,10 @@ def build_kd_method(
             )
         for name in takers:
             per_term[name][key] = value
+    for name, values in per_term.items():
+        defaults = _REGISTRY[name].options()
+        for opt, value in values.items():
+            check_option(name, opt, value, defaults.get(opt))
     methods = {
         name: _REGISTRY[name].factory(
             list(student_channels), list(teacher_channels), num_classes, **per_term[name]

@@ -50,6 +50,12 @@ def kd_options(
     except ValueError as e:
         raise UserError(f"{where}: field 'method': {e}") from e
     options = dict(method_options)
+    if "ignore_label" in options and options["ignore_label"] != ignore_label:
+        raise UserError(
+            f"{where}: option ignore_label={options['ignore_label']!r} contradicts the dataset's ignore "
+            f"label ({ignore_label!r}, from dataset.json); leave the option out, the dataset's is used "
+            "automatically"
+        )
     for key, value in {"ignore_label": ignore_label, "regions": bool(has_regions)}.items():
         if key in options or value in (None, False):
             continue
