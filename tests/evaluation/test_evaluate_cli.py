@@ -160,6 +160,23 @@ def test_geometry_mismatch_names_the_file(folders: tuple[Path, Path]) -> None:
         evaluate_folders(pred_dir, gt_dir)
 
 
+def test_a_prediction_misplaced_in_world_space_is_refused(folders: tuple[Path, Path]) -> None:
+    """Same grid, other origin or direction: the voxels would be scored against the wrong anatomy."""
+    pred_dir, gt_dir = folders
+    image = sitk.GetImageFromArray(reference())
+    image.SetSpacing(tuple(reversed(SPACING)))
+    image.SetOrigin((0.0, 0.0, 5.0))
+    sitk.WriteImage(image, str(pred_dir / "T_001.nii.gz"))
+    with pytest.raises(UserError, match=r"case T_001: prediction .*T_001.nii.gz has origin \(mm\) "
+                                        r"\[0, 0, 5\] but ground truth .* has \[0, 0, 0\]"):
+        evaluate_folders(pred_dir, gt_dir)
+    image.SetOrigin((0.0, 0.0, 0.0))
+    image.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(image, str(pred_dir / "T_001.nii.gz"))
+    with pytest.raises(UserError, match=r"has direction cosines \[-1, "):
+        evaluate_folders(pred_dir, gt_dir)
+
+
 def test_labels_without_dataset_json(tmp_path: Path) -> None:
     gt = reference()
     write(gt, tmp_path / "gt" / "a.nii.gz")

@@ -2,8 +2,9 @@
 
 :func:`evaluate_folders` matches files by name (``<case><file_ending>`` in both folders, as
 nnU-Net writes predictions), reads them with nnU-Net's reader for the file ending (spacing from the
-image header, in numpy ``(z, y, x)`` order), checks that each pair has the same shape and spacing,
-and computes :mod:`recokd.evaluation.metrics` per case and per class.
+image header, in numpy ``(z, y, x)`` order), checks that each pair has the same shape and spacing
+and sits at the same place in world space (origin and direction, or the affine for nibabel), and
+computes :mod:`recokd.evaluation.metrics` per case and per class.
 :meth:`EvaluationResult.write` saves ``summary.json`` (settings, conventions, per-class mean and
 sd, foreground mean, group summaries such as the small structures) and ``per_case.csv`` (one row
 per case and class), refusing to replace existing files unless ``overwrite=True``.
@@ -233,6 +234,26 @@ def read_segmentation(reader: Any, path: Path) -> tuple[np.ndarray, tuple[float,
 
     ``reader`` is an instance of an nnU-Net reader/writer (e.g. ``SimpleITKIO()``).
     """
+    seg, spacing, _ = _read_with_world(reader, path)
+    return seg, spacing
+
+
+def _world_geometry(props: dict) -> dict[str, np.ndarray]:
+    """Where the grid sits in world space, from an nnU-Net reader's properties: SimpleITK's origin
+    (mm) and direction cosines, or nibabel's affine; empty for readers that record neither."""
+    sitk = props.get("sitk_stuff")
+    if isinstance(sitk, dict) and "origin" in sitk and "direction" in sitk:
+        return {"origin_mm": np.asarray(sitk["origin"], float),
+                "direction": np.asarray(sitk["direction"], float)}
+    nib = props.get("nibabel_stuff")
+    if isinstance(nib, dict):
+        affine = nib.get("reoriented_affine", nib.get("original_affine"))
+        if affine is not None:
+            return {"affine": np.asarray(affine, float)}
+    return {}
+
+
+def _read_with_world(reader: Any, path: Path) -> tuple[np.ndarray, tuple[float, ...], dict[str, np.ndarray]]:
     try:
         seg, props = reader.read_seg(str(path))
     except Exception as e:  # nnU-Net readers raise whatever their backend raises
@@ -245,7 +266,7 @@ def read_segmentation(reader: Any, path: Path) -> tuple[np.ndarray, tuple[float,
     if seg.size and (not np.all(np.isfinite(seg)) or np.any(seg != np.round(seg)) or seg.min() < 0):
         raise UserError(f"{path}: expected non-negative integer labels (a segmentation), found other values")
     spacing = tuple(float(s) for s in props["spacing"])
-    return seg.astype(np.int32, copy=False), spacing
+    return seg.astype(np.int32, copy=False), spacing, _world_geometry(props)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -499,9 +520,10 @@ def evaluate_folders(
 
         iterator = tqdm(matched, desc="evaluating", unit="case")
     for case, p_path, g_path in iterator:
-        p_seg, p_spc = read_segmentation(reader, p_path)
-        g_seg, g_spc = read_segmentation(reader, g_path)
+        p_seg, p_spc, p_world = _read_with_world(reader, p_path)
+        g_seg, g_spc, g_world = _read_with_world(reader, g_path)
         _check_geometry(case, p_path, g_path, p_seg.shape, g_seg.shape, p_spc, g_spc, spacing_tolerance_mm)
+        _check_world(case, p_path, g_path, p_world, g_world, spacing_tolerance_mm)
         for what, seg in (("prediction", p_seg), ("ground truth", g_seg)):
             unknown = sorted(set(np.unique(seg).tolist()) - known - {0})
             if unknown:
@@ -530,6 +552,24 @@ def _labels_from_files(reader: Any, matched: Sequence[tuple[str, Path, Path]]) -
         raise UserError("labels: no foreground label in any file; pass labels (--labels name=value) "
                         "or a dataset.json")
     return {str(v): int(v) for v in sorted(values)}
+
+
+def _check_world(case: str, p_path: Path, g_path: Path, p_world: dict[str, np.ndarray],
+                 g_world: dict[str, np.ndarray], tol: float) -> None:
+    """A prediction misplaced in world space (origin, direction or affine differing) is refused: its
+    voxels would be scored against the wrong anatomy."""
+    for key, what, limit in (("origin_mm", "origin (mm)", tol), ("direction", "direction cosines", 1e-4),
+                             ("affine", "affine", tol)):
+        if key not in p_world or key not in g_world:
+            continue
+        a, b = p_world[key], g_world[key]
+        if a.shape != b.shape or np.any(np.abs(a - b) > limit):
+            fmt = lambda v: "[" + ", ".join(f"{x:.4g}" for x in v.ravel()) + "]"  # noqa: E731
+            raise UserError(
+                f"case {case}: prediction {p_path} has {what} {fmt(a)} but ground truth {g_path} has "
+                f"{fmt(b)}; the prediction is not on the ground truth's grid in world space (was it "
+                "resampled or written with another image's header?)"
+            )
 
 
 def _check_geometry(case: str, p_path: Path, g_path: Path, p_shape: tuple[int, ...], g_shape: tuple[int, ...],
