@@ -99,3 +99,25 @@ def test_training_on_nan_images_stops_without_a_final_checkpoint(
     assert fold.is_dir() and not (fold / "checkpoint_final.pth").exists()
     assert "training stopped: the loss was not finite" in "".join(
         p.read_text() for p in fold.glob("training_log_*.txt"))
+
+
+def test_a_truncated_checkpoint_is_named_with_the_ways_on(tmp_path: Path) -> None:
+    from recokd.errors import UserError
+    from recokd.nnunet.guards import read_checkpoint
+
+    good = tmp_path / "checkpoint_best.pth"
+    torch.save({"network_weights": {"w": torch.ones(3)}, "current_epoch": 4}, good)
+    assert read_checkpoint(str(good))["current_epoch"] == 4
+    latest = tmp_path / "checkpoint_latest.pth"
+    latest.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # killed while writing
+    with pytest.raises(UserError) as e:
+        read_checkpoint(str(latest))
+    msg = str(e.value)
+    assert f"cannot read the checkpoint {latest}" in msg and "truncated or corrupt" in msg
+    assert "checkpoint_best.pth" in msg and "--overwrite" in msg and "\n" not in msg
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="garbage.pth .*truncated or corrupt"):
+        read_checkpoint(str(tmp_path / "garbage.pth"))
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(UserError, match="is not an nnU-Net checkpoint"):
+        read_checkpoint(str(tmp_path / "list.pth"))

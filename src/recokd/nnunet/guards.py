@@ -9,11 +9,15 @@ checkpoints (finite, from before the loss broke) are kept.
 
 A single non-finite step is tolerated (mixed precision on CUDA may overflow once; nnU-Net's
 GradScaler then skips that update).
+
+:class:`ReadableCheckpoints` turns an unreadable checkpoint (a run killed while writing
+``checkpoint_latest.pth``) into a :class:`UserError` naming the file and the ways on.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from recokd.errors import UserError
@@ -69,3 +73,38 @@ class FiniteLossGuard:
         if log is not None:
             log(message)
         raise NonFiniteLossError(message)
+
+
+def read_checkpoint(path: str, device: Any = "cpu") -> dict:
+    """``torch.load`` of an nnU-Net checkpoint, with a clear error for a truncated or corrupt file.
+
+    A run killed while ``checkpoint_latest.pth`` was being written leaves a file torch cannot read
+    (``PytorchStreamReader failed reading zip archive`` and the like); the message names the file
+    and the ways on.
+    """
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
+        folder = os.path.dirname(path) or "."
+        detail = (str(e).strip().splitlines() or [""])[0][:160]
+        raise UserError(
+            f"cannot read the checkpoint {path} ({type(e).__name__}: {detail}): "
+            "it is truncated or corrupt (was the run killed while writing it?). Ways on: continue from "
+            f"another checkpoint of {folder} (e.g. copy checkpoint_best.pth over it), or start over with "
+            "--overwrite"
+        ) from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise UserError(f"{path} is not an nnU-Net checkpoint (no 'network_weights'); start over with "
+                        "--overwrite")
+    return checkpoint
+
+
+class ReadableCheckpoints:
+    """Mixin for an ``nnUNetTrainer`` subclass: :func:`read_checkpoint` for checkpoint files."""
+
+    def load_checkpoint(self, filename_or_checkpoint):
+        if isinstance(filename_or_checkpoint, str | os.PathLike):
+            filename_or_checkpoint = read_checkpoint(str(filename_or_checkpoint), self.device)
+        return super().load_checkpoint(filename_or_checkpoint)

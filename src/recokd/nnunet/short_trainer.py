@@ -37,7 +37,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
 from recokd.errors import UserError
-from recokd.nnunet.guards import FiniteLossGuard
+from recokd.nnunet.guards import FiniteLossGuard, ReadableCheckpoints
 from recokd.nnunet.optim import SHORT_OPTIMIZER_ENV, build_optimizer, check_optimizer_name
 from recokd.nnunet.progress import TrainingProgress
 from recokd.nnunet.seeding import SeededInitialization
@@ -63,7 +63,9 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
-class nnUNetTrainerShort(FiniteLossGuard, TrainingProgress, SeededInitialization, nnUNetTrainer):
+class nnUNetTrainerShort(
+    ReadableCheckpoints, FiniteLossGuard, TrainingProgress, SeededInitialization, nnUNetTrainer
+):
     """``nnUNetTrainer`` with epochs / iterations per epoch from ``RECOKD_SHORT_*`` env vars."""
 
     def __init__(

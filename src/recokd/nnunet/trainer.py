@@ -69,7 +69,7 @@ from torch import distributed as dist
 from recokd.errors import UserError
 from recokd.kd.ema import unwrap
 from recokd.nnunet.ddp import all_reduce_mean_grads
-from recokd.nnunet.guards import FiniteLossGuard
+from recokd.nnunet.guards import FiniteLossGuard, read_checkpoint
 from recokd.nnunet.optim import build_optimizer
 from recokd.nnunet.progress import TrainingProgress
 from recokd.nnunet.seeding import SeededInitialization, isolated_rng, kd_module_seed, seed_from_env
@@ -439,7 +439,7 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
             checkpoint, where = filename_or_checkpoint, "checkpoint"
         else:
             where = str(filename_or_checkpoint)
-            checkpoint = torch.load(where, map_location=self.device, weights_only=False)
+            checkpoint = read_checkpoint(where, self.device)
         net = unwrap(self.network)
         own_keys = net.state_dict().keys()
 
