@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,33 @@ def test_export_refuses_to_overwrite_and_bad_input(tiny_model, exported, tmp_pat
     with pytest.raises(UserError, match="exporter must be one of"):
         export_onnx(tiny_model, tmp_path / "m.onnx", exporter="tf")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_export_into_an_unwritable_folder_is_one_clear_error(tiny_model, tmp_path, monkeypatch, capsys):
+    """The fault: three chained tracebacks (the cleanup's unlink raised again) and advice to try
+    another exporter. Root ignores permissions, so there the OS's answer is injected instead."""
+    import tempfile
+
+    from recokd.cli import main
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    else:
+        ro.chmod(0o500)
+    try:
+        assert main(["export", str(tiny_model), "--onnx", str(ro / "m.onnx")]) == 2
+    finally:
+        ro.chmod(0o700)
+    err = capsys.readouterr().err
+    assert f"cannot write into the output folder {ro} (Permission denied)" in err
+    assert "choose a writable folder with --onnx" in err
+    assert "Traceback" not in err and "--exporter" not in err
+    assert not list(ro.iterdir())
 
 
 def test_export_fails_above_tolerance(tiny_model, tmp_path):

@@ -269,6 +269,9 @@ def export_onnx(
             raise UserError(f"{target} already exists; pass --overwrite to replace it")
     if not onnx_path.parent.is_dir():
         raise UserError(f"--onnx {onnx_path}: folder {onnx_path.parent} does not exist")
+    from recokd.nnunet.inputs import check_output_folder_writable
+
+    check_output_folder_writable(onnx_path.parent, flag="--onnx")
     if not isinstance(opset, int) or opset < 13:
         raise UserError(f"opset must be an integer >= 13, got {opset!r}")
     if not tolerance > 0:
@@ -288,6 +291,8 @@ def export_onnx(
             export_network(network, example, tmp_onnx, opset, exporter)
         except UserError:
             raise
+        except OSError as e:  # a file-system problem: another exporter would not help
+            raise UserError(f"cannot write the ONNX file next to {onnx_path} ({e.strerror or e})") from None
         except Exception as e:
             other = "torchscript" if exporter == "dynamo" else "dynamo"
             raise UserError(f"ONNX export of {loaded.checkpoint_path} with the {exporter} exporter failed "
@@ -314,7 +319,7 @@ def export_onnx(
         os.replace(tmp_sidecar, sidecar)
     finally:
         for tmp in (tmp_onnx, tmp_sidecar):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # nothing to clean up, or not allowed to: never mask the error
                 tmp.unlink()
     return result
 

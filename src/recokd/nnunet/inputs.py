@@ -100,8 +100,9 @@ def prediction_cases(in_dir: Path, file_ending: str, channel_names: dict, *, che
     return sorted(channels)
 
 
-def check_output_folder_writable(out_dir: Path) -> None:
-    """Create ``out_dir`` if needed and check that files can be written there (clear error if not)."""
+def check_output_folder_writable(out_dir: Path, flag: str = "-o") -> None:
+    """Create ``out_dir`` if needed and check that files can be written there (clear error naming
+    ``flag``, the option that chose the folder, if not)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".recokd_write_test_", dir=out_dir)
@@ -109,4 +110,4 @@ def check_output_folder_writable(out_dir: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise UserError(f"cannot write into the output folder {out_dir} ({e.strerror or e}); choose a "
-                        "writable folder with -o") from None
+                        f"writable folder with {flag}") from None
