@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from recokd.nnunet.versions import check_nnunet_version
+
+        check_nnunet_version()
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"recokd {args.command}: error: {e}", file=sys.stderr)
