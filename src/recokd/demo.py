@@ -5,8 +5,9 @@ Steps (each a real component, nothing mocked):
 1. write a CT-like phantom dataset in nnU-Net raw format (:mod:`recokd.data`);
 2. plan and preprocess it with nnU-Net (``3d_fullres``);
 3. train a teacher with stock nnU-Net training (``nnUNetTrainerShortNoDA``: nnU-Net's trainer on a
-   short schedule, without data augmentation), or reuse one (``--teacher``: a teacher folder of an
-   earlier demo, copied into this one);
+   short schedule, without data augmentation, with nnU-Net's ``nnUNetTrainerAdam`` optimiser by
+   default: ``--optimizer``), or reuse one (``--teacher``: a teacher folder of an earlier demo,
+   copied into this one);
 4. distil a t=2 student with ReCo-KD (``recokd train``) and train the same student without KD
    (stock nnU-Net training on the student plans, same schedule, same seed: the two runs differ
    only by the KD term, see :mod:`recokd.nnunet.seeding`);
