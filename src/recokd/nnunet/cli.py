@@ -387,8 +387,8 @@ def _train(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, dry_run=True)
     print(f"student plans:  {sp.identifier} ({sp.path}; widths {sp.student_widths}, "
           f"{sp.student_params:,} parameters = 1/{sp.teacher_params / sp.student_params:.1f} of the teacher)")
-    if sp.saturation_note():
-        print(f"                {sp.saturation_note()}")
+    if note := sp.saturation_note():
+        print(f"                {note}")
     _check_before_training(settings, sp.plans, args.configuration, sp.path.parent)
 
     write_json_no_clobber(sp.path, sp.plans, overwrite=args.overwrite)
@@ -507,7 +507,6 @@ def _predict(args: argparse.Namespace) -> int:
         patch = tuple(predictor.configuration_manager.patch_size)
         channels = len(predictor.dataset_json["channel_names"])
         use_fastest_cpu_conv3d(predictor.network, torch.zeros(1, channels, *patch))
-    out_dir.mkdir(parents=True, exist_ok=True)
     if args.npp == 0 and args.nps == 0:  # as nnUNetv2_predict: everything in this process
         predictor.predict_from_files_sequential(str(in_dir), str(out_dir),
                                                 save_probabilities=args.save_probabilities,

@@ -57,8 +57,8 @@ def _run(args: argparse.Namespace) -> int:
               " (all scaled)")
     print(f"widths:         teacher {sp.teacher_widths}")
     print(f"                student {sp.student_widths}")
-    if sp.saturation_note():
-        print(f"                {sp.saturation_note()}")
+    if note := sp.saturation_note():
+        print(f"                {note}")
     print(f"parameters:     teacher {sp.teacher_params:,}  student {sp.student_params:,}  "
           f"ratio {ratio:.4f} (1/{1 / ratio:.1f})")
     data_note = "" if sp.preprocessed_data.is_dir() else "  (missing: preprocess the teacher's plans first)"
