@@ -132,7 +132,7 @@ def test_export_matches_pytorch_and_writes_sidecar(tiny_model, exported):
 
 
 def _torch_network(model_dir: Path):
-    from recokd.deploy.onnx_export import load_inference_model
+    from recokd.deploy.model import load_inference_model
 
     return load_inference_model(model_dir).network
 

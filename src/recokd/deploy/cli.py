@@ -1,4 +1,5 @@
-"""``recokd export`` (ONNX export + check) and ``recokd predict-onnx`` (CPU inference on ONNX Runtime)."""
+"""``recokd export`` (ONNX / OpenVINO export + check), ``recokd quantize`` (int8 with NNCF) and
+``recokd predict-onnx`` (CPU inference on ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,29 @@ from recokd.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``export`` and ``predict-onnx`` sub-commands."""
+    """Add the ``export``, ``quantize`` and ``predict-onnx`` sub-commands."""
     from recokd.deploy.onnx_export import DEFAULT_OPSET, DEFAULT_TOLERANCE, EXPORTERS
+    from recokd.deploy.quantize import DEFAULT_CALIBRATION_CASES, DEFAULT_TILES_PER_CASE, PRESETS
 
     e = subparsers.add_parser(
         "export",
-        help="export a trained nnU-Net/ReCo-KD model to ONNX (checked against PyTorch)",
+        help="export a trained nnU-Net/ReCo-KD model to ONNX and/or OpenVINO (checked against PyTorch)",
         description=(
             "Export the network of a trained nnU-Net model (deep supervision off, dynamic batch and spatial "
-            "axes) to ONNX, check it against PyTorch with ONNX Runtime on a random patch-sized input, and "
-            "write OUT.onnx.json next to it (plans, dataset.json, patch size, classes, check result): the "
-            ".onnx file and its sidecar are all 'recokd predict-onnx' needs."
+            "axes) to ONNX (--onnx OUT.onnx, checked with ONNX Runtime; OUT.onnx.json written next to it) "
+            "and/or OpenVINO IR (--openvino DIR: model.xml, model.bin, recokd.json; fp32 weights, checked "
+            "with OpenVINO's CPU plugin in float32), on a random patch-sized input. The exported model and "
+            "its sidecar (plans, dataset.json, patch size, classes, check result) are all 'recokd predict "
+            "--backend onnxruntime|openvino' needs."
         ),
     )
     e.add_argument("model", metavar="MODEL_DIR",
                    help="nnU-Net results folder Trainer__Plans__Configuration, a fold_X folder or a .pth "
                         "checkpoint")
-    e.add_argument("--onnx", required=True, metavar="OUT.onnx", help="ONNX file to write")
+    e.add_argument("--onnx", default=None, metavar="OUT.onnx", help="ONNX file to write")
+    e.add_argument("--openvino", default=None, metavar="DIR",
+                   help="folder to write the OpenVINO model into (needs the openvino package: the deploy "
+                        "extra)")
     e.add_argument("--fold", "-f", default="0", help="fold (default: %(default)s; 'all' for fold_all)")
     e.add_argument("--checkpoint", "-chk", default="checkpoint_final.pth",
                    help="checkpoint file name (default: %(default)s)")
@@ -34,10 +41,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="torch.onnx exporter: dynamo (needs onnxscript), torchscript (legacy, deprecated in "
                         "torch), auto = dynamo if onnxscript is installed (default: %(default)s)")
     e.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help="fail if max |onnx - torch| > TOLERANCE x max(1, max |logits|) "
+                   help="fail if max |exported - torch| > TOLERANCE x max(1, max |logits|) "
                         "(default: %(default)s)")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing OUT.onnx and its sidecar")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT.onnx and its sidecar / the model in DIR")
     e.set_defaults(func=_export)
+
+    q = subparsers.add_parser(
+        "quantize",
+        help="int8 OpenVINO model of a trained nnU-Net/ReCo-KD model (NNCF post-training quantization)",
+        description=(
+            "Post-training int8 quantization with NNCF of a trained model's network, calibrated on tiles of "
+            "the dataset's own preprocessed training cases "
+            "($nnUNet_preprocessed/<dataset>/<data_identifier>, "
+            "the fold's training cases of splits_final.json; half of the tiles centred on foreground). "
+            "Writes an OpenVINO model folder for 'recokd predict --backend openvino --openvino DIR'. Measure "
+            "what it costs with 'recokd evaluate' on held-out cases, fp32 vs int8."
+        ),
+    )
+    q.add_argument("model", metavar="MODEL_DIR",
+                   help="nnU-Net results folder Trainer__Plans__Configuration, a fold_X folder or a .pth "
+                        "checkpoint")
+    q.add_argument("-o", dest="output", required=True, metavar="DIR", help="folder for the int8 model")
+    q.add_argument("--calibration-cases", type=_positive_int, default=DEFAULT_CALIBRATION_CASES, metavar="N",
+                   help="preprocessed training cases to calibrate on (default: %(default)s)")
+    q.add_argument("--tiles-per-case", type=_positive_int, default=DEFAULT_TILES_PER_CASE, metavar="K",
+                   help="patch-sized tiles cut from each case (default: %(default)s)")
+    q.add_argument("--fold", "-f", default="0", help="fold (default: %(default)s; 'all' for fold_all)")
+    q.add_argument("--checkpoint", "-chk", default="checkpoint_final.pth",
+                   help="checkpoint file name (default: %(default)s)")
+    q.add_argument("--preset", choices=PRESETS, default="performance",
+                   help="NNCF preset: performance (symmetric activations) or mixed (asymmetric activations) "
+                        "(default: %(default)s)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the tile choice (default: %(default)s)")
+    q.add_argument("--overwrite", action="store_true", help="replace a model already in DIR")
+    q.set_defaults(func=_quantize)
 
     p = subparsers.add_parser(
         "predict-onnx",
@@ -70,17 +108,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_predict_onnx)
 
 
-def _export(args: argparse.Namespace) -> int:
-    from recokd.deploy.onnx_export import export_onnx
+def _parse_fold(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
 
-    result = export_onnx(args.model, args.onnx, fold=args.fold, checkpoint=args.checkpoint, opset=args.opset,
-                         exporter=args.exporter, tolerance=args.tolerance, overwrite=args.overwrite)
-    print(f"exported:  {result.onnx_path} ({result.exporter} exporter, opset {result.opset})")
-    print(f"sidecar:   {result.sidecar_path}")
-    print(f"network:   {result.num_input_channels} input channel(s) -> {result.num_classes} classes, "
-          f"patch {'x'.join(map(str, result.patch_size))}, dynamic batch and spatial axes")
-    print(f"check:     max |onnx - torch| = {result.max_abs_diff:.3g} (max |logits| "
-          f"{result.max_abs_logit:.3g}) on a random patch-sized input, ONNX Runtime CPU")
+
+def _export(args: argparse.Namespace) -> int:
+    if args.onnx is None and args.openvino is None:
+        raise UserError("say what to write: --onnx OUT.onnx and/or --openvino DIR")
+    if args.onnx is not None:
+        from recokd.deploy.onnx_export import export_onnx
+
+        result = export_onnx(args.model, args.onnx, fold=args.fold, checkpoint=args.checkpoint,
+                             opset=args.opset, exporter=args.exporter, tolerance=args.tolerance,
+                             overwrite=args.overwrite)
+        print(f"exported:  {result.onnx_path} ({result.exporter} exporter, opset {result.opset})")
+        print(f"sidecar:   {result.sidecar_path}")
+        print(f"network:   {result.num_input_channels} input channel(s) -> {result.num_classes} classes, "
+              f"patch {'x'.join(map(str, result.patch_size))}, dynamic batch and spatial axes")
+        print(f"check:     max |onnx - torch| = {result.max_abs_diff:.3g} (max |logits| "
+              f"{result.max_abs_logit:.3g}) on a random patch-sized input, ONNX Runtime CPU")
+    if args.openvino is not None:
+        from recokd.deploy.openvino_backend import MODEL_XML, SIDECAR_FILE, export_openvino
+
+        ov = export_openvino(args.model, args.openvino, fold=_parse_fold(args.fold),
+                             checkpoint=args.checkpoint, tolerance=args.tolerance, overwrite=args.overwrite)
+        print(f"exported:  {ov.folder / MODEL_XML} (OpenVINO IR, fp32 weights; sidecar {SIDECAR_FILE})")
+        print(f"network:   {ov.num_input_channels} input channel(s) -> {ov.num_classes} classes, "
+              f"patch {'x'.join(map(str, ov.patch_size))}, dynamic batch and spatial axes")
+        print(f"check:     max |openvino - torch| = {ov.max_abs_diff:.3g} (max |logits| "
+              f"{ov.max_abs_logit:.3g}), "
+              f"argmax agreement {ov.argmax_agreement:.4%} on a random patch-sized input, OpenVINO CPU f32")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from recokd.deploy.quantize import quantize_model
+
+    result = quantize_model(args.model, args.output, calibration_cases=args.calibration_cases,
+                            tiles_per_case=args.tiles_per_case, fold=_parse_fold(args.fold),
+                            checkpoint=args.checkpoint, preset=args.preset, seed=args.seed,
+                            overwrite=args.overwrite)
+    cal = result.calibration
+    print(f"quantized: {result.folder} (OpenVINO IR, int8 by NNCF, preset {args.preset})")
+    print(f"calibration: {len(cal.tiles)} tile(s) from {len(cal.cases)} case(s) ({cal.split}) in "
+          f"{cal.folder}")
+    print(f"check:     on the calibration tiles, max |int8 - fp32 torch| = {result.max_abs_diff:.3g}, argmax "
+          f"agreement {result.argmax_agreement:.4%}; measure Dice with 'recokd evaluate' on held-out cases")
     return 0
 
 

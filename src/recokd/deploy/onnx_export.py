@@ -38,6 +38,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recokd.deploy.model import (
+    InferenceModel,
+    load_inference_model,
+    model_description,
+    read_sidecar_file,
+)
 from recokd.errors import UserError
 
 if TYPE_CHECKING:
@@ -45,39 +51,16 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from recokd.nnunet.teacher import LoadedTeacher
 
 #: ONNX graph input / output names
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 #: ``model.onnx`` -> ``model.onnx.json``
 SIDECAR_SUFFIX = ".json"
-#: sidecar format version
-SIDECAR_FORMAT = 1
 DEFAULT_OPSET = 17
 #: allowed max |onnx - torch| relative to max(1, max |torch logits|)
 DEFAULT_TOLERANCE = 1e-3
 EXPORTERS = ("auto", "dynamo", "torchscript")
-
-
-@dataclass(frozen=True)
-class InferenceModel:
-    """A trained network ready for inference, and what nnU-Net's predictor needs to run it."""
-
-    loaded: LoadedTeacher  #: network with deep supervision switched off
-    mirror_axes: tuple[int, ...] | None  #: ``inference_allowed_mirroring_axes`` of the checkpoint
-
-    @property
-    def network(self) -> nn.Module:
-        return self.loaded.network
-
-    @property
-    def patch_size(self) -> list[int]:
-        return [int(p) for p in self.loaded.configuration_manager.patch_size]
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.loaded.label_manager.num_segmentation_heads)
 
 
 @dataclass(frozen=True)
@@ -91,55 +74,6 @@ class ExportResult:
     patch_size: list[int]
     num_classes: int
     num_input_channels: int
-
-
-# ---------------------------------------------------------------------------- loading
-
-
-def disable_deep_supervision(network: nn.Module) -> nn.Module:
-    """Switch deep supervision off the way nnU-Net's trainer does (``network.decoder.deep_supervision``)."""
-    decoder = getattr(network, "decoder", None)
-    if decoder is None or not hasattr(decoder, "deep_supervision"):
-        raise UserError(
-            f"network {type(network).__name__} has no decoder.deep_supervision switch; only nnU-Net's "
-            "dynamic_network_architectures UNets (PlainConvUNet, ResidualEncoderUNet, ...) are supported"
-        )
-    decoder.deep_supervision = False
-    return network
-
-
-def read_mirror_axes(checkpoint_file: Path) -> tuple[int, ...] | None:
-    """``inference_allowed_mirroring_axes`` of an nnU-Net checkpoint (``None`` if it has none).
-
-    Memory-maps the checkpoint where possible so that the weights are not read a second time.
-    """
-    import torch
-
-    try:
-        ckpt = torch.load(checkpoint_file, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # old (non-zip) serialisation cannot be memory-mapped
-        ckpt = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    axes = ckpt.get("inference_allowed_mirroring_axes") if isinstance(ckpt, dict) else None
-    return None if axes is None else tuple(int(a) for a in axes)
-
-
-def load_inference_model(
-    path: str | Path, fold: int | str = 0, checkpoint: str = "checkpoint_final.pth", device: str = "cpu"
-) -> InferenceModel:
-    """Load a trained nnU-Net model (results folder, ``fold_X`` folder or ``.pth``) for inference.
-
-    Uses :func:`recokd.nnunet.teacher.load_teacher` (the trainer's own network builder, strict
-    weight loading, eval mode, no gradients) after adding reco-kd's trainer folder to
-    ``nnUNet_extTrainer`` so that ReCo-KD students are built by their own trainer class; then turns
-    deep supervision off, as nnU-Net's predictor does.
-    """
-    from recokd.nnunet import add_ext_trainer_dir_to_env
-    from recokd.nnunet.teacher import load_teacher
-
-    add_ext_trainer_dir_to_env()
-    loaded = load_teacher(path, fold=fold, checkpoint=checkpoint, device=device)
-    disable_deep_supervision(loaded.network)
-    return InferenceModel(loaded=loaded, mirror_axes=read_mirror_axes(loaded.checkpoint_path))
 
 
 # ---------------------------------------------------------------------------- export
@@ -233,11 +167,6 @@ def run_session(session, x: np.ndarray) -> np.ndarray:
     import numpy as np
 
     return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-
-def _json_safe(value: Any) -> Any:
-    """Plans/dataset.json as loaded from a checkpoint may hold tuples or numpy scalars."""
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def export_onnx(
@@ -338,24 +267,12 @@ def sidecar_content(model: InferenceModel, result: ExportResult, tolerance: floa
     import onnxruntime
     import torch
 
-    loaded = model.loaded
     return {
-        "format": SIDECAR_FORMAT,
+        **model_description(model),
+        "backend": "onnxruntime",
         "onnx_file": result.onnx_path.name,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
-        "plans_identifier": loaded.plans_manager.plans_name,
-        "dataset_name": loaded.plans_manager.dataset_name,
-        "configuration": loaded.configuration_name,
-        "trainer_name": loaded.trainer_name,
-        "fold": loaded.fold,
-        "source_checkpoint": str(loaded.checkpoint_path.resolve()),
-        "network_class": loaded.configuration_manager.network_arch_class_name,
-        "patch_size": result.patch_size,
-        "num_classes": result.num_classes,
-        "num_input_channels": result.num_input_channels,
-        "inference_allowed_mirroring_axes": None if model.mirror_axes is None else list(model.mirror_axes),
-        "deep_supervision": False,
         "dynamic_axes": ["batch", "spatial"],
         "exporter": result.exporter,
         "opset": result.opset,
@@ -363,27 +280,12 @@ def sidecar_content(model: InferenceModel, result: ExportResult, tolerance: floa
         "onnxruntime_version": onnxruntime.__version__,
         "check": {"max_abs_diff": result.max_abs_diff, "max_abs_logit": result.max_abs_logit,
                   "tolerance": tolerance, "input_shape": [1, result.num_input_channels, *result.patch_size]},
-        "plans": _json_safe(loaded.plans_manager.plans),
-        "dataset_json": _json_safe(loaded.dataset_json),
     }
 
 
 def read_sidecar(onnx_path: str | Path) -> dict[str, Any]:
-    """The sidecar of an exported model; :class:`UserError` if missing or malformed."""
-    file = sidecar_path_for(onnx_path)
-    try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError as e:
-        raise UserError(f"{file} does not exist: it is written by 'recokd export' next to the .onnx file "
-                        "and holds the plans needed for inference") from e
-    except (OSError, ValueError) as e:
-        raise UserError(f"{file} could not be read as JSON: {e}") from e
-    required = ("plans", "dataset_json", "configuration", "patch_size", "num_classes", "num_input_channels")
-    missing = [k for k in required if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise UserError(f"{file} is not a recokd ONNX sidecar: missing {', '.join(missing)}")
-    return data
+    """The sidecar of an exported ONNX model; :class:`UserError` if missing or malformed."""
+    return read_sidecar_file(sidecar_path_for(onnx_path), "'recokd export' next to the .onnx file")
 
 
 def export_summary(result: ExportResult) -> dict[str, Any]:

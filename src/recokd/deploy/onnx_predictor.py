@@ -1,39 +1,23 @@
 """CPU inference with ONNX Runtime inside nnU-Net's own predictor.
 
-:class:`nnUNetONNXPredictor` is nnU-Net's ``nnUNetPredictor`` (nnunetv2 2.8) with exactly one
-thing replaced: the network. ``self.network`` is an :class:`OnnxNetwork`, a parameter-free
-``nn.Module`` whose ``forward`` runs an ONNX Runtime session. Everything else is nnU-Net's code,
-unchanged: reading and preprocessing (resampling, normalisation, cropping), padding, sliding-window
-tiling with the Gaussian importance map, mirroring test-time augmentation
-(``_internal_maybe_mirror_and_predict`` calls ``self.network`` for every flip), fp16 accumulation
-of the tiles, and the export (resampling back, argmax, writing the image with the source's
-geometry). So a segmentation differs from nnU-Net's PyTorch prediction only where ONNX Runtime's
-float32 kernels round differently from PyTorch's (max |logit diff| ~1e-5) *and* that flips the
-argmax: voxels where two classes tie to ~1e-3 after the predictor's fp16 accumulation.
-
-Why a module and not an override of ``_internal_maybe_mirror_and_predict``: nnU-Net calls the
-network in that method and nowhere else during inference, but also moves it (``.to(device)``),
-switches it to eval mode and loads each fold's state dict into it
-(``predict_logits_from_preprocessed_data``); an ``nn.Module`` with no parameters takes all of that
-(loading the empty state dict ``{}`` is a no-op) with no further overrides, and mirroring stays
-nnU-Net's own code.
-
-One ONNX file is one fold; nnU-Net's fold ensembling is not available here.
+:class:`nnUNetONNXPredictor` is :class:`recokd.deploy.runtime_predictor.nnUNetRuntimePredictor`
+(nnU-Net's ``nnUNetPredictor`` with the network call replaced) whose network is an
+:class:`OnnxNetwork`, a parameter-free ``nn.Module`` whose ``forward`` runs an ONNX Runtime session.
+A segmentation differs from nnU-Net's PyTorch prediction only where ONNX Runtime's float32 kernels
+round differently from PyTorch's (max |logit diff| ~1e-5) *and* that flips the argmax: voxels where
+two classes tie to ~1e-3 after the predictor's fp16 accumulation.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from recokd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, create_session, read_sidecar
+from recokd.deploy.runtime_predictor import nnUNetRuntimePredictor, predict_folder_with
 from recokd.errors import UserError
-from recokd.json_files import read_json
 
 
 class OnnxNetwork(nn.Module):
@@ -51,75 +35,16 @@ class OnnxNetwork(nn.Module):
         return torch.from_numpy(out).to(x.device)
 
 
-def _nnunet_predictor_class():
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    return nnUNetPredictor
-
-
-class nnUNetONNXPredictor(_nnunet_predictor_class()):  # noqa: N801 (nnU-Net's naming)
-    """nnU-Net's predictor running an exported network on ONNX Runtime (CPU).
-
-    ``threads``: ONNX Runtime intra-op threads and torch threads (for nnU-Net's tensor work around
-    the network: flips, Gaussian weighting, accumulation); ``None`` keeps both libraries' defaults.
-    """
-
-    def __init__(self, tile_step_size: float = 0.5, use_gaussian: bool = True, use_mirroring: bool = True,
-                 threads: int | None = None, verbose: bool = False, allow_tqdm: bool = False):
-        if not 0 < tile_step_size <= 1:
-            raise UserError(f"tile step size must be in (0, 1], got {tile_step_size}")
-        if threads is not None and threads < 1:
-            raise UserError(f"threads must be a positive integer, got {threads}")
-        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's "only supported for cuda" notice
-            super().__init__(tile_step_size=tile_step_size, use_gaussian=use_gaussian,
-                             use_mirroring=use_mirroring, perform_everything_on_device=False,
-                             device=torch.device("cpu"), verbose=verbose, verbose_preprocessing=verbose,
-                             allow_tqdm=allow_tqdm)
-        self.threads = threads
-        self.sidecar: dict[str, Any] | None = None
-        if threads is not None:
-            torch.set_num_threads(threads)
+class nnUNetONNXPredictor(nnUNetRuntimePredictor):  # noqa: N801 (nnU-Net's naming)
+    """nnU-Net's predictor running an exported network on ONNX Runtime (CPU)."""
 
     def initialize_from_onnx(self, onnx_file: str | Path, model_dir: str | Path | None = None) -> None:
-        """Load ``onnx_file`` and the plans/dataset.json it needs.
-
-        Plans and dataset.json come from the sidecar written by ``recokd export`` (what the
-        network was trained with); with ``model_dir`` (an nnU-Net results folder) they are read
-        from its ``plans.json``/``dataset.json`` instead, which must describe the same plans
-        identifier, configuration, classes and input channels as the sidecar.
-        """
-        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
+        """Load ``onnx_file`` and the plans/dataset.json it needs (its sidecar, or ``model_dir``:
+        see :meth:`~recokd.deploy.runtime_predictor.nnUNetRuntimePredictor.initialize_from_sidecar`)."""
         onnx_file = Path(onnx_file).expanduser()
         if not onnx_file.is_file():
             raise UserError(f"--onnx {onnx_file} does not exist")
         sidecar = read_sidecar(onnx_file)
-        plans, dataset_json = sidecar["plans"], sidecar["dataset_json"]
-        if model_dir is not None:
-            model_dir = Path(model_dir).expanduser()
-            if not model_dir.is_dir():
-                raise UserError(f"--model {model_dir} is not a folder (expected an nnU-Net results folder "
-                                "Trainer__Plans__Configuration with plans.json and dataset.json)")
-            plans = read_json(model_dir / "plans.json", "plans file")
-            dataset_json = read_json(model_dir / "dataset.json", "dataset.json")
-            if plans.get("plans_name") != sidecar.get("plans_identifier"):
-                raise UserError(f"{model_dir / 'plans.json'} is plans {plans.get('plans_name')!r} but "
-                                f"{onnx_file} was exported from plans {sidecar.get('plans_identifier')!r}")
-        try:
-            plans_manager = PlansManager(plans)
-            configuration_manager = plans_manager.get_configuration(sidecar["configuration"])
-            label_manager = plans_manager.get_label_manager(dataset_json)
-            num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-        except Exception as e:  # nnU-Net raises bare KeyErrors/asserts on malformed plans
-            raise UserError(f"plans/dataset.json for {onnx_file}: could not set up configuration "
-                            f"{sidecar['configuration']!r} ({type(e).__name__}: {e})") from e
-        n_in, n_out = sidecar["num_input_channels"], sidecar["num_classes"]
-        if label_manager.num_segmentation_heads != n_out or num_inputs != n_in:
-            raise UserError(
-                f"{onnx_file} has {n_in} input channel(s) and {n_out} outputs, but the plans/dataset.json "
-                f"describe {num_inputs} and {label_manager.num_segmentation_heads}"
-            )
         session = create_session(onnx_file, self.threads)
         names_in = [i.name for i in session.get_inputs()]
         names_out = [o.name for o in session.get_outputs()]
@@ -128,17 +53,8 @@ class nnUNetONNXPredictor(_nnunet_predictor_class()):  # noqa: N801 (nnU-Net's n
         if input_name not in names_in or output_name not in names_out:
             raise UserError(f"{onnx_file}: expected input {input_name!r} and output {output_name!r}, the "
                             f"graph has inputs {names_in} and outputs {names_out}")
-
-        self.sidecar = sidecar
-        self.plans_manager = plans_manager
-        self.configuration_manager = configuration_manager
-        self.label_manager = label_manager
-        self.dataset_json = dataset_json
-        self.trainer_name = sidecar.get("trainer_name", "nnUNetTrainer")
-        axes = sidecar.get("inference_allowed_mirroring_axes")
-        self.allowed_mirroring_axes = None if axes is None else tuple(int(a) for a in axes)
-        self.network = OnnxNetwork(session, input_name, output_name)
-        self.list_of_parameters = [{}]  # one "fold"; its (empty) state dict loads into OnnxNetwork
+        self.initialize_from_sidecar(sidecar, onnx_file, OnnxNetwork(session, input_name, output_name),
+                                     model_dir)
 
 
 def predict_folder(
@@ -150,43 +66,14 @@ def predict_folder(
     step_size: float = 0.5,
     mirroring: bool = True,
     threads: int | None = None,
-    overwrite: bool = False,
-    continue_prediction: bool = False,
-    num_processes_preprocessing: int = 3,
-    num_processes_export: int = 3,
-    sequential: bool = False,
-    save_probabilities: bool = False,
+    **options,
 ) -> list[str]:
-    """Segment every case of ``input_dir`` (nnU-Net naming ``CASE_0000<ext>``) into ``output_dir``.
-
-    Existing outputs are only replaced with ``overwrite`` (or skipped with
-    ``continue_prediction``). ``sequential`` runs preprocessing and export in this process
-    (``predict_from_files_sequential``) instead of nnU-Net's worker pools. Returns the case ids.
-    """
-    from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
-
-    if overwrite and continue_prediction:
+    """Segment every case of ``input_dir`` with ``onnx_file`` on ONNX Runtime;
+    ``options``: see :func:`recokd.deploy.runtime_predictor.predict_folder_with`."""
+    if options.get("overwrite") and options.get("continue_prediction"):
         raise UserError("--overwrite and --continue-prediction exclude each other")
-    in_dir, out_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
-    if not in_dir.is_dir():
-        raise UserError(f"input folder {in_dir} does not exist")
+    if not Path(input_dir).expanduser().is_dir():
+        raise UserError(f"input folder {Path(input_dir).expanduser()} does not exist")
     predictor = nnUNetONNXPredictor(tile_step_size=step_size, use_mirroring=mirroring, threads=threads)
     predictor.initialize_from_onnx(onnx_file, model_dir)
-    file_ending = predictor.dataset_json["file_ending"]
-    cases = prediction_cases(in_dir, file_ending, predictor.dataset_json["channel_names"])
-    existing = [c for c in cases if (out_dir / f"{c}{file_ending}").exists()]
-    if existing and not (overwrite or continue_prediction):
-        raise UserError(f"{out_dir} already holds predictions for {len(existing)} case(s) (e.g. "
-                        f"{existing[0]}{file_ending}); pass --overwrite to replace them or "
-                        "--continue-prediction to skip them")
-    check_output_folder_writable(out_dir)
-    if sequential:
-        predictor.predict_from_files_sequential(str(in_dir), str(out_dir),
-                                                save_probabilities=save_probabilities,
-                                                overwrite=not continue_prediction)
-    else:
-        predictor.predict_from_files(str(in_dir), str(out_dir), save_probabilities=save_probabilities,
-                                     overwrite=not continue_prediction,
-                                     num_processes_preprocessing=num_processes_preprocessing,
-                                     num_processes_segmentation_export=num_processes_export)
-    return list(cases)
+    return predict_folder_with(predictor, input_dir, output_dir, **options)

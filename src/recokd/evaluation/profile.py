@@ -393,7 +393,7 @@ def profile_model(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
     """Profile one model in this process (see the module doc for what is measured and how)."""
     import torch
 
-    from recokd.deploy.onnx_export import load_inference_model
+    from recokd.deploy.model import load_inference_model
 
     settings.validate()
     if settings.device == "cuda" and not torch.cuda.is_available():

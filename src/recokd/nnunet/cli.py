@@ -166,13 +166,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stock-cpu-convs", action="store_true",
                    help="CPU: keep PyTorch's default 3D convolution kernels (by default each layer uses "
                         "oneDNN where that is faster: recokd.deploy.cpu_conv)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                   help="who runs the network: torch (nnU-Net's predictor, default) or onnxruntime (CPU; "
-                        "nnU-Net's preprocessing, sliding window and export with the network call on ONNX "
-                        "Runtime; one fold)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                   help="who runs the network: torch (nnU-Net's predictor, default), onnxruntime or openvino "
+                        "(CPU; nnU-Net's preprocessing, sliding window and export with the network call on "
+                        "ONNX Runtime / OpenVINO; one fold)")
     p.add_argument("--onnx", default=None, metavar="FILE.onnx",
-                   help="with --backend onnxruntime: a model exported by 'recokd export' (default: export "
-                        "the fold's checkpoint to a temporary file first)")
+                   help="with --backend onnxruntime: a model exported by 'recokd export --onnx' (default: "
+                        "export the fold's checkpoint to a temporary file first)")
+    p.add_argument("--openvino", default=None, metavar="DIR",
+                   help="with --backend openvino: a model folder written by 'recokd export --openvino' "
+                        "(fp32) or 'recokd quantize' (int8) (default: convert the fold's checkpoint to fp32 "
+                        "first)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="with --backend onnxruntime/openvino: the runtime's threads and torch threads "
+                        "(default: the libraries' defaults)")
     p.set_defaults(func=_predict)
 
 
@@ -484,10 +491,13 @@ def _predict(args: argparse.Namespace) -> int:
                         "--continue-prediction to skip them")
     check_output_folder_writable(out_dir)
 
-    if args.backend == "onnxruntime":
-        return _predict_onnxruntime(args, model, folds, in_dir, out_dir, len(cases))
-    if args.onnx is not None:
-        raise UserError("--onnx needs --backend onnxruntime")
+    if args.backend != "torch":
+        return _predict_runtime(args, model, folds, in_dir, out_dir, len(cases))
+    runtime_only = (("--onnx", args.onnx, "onnxruntime"), ("--openvino", args.openvino, "openvino"),
+                    ("--threads", args.threads, "onnxruntime or openvino"))
+    for flag, value, needs in runtime_only:
+        if value is not None:
+            raise UserError(f"{flag} needs --backend {needs}")
 
     add_ext_trainer_dir_to_env()
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -520,35 +530,54 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_onnxruntime(args: argparse.Namespace, model: Path, folds: list[int | str] | None, in_dir: Path,
-                         out_dir: Path, num_cases: int) -> int:
-    """``recokd predict --backend onnxruntime``: :func:`recokd.deploy.onnx_predictor.predict_folder`
-    with ``--onnx`` or a fresh export of the fold's checkpoint (checked against PyTorch)."""
+def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | str] | None, in_dir: Path,
+                     out_dir: Path, num_cases: int) -> int:
+    """``recokd predict --backend onnxruntime|openvino``: nnU-Net's predictor with the network call on
+    the runtime, from ``--onnx``/``--openvino`` or a fresh export of the fold's checkpoint (checked
+    against PyTorch)."""
     import tempfile
 
-    from recokd.deploy.onnx_export import export_onnx
-    from recokd.deploy.onnx_predictor import predict_folder
-
+    backend = args.backend
+    own_flag, other_flag = ("--onnx", "--openvino") if backend == "onnxruntime" else ("--openvino", "--onnx")
+    if getattr(args, other_flag.removeprefix("--")) is not None:
+        other = "openvino" if other_flag == "--openvino" else "onnxruntime"
+        raise UserError(f"{other_flag} needs --backend {other}, not --backend {backend}")
     if args.device != "cpu":
-        raise UserError("--backend onnxruntime runs on the CPU: pass --device cpu")
+        raise UserError(f"--backend {backend} runs on the CPU: pass --device cpu")
     if folds is not None and len(folds) != 1:
-        raise UserError(f"--backend onnxruntime runs one network: give one fold with -f, got {folds}")
+        raise UserError(f"--backend {backend} runs one network: give one fold with -f, got {folds}")
     first = sorted(model.glob(f"fold_*/{args.checkpoint}"))[0].parent.name.removeprefix("fold_")
     fold = folds[0] if folds else _parse_fold(first)
     kwargs = dict(model_dir=model, step_size=args.step_size, mirroring=not args.disable_tta,
-                  overwrite=args.overwrite, continue_prediction=args.continue_prediction,
+                  threads=args.threads, overwrite=args.overwrite,
+                  continue_prediction=args.continue_prediction,
                   num_processes_preprocessing=max(1, args.npp), num_processes_export=max(1, args.nps),
                   sequential=args.npp == 0 and args.nps == 0, save_probabilities=args.save_probabilities)
-    if args.onnx is not None:
-        onnx_file = Path(args.onnx)
-        if not onnx_file.is_file():
-            raise UserError(f"--onnx {onnx_file} does not exist (write it with 'recokd export')")
-        predict_folder(in_dir, out_dir, onnx_file, **kwargs)
+    if backend == "onnxruntime":
+        from recokd.deploy.onnx_export import export_onnx as export
+        from recokd.deploy.onnx_predictor import predict_folder
+
+        given, runtime = args.onnx, "ONNX Runtime"
     else:
-        with tempfile.TemporaryDirectory(prefix="recokd_onnx_") as tmp:
-            onnx_file = Path(tmp) / "model.onnx"
-            result = export_onnx(model, onnx_file, fold=fold, checkpoint=args.checkpoint)
-            print(f"exported fold {fold} to ONNX (max |onnx - torch| = {result.max_abs_diff:.3g})")
-            predict_folder(in_dir, out_dir, onnx_file, **kwargs)
-    print(f"predicted {num_cases} case(s) with {model} (fold {fold}, ONNX Runtime, CPU) into {out_dir}")
+        from recokd.deploy.openvino_backend import export_openvino as export
+        from recokd.deploy.openvino_backend import predict_folder, read_model_folder
+
+        given, runtime = args.openvino, "OpenVINO"
+    if given is not None:
+        exported = Path(given)
+        if not exported.exists():
+            raise UserError(f"{own_flag} {exported} does not exist (write it with 'recokd export "
+                            f"{own_flag}')")
+        if backend == "openvino":
+            runtime += f" {read_model_folder(exported)[0].get('precision', 'fp32')}"
+        predict_folder(in_dir, out_dir, exported, **kwargs)
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"recokd_{backend}_") as tmp:
+            exported = Path(tmp) / ("model.onnx" if backend == "onnxruntime" else "model")
+            result = export(model, exported, fold=fold, checkpoint=args.checkpoint)
+            print(f"exported fold {fold} for {runtime} (max |{backend} - torch| = {result.max_abs_diff:.3g})")
+            predict_folder(in_dir, out_dir, exported, **kwargs)
+        if backend == "openvino":
+            runtime += " fp32"
+    print(f"predicted {num_cases} case(s) with {model} (fold {fold}, {runtime}, CPU) into {out_dir}")
     return 0
