@@ -149,3 +149,55 @@ def test_bad_input(models, tmp_path, capsys):
         profile_models([ModelSpec.parse(f"a={teacher}"), ModelSpec.parse(f"a={teacher}")], ProfileSettings())
     assert main(["profile", str(teacher), "--eval-json", f"nope={tmp_path / 'x.json'}"]) == 2
     assert "is not a model label; labels: " + TEACHER in capsys.readouterr().err
+
+
+def test_profile_backends_side_by_side(models, monkeypatch):
+    """Every backend times the same sliding window: one row per (model, backend), achieved GFLOP/s
+    from the row's own numbers, same-backend speed-ups, the machine's matmul rate, and a one-line
+    note for a backend whose package is missing (here: onnxruntime, hidden)."""
+    import importlib.util
+
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from recokd.deploy.backends import BACKENDS
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+    teacher, student = models
+    settings = ProfileSettings(threads=1, repeats=1, warmup=0, isolate=False, volume_shape=(24, 16, 16),
+                               mirroring=("off",), backends=BACKENDS)
+    report = profile_models([ModelSpec.parse(f"teacher={teacher}"), ModelSpec.parse(f"student={student}")],
+                            settings)
+    ran = [b for b in BACKENDS if b != "onnxruntime"]
+    assert [(m.label, m.backend) for m in report.models] == [("teacher", b) for b in ran] + [
+        ("student", b) for b in ran]
+    assert set(report.skipped) == {"onnxruntime"}
+    assert "onnxruntime not installed" in report.skipped["onnxruntime"]
+    assert report.matmul_gflops > 0
+    rows = {(m.label, m.backend): m for m in report.models}
+    for m in report.models:
+        t = m.timings["off"]
+        assert m.gflops_per_s("off") == pytest.approx(m.flops_per_patch * m.n_tiles / t.median_s / 1e9)
+        assert m.parameters == rows[(m.label, "torch")].parameters  # counted on the same network
+    s_ov = rows[("student", "openvino")]
+    r = report.ratios(s_ov)
+    assert r["speedup_same_backend_mirroring_off"] == (rows[("teacher", "openvino")].timings["off"].median_s
+                                                       / s_ov.timings["off"].median_s)
+    assert r["speedup_mirroring_off"] == rows[("teacher", "torch")].timings["off"].median_s / \
+        s_ov.timings["off"].median_s
+    assert rows[("student", "openvino-int8")].calibration.startswith("synthetic")
+    table = format_table(report)
+    assert "note: onnxruntime skipped" in table and "GFLOP/s" in table and "matmul" in table
+    assert "openvino-int8 calibrated on synthetic" in table
+
+
+def test_profile_refuses_bad_backends_and_missing_models(models, tmp_path, capsys):
+    teacher, _ = models
+    assert main(["profile", str(teacher), "--backends", "torch,tensorrt"]) == 2
+    assert "backends must be 'all' or a comma-separated list" in capsys.readouterr().err
+    assert main(["profile", str(teacher), "--device", "cuda", "--backends", "openvino"]) == 2
+    assert "run on the CPU only" in capsys.readouterr().err
+    assert main(["profile", str(tmp_path / "a"), str(teacher), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a'}, {tmp_path / 'b'}" in err  # every missing path in one message

@@ -14,9 +14,17 @@ Conventions (also written into every JSON/CSV/table this module produces):
   one full preprocessed-space volume (padding, tiling with ``tile_step_size``, Gaussian weighting,
   fp16 accumulation, mirroring if on), after ``warmup`` runs, median of ``repeats`` runs; with and
   without mirroring test-time augmentation (3D: 8 network passes per tile with it, 1 without).
-  On the CPU, by default with :mod:`recokd.deploy.cpu_conv`'s per-layer choice of oneDNN for 3D
-  convolutions (what ``recokd predict`` runs; ``fast_cpu_convs=False`` / ``--stock-cpu-convs``
-  measures stock nnU-Net, whose batch-1 heuristic puts narrow layers on a slow im2col kernel).
+  **Backends** (:mod:`recokd.deploy.backends`): who runs the network inside that sliding window.
+  By default on the CPU ``torch-onednn`` (:mod:`recokd.deploy.cpu_conv`'s per-layer choice of
+  oneDNN for 3D convolutions, what ``recokd predict`` runs); ``torch`` is stock nnU-Net (whose
+  batch-1 heuristic puts narrow layers on a slow im2col kernel); ``onnxruntime``, ``openvino`` and
+  ``openvino-int8`` run the exported network. A backend whose package is missing is skipped with a
+  one-line note. int8 is calibrated on the model's preprocessed training cases
+  (:func:`recokd.deploy.quantize.calibration_set`) where ``$nnUNet_preprocessed`` has them, else on
+  synthetic tiles (timing only; the row says which).
+- **Achieved GFLOP/s**: FLOPs per patch x tiles x network passes per tile / median latency, next to
+  the machine's measured fp32 matmul rate (``torch.mm`` of two 2048^2 float32 matrices on the same
+  threads, median of 5): how much of the hardware the sliding window uses.
   The volume is either synthetic (standard normal, i.e. like z-scored data, of ``volume_shape``; by
   default twice the first model's patch size per axis) or a real case preprocessed by the model's
   own nnU-Net preprocessor (preprocessing itself is not timed). Torch threads are set to
@@ -103,8 +111,15 @@ class ProfileSettings:
     checkpoint: str = "checkpoint_final.pth"
     isolate: bool = True  #: each model in its own process (clean peak memory)
     seed: int = 0
-    #: CPU: per-layer oneDNN choice (recokd.deploy.cpu_conv), as ``recokd predict`` runs; False: stock
-    fast_cpu_convs: bool = True
+    #: backends to time (recokd.deploy.backends.BACKENDS); None: torch-onednn on the CPU, torch on CUDA
+    backends: tuple[str, ...] | None = None
+    #: openvino-int8: preprocessed training cases to calibrate on (4 tiles each)
+    calibration_cases: int = 8
+
+    def resolved_backends(self) -> tuple[str, ...]:
+        if self.backends is not None:
+            return tuple(self.backends)
+        return ("torch-onednn",) if self.device == "cpu" else ("torch",)
 
     def validate(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -127,6 +142,18 @@ class ProfileSettings:
         for f in self.case_files or ():
             if not Path(f).is_file():
                 raise UserError(f"case file {f} does not exist")
+        from recokd.deploy.backends import BACKENDS, CPU_ONLY
+
+        backends = self.resolved_backends()
+        unknown = [b for b in backends if b not in BACKENDS]
+        if unknown or not backends:
+            raise UserError(f"backends must be a non-empty subset of {', '.join(BACKENDS)}, got {backends}")
+        if self.device != "cpu" and any(b in CPU_ONLY for b in backends):
+            cpu_only = ", ".join(b for b in backends if b in CPU_ONLY)
+            raise UserError(f"backends {cpu_only} run on the CPU only; "
+                            f"with --device {self.device} use --backends torch")
+        if self.calibration_cases < 1:
+            raise UserError(f"calibration cases must be positive, got {self.calibration_cases}")
 
 
 @dataclass
@@ -162,24 +189,40 @@ class ModelProfile:
     threads: int
     memory_method: str
     timings: dict[str, ModeTiming] = field(default_factory=dict)  #: "off"/"on" -> timing
+    backend: str = "torch"  #: recokd.deploy.backends name
+    calibration: str | None = None  #: openvino-int8: what the quantization was calibrated on
+
+    def gflops_per_s(self, mode: str) -> float | None:
+        """Achieved GFLOP/s of mirroring ``mode``: FLOPs/patch x tiles x passes / median seconds."""
+        t = self.timings.get(mode)
+        if t is None or t.median_s <= 0:
+            return None
+        return self.flops_per_patch * self.n_tiles * t.passes_per_tile / t.median_s / 1e9
 
 
 @dataclass
 class ProfileReport:
     settings: ProfileSettings
-    models: list[ModelProfile]
+    models: list[ModelProfile]  #: one row per (model, backend), models in order, backends in order
     environment: dict[str, Any]
+    skipped: dict[str, str] = field(default_factory=dict)  #: backend -> one-line reason
+    matmul_gflops: float | None = None  #: measured fp32 torch.mm rate on the profile's threads
 
     def ratios(self, model: ModelProfile) -> dict[str, float | None]:
-        """Ratios against the first model: params/FLOPs as this/first, speed-ups as first/this."""
+        """Ratios against the first row: params/FLOPs as this/first, speed-ups as first/this; and
+        ``speedup_same_backend_*`` against the first model's row on this row's backend."""
         ref = self.models[0]
+        same = next((m for m in self.models if m.label == ref.label and m.backend == model.backend), None)
         out: dict[str, float | None] = {
             "parameters_ratio": model.parameters / ref.parameters if ref.parameters else None,
             "flops_ratio": model.flops_per_patch / ref.flops_per_patch if ref.flops_per_patch else None,
         }
         for mode in MIRROR_MODES:
-            a, b = ref.timings.get(mode), model.timings.get(mode)
-            out[f"speedup_mirroring_{mode}"] = a.median_s / b.median_s if a and b and b.median_s > 0 else None
+            b = model.timings.get(mode)
+            keys = ((f"speedup_mirroring_{mode}", ref), (f"speedup_same_backend_mirroring_{mode}", same))
+            for key, base in keys:
+                a = base.timings.get(mode) if base else None
+                out[key] = a.median_s / b.median_s if a and b and b.median_s > 0 else None
         return out
 
 
@@ -199,6 +242,28 @@ def count_flops(network: nn.Module, input_shape: tuple[int, ...], device: str | 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         network(x)
     return int(counter.get_total_flops())
+
+
+def measure_matmul_gflops(threads: int | None = None, n: int = 2048, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of ``torch.mm`` of two ``n x n`` matrices on ``threads`` torch threads (median of
+    ``repeats`` after a warm-up; 2 n^3 FLOPs each): the machine's practical dense peak."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
+        torch.mm(a, b)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 class PeakMemory:
@@ -332,8 +397,9 @@ def _load_volume(model, settings: ProfileSettings, device: torch.device) -> tupl
     return torch.randn(loaded.num_input_channels, *shape, generator=generator), "synthetic (standard normal)"
 
 
-def make_predictor(model, settings: ProfileSettings, device: torch.device):
-    """nnU-Net's ``nnUNetPredictor`` set up with the loaded network (no file I/O)."""
+def make_predictor(model, settings: ProfileSettings, device: torch.device, network: nn.Module | None = None):
+    """nnU-Net's ``nnUNetPredictor`` set up with ``network`` (default: the loaded network; else a
+    backend's stand-in, :func:`recokd.deploy.backends.prepare_network`), no file I/O."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     loaded = model.loaded
@@ -344,19 +410,13 @@ def make_predictor(model, settings: ProfileSettings, device: torch.device):
     # attribute assignment instead of manual_initialization: no torch.compile behind our back
     predictor.plans_manager = loaded.plans_manager
     predictor.configuration_manager = loaded.configuration_manager
-    predictor.list_of_parameters = [loaded.network.state_dict()]
-    predictor.network = loaded.network
+    network = loaded.network if network is None else network
+    predictor.list_of_parameters = [network.state_dict()]
+    predictor.network = network
     predictor.dataset_json = loaded.dataset_json
     predictor.trainer_name = loaded.trainer_name
     predictor.allowed_mirroring_axes = model.mirror_axes
     predictor.label_manager = loaded.label_manager
-    if device.type == "cpu" and settings.fast_cpu_convs:
-        import torch
-
-        from recokd.deploy.cpu_conv import use_fastest_cpu_conv3d
-
-        patch = tuple(loaded.configuration_manager.patch_size)
-        use_fastest_cpu_conv3d(loaded.network, torch.zeros(1, loaded.num_input_channels, *patch))
     return predictor
 
 
@@ -389,10 +449,29 @@ def time_sliding_window(predictor, data: torch.Tensor, *, mirroring: bool, repea
                       median_s=statistics.median(times), peak_memory_bytes=memory.peak())
 
 
-def profile_model(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
-    """Profile one model in this process (see the module doc for what is measured and how)."""
+def _int8_calibration(model, settings: ProfileSettings) -> tuple[list, str]:
+    """Calibration tiles for openvino-int8 and where they came from (see the module doc)."""
+    from recokd.deploy.backends import synthetic_calibration
+    from recokd.deploy.quantize import calibration_set
+
+    try:
+        cal = calibration_set(model, settings.calibration_cases, seed=settings.seed)
+    except UserError as e:
+        reason = str(e).split(";")[0]
+        return synthetic_calibration(model.patch_input_shape), f"synthetic standard-normal tiles ({reason})"
+    return cal.tiles, f"{len(cal.tiles)} tiles of {len(cal.cases)} preprocessed training cases"
+
+
+def profile_model_backends(spec: ModelSpec,
+                           settings: ProfileSettings) -> tuple[list[ModelProfile], dict[str, str]]:
+    """Profile one model on every backend of ``settings`` in this process: one :class:`ModelProfile`
+    per backend that can run, and ``{backend: reason}`` for those skipped (missing package)."""
+    import copy
+    import gc
+
     import torch
 
+    from recokd.deploy.backends import prepare_network, unavailable_reason
     from recokd.deploy.model import load_inference_model
 
     settings.validate()
@@ -404,41 +483,73 @@ def profile_model(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
     model = load_inference_model(spec.path, fold=settings.fold, checkpoint=settings.checkpoint,
                                  device=str(device))
     loaded = model.loaded
-    network = loaded.network
+    pristine = copy.deepcopy(loaded.network)  # every backend starts from the unmodified network
     data, source = _load_volume(model, settings, device)
-    predictor = make_predictor(model, settings, device)
+    profiles, skipped = [], {}
+    for backend in settings.resolved_backends():
+        reason = unavailable_reason(backend)
+        if reason:
+            skipped[backend] = reason
+            continue
+        calibration, calibration_note = None, None
+        if backend == "openvino-int8":
+            calibration, calibration_note = _int8_calibration(model, settings)
+        network = prepare_network(backend, copy.deepcopy(pristine), model.patch_input_shape, settings.threads,
+                                  calibration) if device.type == "cpu" else loaded.network
+        predictor = make_predictor(model, settings, device, network)
+        memory = PeakMemory(device)
+        memory.set_baseline()
+        timings = {}
+        for mode in settings.mirroring:
+            timings[mode] = time_sliding_window(predictor, data, mirroring=mode == "on",
+                                                repeats=settings.repeats, warmup=settings.warmup,
+                                                memory=memory)
+        profiles.append(_model_profile(spec, model, data, source, predictor, device, memory, timings, backend,
+                                       calibration_note))
+        del network, predictor
+        gc.collect()
+    if profiles:
+        # counted after the timings: the counting forward pass would otherwise pre-fault memory that
+        # the allocator then reuses inside the measured window
+        parameters = count_parameters(pristine)
+        flops = count_flops(pristine, model.patch_input_shape, device)
+        profiles = [replace(p, parameters=parameters, flops_per_patch=flops) for p in profiles]
+    return profiles, skipped
 
-    memory = PeakMemory(device)
-    memory.set_baseline()
-    timings = {}
-    for mode in settings.mirroring:
-        timings[mode] = time_sliding_window(predictor, data, mirroring=mode == "on", repeats=settings.repeats,
-                                            warmup=settings.warmup, memory=memory)
-    # counted after the timings: the counting forward pass would otherwise pre-fault memory that
-    # the allocator then reuses inside the measured window
-    parameters = count_parameters(network)
-    from recokd.deploy.cpu_conv import default_conv_kernels
 
-    with default_conv_kernels(network):  # the FLOP counter knows aten.convolution only
-        flops = count_flops(network, (1, loaded.num_input_channels, *model.patch_size), device)
+def _model_profile(spec, model, data, source, predictor, device, memory, timings, backend,
+                   calibration) -> ModelProfile:
+    import torch
+
+    loaded = model.loaded
     return ModelProfile(
         label=spec.label or default_label(spec.path), path=str(spec.path),
         checkpoint=str(loaded.checkpoint_path), trainer=loaded.trainer_name,
         plans=loaded.plans_manager.plans_name, configuration=loaded.configuration_name,
         network_class=loaded.configuration_manager.network_arch_class_name.rsplit(".", 1)[-1],
         widths=_widths(model), patch_size=model.patch_size, num_input_channels=int(loaded.num_input_channels),
-        num_classes=model.num_classes, parameters=parameters, flops_per_patch=flops,
+        num_classes=model.num_classes, parameters=0, flops_per_patch=0,
         volume_shape=[int(s) for s in data.shape[1:]], volume_source=source,
         n_tiles=n_tiles(predictor, tuple(data.shape[1:])),
         mirror_axes=None if model.mirror_axes is None else list(model.mirror_axes), device=str(device),
         device_name=_device_name(device), threads=torch.get_num_threads(), memory_method=memory.method,
-        timings=timings,
+        timings=timings, backend=backend, calibration=calibration,
     )
 
 
-def _profile_in_subprocess(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
+def profile_model(spec: ModelSpec, settings: ProfileSettings) -> ModelProfile:
+    """Profile one model on the first backend of ``settings`` (see the module doc)."""
+    first = replace(settings, backends=settings.resolved_backends()[:1])
+    profiles, skipped = profile_model_backends(spec, first)
+    if not profiles:
+        raise UserError(next(iter(skipped.values())))
+    return profiles[0]
+
+
+def _profile_in_subprocess(spec: ModelSpec,
+                           settings: ProfileSettings) -> tuple[list[ModelProfile], dict[str, str]]:
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(profile_model, spec, settings).result()
+        return pool.submit(profile_model_backends, spec, settings).result()
 
 
 def environment() -> dict[str, Any]:
@@ -466,16 +577,25 @@ def profile_models(specs: list[ModelSpec], settings: ProfileSettings, progress=N
     if dupes:
         raise UserError(f"model labels must be unique, got {', '.join(dupes)} more than once; name them "
                         "LABEL=PATH")
-    results = []
-    run = _profile_in_subprocess if settings.isolate else profile_model
+    missing = [s.path for s in specs if not Path(s.path).expanduser().exists()]
+    if missing:  # all at once, before minutes of timing
+        raise UserError(f"model path(s) not found: {', '.join(missing)} (expected nnU-Net results folders "
+                        "Trainer__Plans__Configuration, fold_X folders or .pth checkpoints)")
+    results, skipped = [], {}
+    run = _profile_in_subprocess if settings.isolate else profile_model_backends
     for spec in specs:
         if progress:
-            progress(f"profiling {spec.label} ({spec.path}) ...")
-        result = run(spec, settings)
-        results.append(result)
-        if settings.volume_shape is None and settings.case_files is None:
-            settings = replace(settings, volume_shape=tuple(result.volume_shape))
-    return ProfileReport(settings=settings, models=results, environment=environment())
+            progress(f"profiling {spec.label} ({spec.path}) on {', '.join(settings.resolved_backends())} ...")
+        rows, missing = run(spec, settings)
+        results += rows
+        skipped.update(missing)
+        if rows and settings.volume_shape is None and settings.case_files is None:
+            settings = replace(settings, volume_shape=tuple(rows[0].volume_shape))
+    if not results:
+        raise UserError("no backend could run: " + "; ".join(skipped.values()))
+    matmul = measure_matmul_gflops(settings.threads) if settings.device == "cpu" else None
+    return ProfileReport(settings=settings, models=results, environment=environment(), skipped=skipped,
+                         matmul_gflops=matmul)
 
 
 # ---------------------------------------------------------------------------- evaluation results
@@ -505,9 +625,12 @@ def dice_latency_points(report: ProfileReport, dice: dict[str, float]) -> tuple[
     """Points ``{"label", "dice", "latency_s", "parameters", "flops_per_patch"}`` for the models with a
     Dice, and which latency they use (mirroring off when measured)."""
     mode = "off" if "off" in report.settings.mirroring else "on"
+    first_rows = {}
+    for m in report.models:  # a model's first backend (several backends: one point per model)
+        first_rows.setdefault(m.label, m)
     points = [{"label": m.label, "dice": dice[m.label], "latency_s": m.timings[mode].median_s,
                "parameters": m.parameters, "flops_per_patch": m.flops_per_patch}
-              for m in report.models if m.label in dice]
+              for m in first_rows.values() if m.label in dice]
     return points, mode
 
 
@@ -548,29 +671,38 @@ def header_lines(report: ProfileReport) -> list[str]:
         f"{s.warmup} warm-up run(s); mirroring TTA: {', '.join(s.mirroring)}",
         f"FLOPs: {FLOPS_UNIT}, counted by {FLOPS_COUNTER}",
         f"peak memory: {first.memory_method}",
-        "ratios: parameters and FLOPs as this/first model, speed-ups as first/this model",
+        "ratios: parameters and FLOPs as this/first row, speed-ups as first/this row; 'same backend': "
+        "against the first model on the row's backend",
+        "GFLOP/s: FLOPs/patch x tiles x passes per tile / median time"
+        + (f"; machine fp32 matmul (torch.mm 2048^2, {first.threads} threads): {report.matmul_gflops:.0f} "
+           "GFLOP/s" if report.matmul_gflops else ""),
+        *(f"note: {reason}" for reason in report.skipped.values()),
+        *sorted({f"note: {m.label} openvino-int8 calibrated on {m.calibration}" for m in report.models
+                 if m.calibration}),
     ]
 
 
 def format_table(report: ProfileReport, dice: dict[str, float] | None = None) -> str:
     dice = dice or {}
-    cols = ["model", "params", "ratio", "FLOPs/patch", "ratio", "patch", "tiles", "peak mem"]
+    cols = ["model", "backend", "params", "ratio", "FLOPs/patch", "ratio", "patch", "tiles", "peak mem"]
     for mode in report.settings.mirroring:
-        cols += [f"time mirror {mode}", "speed-up"]
+        cols += [f"time mirror {mode}", "speed-up", "same backend", "GFLOP/s"]
     if dice:
         cols.append("Dice")
     rows = []
     for m in report.models:
         r = report.ratios(m)
         peak = max((t.peak_memory_bytes for t in m.timings.values()), default=0)
-        row = [m.label, _fmt_count(m.parameters), _fmt_ratio(r["parameters_ratio"]),
+        row = [m.label, m.backend, _fmt_count(m.parameters), _fmt_ratio(r["parameters_ratio"]),
                _fmt_count(m.flops_per_patch), _fmt_ratio(r["flops_ratio"]), "x".join(map(str, m.patch_size)),
                str(m.n_tiles),
                f"{peak / 2**20:.0f} MiB"]
         for mode in report.settings.mirroring:
             t = m.timings[mode]
-            sp = r[f"speedup_mirroring_{mode}"]
-            row += [f"{t.median_s:.3f} s", "-" if sp is None else f"{sp:.2f}x"]
+            sp, same = r[f"speedup_mirroring_{mode}"], r[f"speedup_same_backend_mirroring_{mode}"]
+            rate = m.gflops_per_s(mode)
+            row += [f"{t.median_s:.3f} s", "-" if sp is None else f"{sp:.2f}x",
+                    "-" if same is None else f"{same:.2f}x", "-" if rate is None else f"{rate:.1f}"]
         if dice:
             row.append(f"{dice[m.label]:.4f}" if m.label in dice else "-")
         rows.append(row)
@@ -594,21 +726,31 @@ def report_dict(report: ProfileReport, dice: dict[str, float] | None = None) -> 
             "latency": "wall clock of nnUNetPredictor.predict_sliding_window_return_logits on the full "
                        "volume, after warm-up, median of repeats; preprocessing/export not included",
             "peak_memory": report.models[0].memory_method if report.models else "",
-            "ratios": "parameters/FLOPs: this/first model; speed-ups: first/this model",
+            "ratios": "parameters/FLOPs: this/first row; speed-ups: first/this row; same backend: first "
+                      "model on this row's backend / this row",
+            "gflops_per_s": "FLOPs per patch x tiles x passes per tile / median latency",
+            "matmul_gflops": "torch.mm of two 2048x2048 float32 matrices on the profile's threads, median "
+                             "of 5",
         },
         "settings": settings,
         "environment": report.environment,
-        "models": [{**asdict(m), **report.ratios(m), "dice": dice.get(m.label)} for m in report.models],
+        "matmul_gflops": report.matmul_gflops,
+        "skipped_backends": report.skipped,
+        "models": [{**asdict(m), **report.ratios(m), "dice": dice.get(m.label),
+                    **{f"gflops_per_s_mirroring_{mode}": m.gflops_per_s(mode) for mode in MIRROR_MODES}}
+                   for m in report.models],
     }
 
 
 def report_csv(report: ProfileReport, dice: dict[str, float] | None = None) -> str:
     dice = dice or {}
-    fields = ["label", "path", "plans", "configuration", "parameters", "parameters_ratio", "flops_per_patch",
+    fields = ["label", "backend", "path", "plans", "configuration", "parameters", "parameters_ratio",
+              "flops_per_patch",
               "flops_ratio", "flops_unit", "patch_size", "volume_shape", "n_tiles", "device", "threads",
               "step_size"]
     for mode in MIRROR_MODES:
         fields += [f"time_mirroring_{mode}_median_s", f"speedup_mirroring_{mode}",
+                   f"speedup_same_backend_mirroring_{mode}", f"gflops_per_s_mirroring_{mode}",
                    f"peak_memory_mirroring_{mode}_bytes"]
     fields.append("dice")
     buf = io.StringIO()
@@ -616,7 +758,8 @@ def report_csv(report: ProfileReport, dice: dict[str, float] | None = None) -> s
     writer.writeheader()
     for m in report.models:
         r = report.ratios(m)
-        row = {"label": m.label, "path": m.path, "plans": m.plans, "configuration": m.configuration,
+        row = {"label": m.label, "backend": m.backend, "path": m.path, "plans": m.plans,
+               "configuration": m.configuration,
                "parameters": m.parameters, "parameters_ratio": r["parameters_ratio"],
                "flops_per_patch": m.flops_per_patch, "flops_ratio": r["flops_ratio"],
                "flops_unit": FLOPS_UNIT, "patch_size": "x".join(map(str, m.patch_size)),
@@ -627,6 +770,8 @@ def report_csv(report: ProfileReport, dice: dict[str, float] | None = None) -> s
             t = m.timings.get(mode)
             row[f"time_mirroring_{mode}_median_s"] = t.median_s if t else None
             row[f"speedup_mirroring_{mode}"] = r[f"speedup_mirroring_{mode}"]
+            row[f"speedup_same_backend_mirroring_{mode}"] = r[f"speedup_same_backend_mirroring_{mode}"]
+            row[f"gflops_per_s_mirroring_{mode}"] = m.gflops_per_s(mode)
             row[f"peak_memory_mirroring_{mode}_bytes"] = t.peak_memory_bytes if t else None
         writer.writerow(row)
     return buf.getvalue()

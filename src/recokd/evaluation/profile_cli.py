@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Profile trained nnU-Net models (e.g. a teacher and its ReCo-KD students): parameters, FLOPs per "
             "patch (torch.utils.flop_counter, 2 FLOPs per multiply-add), peak memory, and wall time of "
             "nnU-Net's full-volume sliding-window inference with and without mirroring (median of repeats "
-            "after warm-up). Ratios are against the first model. Each model runs in its own process."
+            "after warm-up), on one or several backends (--backends: eager PyTorch, oneDNN, ONNX Runtime, "
+            "OpenVINO fp32/int8) with the achieved GFLOP/s next to the machine's matmul rate. Ratios are "
+            "against the first model. Each model runs in its own process."
         ),
     )
     p.add_argument("models", nargs="+", metavar="MODEL",
@@ -55,9 +57,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, metavar="OUT_DIR",
                    help="folder for profile.json, profile.csv (and dice_vs_latency.png)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--stock-cpu-convs", action="store_true",
-                   help="CPU: time PyTorch's default 3D convolution kernels (stock nnU-Net) instead of the "
-                        "per-layer oneDNN choice that recokd predict uses")
+    backends = p.add_mutually_exclusive_group()
+    backends.add_argument("--backends", default=None, metavar="LIST",
+                          help="who runs the network, side by side: 'all' or a comma-separated list of "
+                               "torch, torch-onednn, onnxruntime, openvino, openvino-int8 (default: "
+                               "torch-onednn on the CPU, torch on CUDA); a backend whose package is missing "
+                               "is skipped with a note")
+    backends.add_argument("--stock-cpu-convs", action="store_true",
+                          help="same as --backends torch: PyTorch's default 3D convolution kernels (stock "
+                               "nnU-Net) instead of the per-layer oneDNN choice that recokd predict uses")
+    p.add_argument("--calibration-cases", type=_positive_int, default=8, metavar="N",
+                   help="openvino-int8: preprocessed training cases to calibrate on, 4 tiles each (default: "
+                        "%(default)s; synthetic tiles, for timing only, where $nnUNet_preprocessed has none)")
     p.add_argument("--no-isolate", action="store_true",
                    help="profile all models in this process (faster start; peak memory less clean)")
     p.set_defaults(func=_profile)
@@ -78,6 +89,14 @@ def _parse_eval_json(entries: list[str], labels: list[str], paths: list[str]) ->
                             f"{', '.join(labels)}")
         out[label] = file
     return out
+
+
+def _backends(args: argparse.Namespace) -> tuple[str, ...] | None:
+    from recokd.deploy.backends import parse_backends
+
+    if args.stock_cpu_convs:
+        return ("torch",)
+    return None if args.backends is None else parse_backends(args.backends)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -101,7 +120,7 @@ def _profile(args: argparse.Namespace) -> int:
         step_size=args.step_size, mirroring=("off", "on") if args.mirroring == "both" else (args.mirroring,),
         volume_shape=tuple(args.volume_shape) if args.volume_shape else None,
         case_files=tuple(args.case) if args.case else None, fold=fold, checkpoint=args.checkpoint,
-        isolate=not args.no_isolate, fast_cpu_convs=not args.stock_cpu_convs,
+        isolate=not args.no_isolate, backends=_backends(args), calibration_cases=args.calibration_cases,
     )
     settings.validate()
     if args.output is not None:  # refuse early, not after minutes of timing
