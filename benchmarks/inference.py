@@ -1,27 +1,32 @@
-"""Full-volume CPU inference: teacher vs t=2 student, eager PyTorch vs ONNX Runtime (issue 4).
+"""Full-volume CPU inference: teacher vs t=2 student on every backend (issues 4 and 13).
 
 Setting: nnU-Net-like PlainConvUNets built directly (no dataset): teacher widths
 [32, 64, 128, 256, 320], 5 stages, InstanceNorm + LeakyReLU, 4 classes; student t=2
 ([8, 16, 32, 64, 80]). One synthetic 1-channel volume (default 128^3, standard normal like z-scored
 data) segmented with nnU-Net's own sliding window (``nnUNetPredictor.predict_sliding_window_return_logits``:
 64^3 tiles at step 0.5 -> 27 tiles, Gaussian weighting, fp16 accumulation), mirroring TTA off by
-default. Backends: ``torch`` = the eager network (what nnU-Net's predictor runs), ``torch-onednn`` =
-the same with recokd.deploy.cpu_conv's per-layer oneDNN choice (what ``recokd predict`` runs on a
-CPU), ``onnxruntime``
-= the same network exported with recokd.deploy.onnx_export and run by recokd's ONNX network
-stand-in inside the same predictor (CPUExecutionProvider, all graph optimisations). Optional
-``torch-cl``: eager with ``channels_last_3d`` weights (lets oneDNN take every 3D convolution).
+default. Backends (:mod:`recokd.deploy.backends`): ``torch`` = the eager network (what nnU-Net's
+predictor runs), ``torch-onednn`` = the same with recokd.deploy.cpu_conv's per-layer oneDNN choice
+(what ``recokd predict`` runs on a CPU), ``onnxruntime`` = the network exported with
+recokd.deploy.onnx_export on ONNX Runtime, ``openvino`` = converted with
+recokd.deploy.openvino_backend (fp32 weights, float32 arithmetic, one static compiled shape per tile
+size; ``--openvino-dynamic`` also times the dynamic-shape model), ``openvino-int8`` = the same after
+NNCF post-training quantization. The weights are random, so int8 is calibrated on synthetic tiles:
+this benchmark measures speed only; int8 *accuracy* is measured on a trained model with
+``recokd quantize`` + ``recokd evaluate`` (benchmarks/RESULTS.md).
 
     python benchmarks/inference.py [--size 128] [--patch 64] [--threads 2] [--repeats 3]
-                                   [--mirroring off|on|both] [--channels-last] [--exporter auto]
+                                   [--mirroring off|on|both] [--backends all] [--openvino-dynamic]
 
 Times: wall clock per full volume, median of ``--repeats`` runs after a warm-up (one sliding-window
-run on a patch-sized volume: same kernels, one tile). The process CPU time (all threads, spin-waits
-included) and the 1-minute load average are printed too: on a shared machine other processes
-inflate wall clock, so read the wall-clock ratios together with the load. FLOPs:
-torch.utils.flop_counter (2 FLOPs per multiply-add) per patch, batch 1. Targets: student >= 8x
-faster than the teacher on CPU; ONNX Runtime >= 1.3x faster than eager PyTorch for the student.
-Nothing here is asserted: it prints.
+run on a patch-sized volume: same kernels, one tile; OpenVINO compiles its tile shape there). The
+process CPU time (all threads, spin-waits included) and the 1-minute load average are printed too:
+on a shared machine other processes inflate wall clock, so read the ratios together with the load.
+FLOPs: torch.utils.flop_counter (2 FLOPs per multiply-add) per patch, batch 1; achieved GFLOP/s =
+FLOPs/patch x tiles x passes per tile / time, next to the machine's fp32 matmul rate (torch.mm of
+two 2048^2 matrices on the same threads). Targets (issue 13): fp32 student >= 12x faster than the
+fp32 teacher on the same, best backend; int8 student >= 25x faster than the stock nnU-Net teacher
+(eager torch) and >= 1.5x faster than the fp32 student. Nothing here is asserted: it prints.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ import io
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,12 +48,17 @@ sys.path.insert(0, str(ROOT))  # benchmarks._nets
 import torch  # noqa: E402
 
 from benchmarks._nets import teacher_and_student  # noqa: E402
-from recokd.deploy.cpu_conv import use_fastest_cpu_conv3d  # noqa: E402
-from recokd.deploy.onnx_export import compare_with_onnxruntime, create_session, export_network  # noqa: E402
-from recokd.deploy.onnx_predictor import OnnxNetwork  # noqa: E402
-from recokd.evaluation.profile import count_flops, count_parameters  # noqa: E402
+from recokd.deploy.backends import (  # noqa: E402
+    BACKENDS,
+    parse_backends,
+    prepare_network,
+    synthetic_calibration,
+    unavailable_reason,
+)
+from recokd.evaluation.profile import count_flops, count_parameters, measure_matmul_gflops  # noqa: E402
 
 NUM_CLASSES = 4
+FP32 = ("torch", "torch-onednn", "onnxruntime", "openvino")
 
 
 def make_predictor(network: torch.nn.Module, patch: int, step_size: float, mirroring: bool):
@@ -84,13 +93,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=128, help="volume edge (voxels)")
     ap.add_argument("--patch", type=int, default=64, help="patch edge (voxels, divisible by 16)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads and ONNX Runtime intra-op threads")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads and every runtime's threads")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--step-size", type=float, default=0.5)
     ap.add_argument("--mirroring", choices=("off", "on", "both"), default="off")
-    ap.add_argument("--channels-last", action="store_true",
-                    help="also time eager torch with channels_last_3d")
-    ap.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "torchscript"))
+    ap.add_argument("--backends", default="all",
+                    help=f"'all' or a comma-separated list of {', '.join(BACKENDS)}")
+    ap.add_argument("--openvino-dynamic", action="store_true",
+                    help="also time OpenVINO fp32 compiled once with dynamic shapes")
+    ap.add_argument("--calibration-tiles", type=int, default=8, help="synthetic int8 calibration tiles")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -101,71 +112,88 @@ def main() -> int:
     volume = torch.randn(1, args.size, args.size, args.size, generator=torch.Generator().manual_seed(1))
     warmup_volume = torch.randn(1, args.patch, args.patch, args.patch)
     modes = ["off", "on"] if args.mirroring == "both" else [args.mirroring]
-    backends = ["torch"] + (["torch-cl"] if args.channels_last else []) + ["torch-onednn", "onnxruntime"]
+    backends = []
+    for b in parse_backends(args.backends):
+        reason = unavailable_reason(b)
+        if reason:
+            print(f"note: {reason}")
+        else:
+            backends.append(b)
+            if b == "openvino" and args.openvino_dynamic:
+                backends.append("openvino-dynamic")
 
     probe = make_predictor(student, args.patch, args.step_size, False)
     n_tiles = len(probe._internal_get_sliding_window_slicers(tuple(volume.shape[1:])))
     print(f"load average before: {', '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+    matmul = measure_matmul_gflops(args.threads)
     print(f"CPU inference benchmark: volume {args.size}^3, patch {args.patch}^3, step {args.step_size} "
-          f"({n_tiles} tiles), torch {torch.__version__}, {args.threads} threads (torch and ONNX Runtime), "
-          f"median of {args.repeats} after a one-tile warm-up, mirroring {', '.join(modes)}")
+          f"({n_tiles} tiles), torch {torch.__version__}, {args.threads} threads (torch and every runtime), "
+          f"median of {args.repeats} after a one-tile warm-up, mirroring {', '.join(modes)}; machine fp32 "
+          f"matmul (torch.mm 2048^2): {matmul:.0f} GFLOP/s")
 
-    sessions, info = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, net in nets.items():
-            net.eval().requires_grad_(False)
-            net.decoder.deep_supervision = False
-            params, flops = count_parameters(net), count_flops(net, patch_shape)
-            file = Path(tmp) / f"{name}.onnx"
+    info = {}
+    for name, net in nets.items():
+        net.eval().requires_grad_(False)
+        net.decoder.deep_supervision = False
+        info[name] = (count_parameters(net), count_flops(net, patch_shape))
+        print(f"  {name:8s} widths {list(net.encoder.output_channels)}: {info[name][0] / 1e6:.2f} M params, "
+              f"{info[name][1] / 1e9:.1f} GFLOPs/patch")
+
+    results: dict[tuple[str, str, str], float] = {}
+    calibration = synthetic_calibration(patch_shape, args.calibration_tiles)
+    for name, net in nets.items():
+        for backend in backends:
             t0 = time.perf_counter()
-            exporter = export_network(net, torch.randn(patch_shape), file, exporter=args.exporter)
-            export_s = time.perf_counter() - t0
-            sessions[name] = create_session(file, args.threads)
-            diff, scale = compare_with_onnxruntime(net, sessions[name], torch.randn(patch_shape))
-            info[name] = (params, flops)
-            print(f"  {name:8s} widths {list(net.encoder.output_channels)}: {params / 1e6:.2f} M params, "
-                  f"{flops / 1e9:.1f} GFLOPs/patch; ONNX ({exporter}, {export_s:.0f} s) max |diff| "
-                  f"{diff:.2g} (max |logit| {scale:.2g})")
+            if backend == "openvino-dynamic":
+                from recokd.deploy.openvino_backend import OpenVINONetwork, convert_network
 
-        results: dict[tuple[str, str, str], float] = {}
-        for mode in modes:
-            for name, net in nets.items():
-                for backend in backends:
-                    if backend == "onnxruntime":
-                        network = OnnxNetwork(sessions[name])
-                    elif backend == "torch-cl":
-                        network = net.to(memory_format=torch.channels_last_3d)
-                    elif backend == "torch-onednn":  # what recokd predict / recokd profile run on a CPU
-                        network = copy.deepcopy(net.to(memory_format=torch.contiguous_format))
-                        use_fastest_cpu_conv3d(network, torch.randn(patch_shape))
-                    else:
-                        network = net.to(memory_format=torch.contiguous_format)
-                    predictor = make_predictor(network, args.patch, args.step_size, mode == "on")
-                    times, cpu = time_volume(predictor, volume, warmup_volume, args.repeats)
-                    results[(mode, name, backend)] = statistics.median(times)
-                    runs = ", ".join(f"{t:.2f}" for t in times)
-                    print(f"  mirroring {mode:3s} {name:8s} {backend:12s} median "
-                          f"{statistics.median(times):8.2f} s (runs: {runs}; CPU s median "
-                          f"{statistics.median(cpu):.2f}; load {os.getloadavg()[0]:.2f})", flush=True)
+                network = OpenVINONetwork(convert_network(net, patch_shape), args.threads,
+                                          static_shapes=False)
+            else:
+                network = prepare_network(backend, copy.deepcopy(net), patch_shape, args.threads, calibration)
+            setup_s = time.perf_counter() - t0
+            for mode in modes:
+                predictor = make_predictor(network, args.patch, args.step_size, mode == "on")
+                times, cpu = time_volume(predictor, volume, warmup_volume, args.repeats)
+                median = statistics.median(times)
+                results[(mode, name, backend)] = median
+                passes = 8 if mode == "on" else 1
+                rate = info[name][1] * n_tiles * passes / median / 1e9
+                runs = ", ".join(f"{t:.2f}" for t in times)
+                print(f"  mirroring {mode:3s} {name:8s} {backend:16s} median {median:8.2f} s (runs: {runs}; "
+                      f"CPU s {statistics.median(cpu):.2f}; {rate:6.1f} GFLOP/s = {rate / matmul:5.1%} of "
+                      "matmul; "
+                      f"setup {setup_s:.0f} s; load {os.getloadavg()[0]:.2f})", flush=True)
+            del network
 
     print()
     for mode in modes:
         r = {(n, b): results[(mode, n, b)] for n in nets for b in backends}
-        print(f"mirroring {mode}: full-volume seconds (speed-up of the student over the teacher)")
+        print(f"mirroring {mode}: full-volume seconds, achieved GFLOP/s, student speed-up over the teacher "
+              "on the same backend and over the stock teacher (eager torch)")
         for b in backends:
-            print(f"  {b:12s} teacher {r[('teacher', b)]:8.2f} s  student {r[('student', b)]:7.2f} s  "
-                  f"student speed-up {r[('teacher', b)] / r[('student', b)]:5.2f}x")
-        st_fast = r[("teacher", "torch")] / r[("student", "torch-onednn")]
-        print(f"  student (torch, per-layer oneDNN: recokd predict) vs teacher (eager torch, nnU-Net "
-              f"default): "
-              f"{st_fast:.2f}x [target >= 8x: {'met' if st_fast >= 8 else 'missed'}]")
-        st_ort = r[("teacher", "torch")] / r[("student", "onnxruntime")]
-        ort_gain = r[("student", "torch")] / r[("student", "onnxruntime")]
-        print(f"  student (ONNX Runtime) vs teacher (eager torch, nnU-Net default): {st_ort:.2f}x "
-              f"[target >= 8x: {'met' if st_ort >= 8 else 'missed'}]")
-        print(f"  ONNX Runtime vs eager torch, student: {ort_gain:.2f}x "
-              f"[target >= 1.3x: {'met' if ort_gain >= 1.3 else 'missed'}]; teacher: "
-              f"{r[('teacher', 'torch')] / r[('teacher', 'onnxruntime')]:.2f}x")
+            gf = [info[n][1] * n_tiles * (8 if mode == "on" else 1) / r[(n, b)] / 1e9 for n in nets]
+            stock = (f"  vs stock teacher {r[('teacher', 'torch')] / r[('student', b)]:6.2f}x"
+                     if "torch" in backends else "")
+            print(f"  {b:16s} teacher {r[('teacher', b)]:7.2f} s ({gf[0]:5.1f} GFLOP/s)  student "
+                  f"{r[('student', b)]:6.2f} s ({gf[1]:5.1f} GFLOP/s)  same backend "
+                  f"{r[('teacher', b)] / r[('student', b)]:5.2f}x{stock}")
+        fp32 = [b for b in backends if b in FP32]
+        if fp32:
+            best = min(fp32, key=lambda b: r[("teacher", b)])
+            ratio = r[("teacher", best)] / r[("student", best)]
+            print(f"  fp32 student vs fp32 teacher on the teacher's best backend ({best}): {ratio:.2f}x "
+                  f"[target >= 12x: {'met' if ratio >= 12 else 'missed'}]")
+            best_student = min(fp32, key=lambda b: r[("student", b)])
+            if "openvino-int8" in backends:
+                int8 = r[("student", "openvino-int8")]
+                if "torch" in backends:
+                    vs_stock = r[("teacher", "torch")] / int8
+                    print(f"  int8 student vs stock nnU-Net teacher (eager torch): {vs_stock:.2f}x "
+                          f"[target >= 25x: {'met' if vs_stock >= 25 else 'missed'}]")
+                vs_fp32 = r[("student", best_student)] / int8
+                print(f"  int8 student vs fp32 student on its best backend ({best_student}): {vs_fp32:.2f}x "
+                      f"[target >= 1.5x: {'met' if vs_fp32 >= 1.5 else 'missed'}]")
     print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"FLOPs ratio student/teacher per patch: 1/{info['teacher'][1] / info['student'][1]:.1f}; "
           f"parameters: 1/{info['teacher'][0] / info['student'][0]:.1f}")
