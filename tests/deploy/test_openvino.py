@@ -119,6 +119,8 @@ def test_export_refuses_to_overwrite_and_bad_folders(tiny_model, ov_folder, tmp_
         export_openvino(tiny_model, a_file)
     with pytest.raises(UserError, match="is not a folder"):
         read_model_folder(tmp_path / "missing")
+    with pytest.raises(UserError, match=r"^model path .*nope does not exist"):  # not "teacher": any model
+        export_openvino(tmp_path / "nope", tmp_path / "out")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / SIDECAR_FILE).write_text((folder / SIDECAR_FILE).read_text())

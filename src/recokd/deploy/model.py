@@ -99,7 +99,7 @@ def load_inference_model(
     from recokd.nnunet.teacher import load_teacher
 
     add_ext_trainer_dir_to_env()
-    loaded = load_teacher(path, fold=fold, checkpoint=checkpoint, device=device)
+    loaded = load_teacher(path, fold=fold, checkpoint=checkpoint, device=device, role="model")
     disable_deep_supervision(loaded.network)
     return InferenceModel(loaded=loaded, mirror_axes=read_mirror_axes(loaded.checkpoint_path))
 

@@ -70,17 +70,18 @@ def _listing(folder: Path, pattern: str) -> str:
 
 
 def resolve_checkpoint(
-    path: str | Path, fold: int | str = 0, checkpoint: str = "checkpoint_final.pth"
+    path: str | Path, fold: int | str = 0, checkpoint: str = "checkpoint_final.pth", role: str = "teacher"
 ) -> Path:
     """The checkpoint file ``path`` designates.
 
     ``path`` may be a ``.pth`` file, an nnU-Net results folder ``.../Trainer__Plans__Configuration``
     (-> ``fold_<fold>/<checkpoint>``) or a ``fold_X`` folder inside one (-> ``<checkpoint>``).
-    Raises :class:`UserError` naming what is missing and listing what exists.
+    Raises :class:`UserError` naming what is missing and listing what exists; ``role`` names the
+    model in the messages ("teacher", "model", ...).
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise UserError(f"teacher path {path} does not exist")
+        raise UserError(f"{role} path {path} does not exist")
     if path.is_file():
         return path
     if not checkpoint or "/" in checkpoint or "\\" in checkpoint:
@@ -91,13 +92,13 @@ def resolve_checkpoint(
         fold_dir = path / f"fold_{_normalise_fold(fold)}"
         if not fold_dir.is_dir():
             raise UserError(
-                f"teacher folder {path} has no {fold_dir.name}/ (expected an nnU-Net results folder "
+                f"{role} folder {path} has no {fold_dir.name}/ (expected an nnU-Net results folder "
                 f".../DatasetXXX_Name/Trainer__Plans__Configuration); folds present: "
                 f"{_listing(path, 'fold_*')}"
             )
     file = fold_dir / checkpoint
     if not file.is_file():
-        raise UserError(f"teacher checkpoint {file} does not exist; checkpoints in {fold_dir}: "
+        raise UserError(f"{role} checkpoint {file} does not exist; checkpoints in {fold_dir}: "
                         f"{_listing(fold_dir, '*.pth')}")
     return file
 
@@ -116,7 +117,7 @@ def strip_wrapper_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_checkpoint(file: Path) -> dict:
+def _read_checkpoint(file: Path, role: str = "teacher") -> dict:
     try:
         # weights_only=False: an nnU-Net checkpoint is not a plain tensor dict. ``init_args`` holds
         # the plans/dataset.json and a torch.device, ``logging`` holds python/numpy values; the
@@ -124,7 +125,7 @@ def _read_checkpoint(file: Path) -> dict:
         # loads its checkpoints this way. Unpickling runs code: only load checkpoints you trust.
         ckpt = torch.load(file, map_location="cpu", weights_only=False)
     except Exception as e:  # not a torch file, truncated, pickled classes that do not import
-        raise UserError(f"teacher checkpoint {file} could not be read by torch.load: {e}") from e
+        raise UserError(f"{role} checkpoint {file} could not be read by torch.load: {e}") from e
     if not isinstance(ckpt, dict):
         raise UserError(f"{file} is not an nnU-Net checkpoint: it holds a {type(ckpt).__name__}, not a dict")
     missing = [k for k in REQUIRED_CHECKPOINT_KEYS if k not in ckpt]
@@ -141,7 +142,7 @@ def _read_checkpoint(file: Path) -> dict:
     return ckpt
 
 
-def _trainer_class(trainer_name: str) -> type:
+def _trainer_class(trainer_name: str, role: str = "teacher") -> type:
     """The trainer class named in the checkpoint; falls back to ``nnUNetTrainer`` if not importable."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -153,7 +154,7 @@ def _trainer_class(trainer_name: str) -> type:
         return recursive_find_trainer_class_by_name(trainer_name)
     except (RuntimeError, AssertionError, ImportError) as e:
         warnings.warn(
-            f"trainer class {trainer_name!r} of the teacher checkpoint was not found ({e}); building the "
+            f"trainer class {trainer_name!r} of the {role} checkpoint was not found ({e}); building the "
             "network with nnUNetTrainer's default builder instead",
             stacklevel=3,
         )
@@ -188,6 +189,7 @@ def load_teacher(
     fold: int | str = 0,
     checkpoint: str = "checkpoint_final.pth",
     device: torch.device | str = "cpu",
+    role: str = "teacher",
 ) -> LoadedTeacher:
     """Load a trained nnU-Net v2 network, frozen, as a ReCo-KD teacher.
 
@@ -199,7 +201,8 @@ def load_teacher(
     builder of the trainer class that trained it (``build_network_architecture``, deep supervision
     enabled as in training), gets the checkpoint weights (``module.``/``_orig_mod.`` prefixes
     stripped, strict loading), and is returned in eval mode with ``requires_grad=False`` on
-    ``device``.
+    ``device``. ``role`` names the model in error messages (students and exported models are
+    loaded the same way: ``"model"``).
     """
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -208,8 +211,8 @@ def load_teacher(
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise UserError(f"device: {device!r} is not a torch device ({e})") from e
-    file = resolve_checkpoint(path, fold, checkpoint)
-    ckpt = _read_checkpoint(file)
+    file = resolve_checkpoint(path, fold, checkpoint, role)
+    ckpt = _read_checkpoint(file, role)
     init_args = ckpt["init_args"]
     plans = dict(init_args["plans"])
     plans.pop("continue_training", None)  # run_training adds it; nnUNetTrainer.__init__ pops it
@@ -222,14 +225,14 @@ def load_teacher(
         label_manager = plans_manager.get_label_manager(dataset_json)
         num_input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
         network = build_trainer_network(
-            _trainer_class(trainer_name), plans_manager, configuration_manager,
+            _trainer_class(trainer_name, role), plans_manager, configuration_manager,
             num_input_channels, label_manager.num_segmentation_heads, enable_deep_supervision=True,
         )
     except UserError:
         raise
     except Exception as e:
         raise UserError(
-            f"teacher checkpoint {file}: could not build configuration {configuration_name!r} "
+            f"{role} checkpoint {file}: could not build configuration {configuration_name!r} "
             f"of trainer {trainer_name} from its plans ({type(e).__name__}: {e})"
         ) from e
 
@@ -240,14 +243,14 @@ def load_teacher(
         network.load_state_dict(strip_wrapper_prefixes(weights), strict=True)
     except RuntimeError as e:
         raise UserError(
-            f"teacher checkpoint {file}: network_weights do not fit the network that trainer "
+            f"{role} checkpoint {file}: network_weights do not fit the network that trainer "
             f"{trainer_name} builds from the checkpoint's plans: {e}"
         ) from e
 
     try:
         network.to(device)
     except (RuntimeError, AssertionError) as e:  # e.g. CUDA requested but not available
-        raise UserError(f"device: cannot move the teacher to {device} ({e})") from e
+        raise UserError(f"device: cannot move the {role} to {device} ({e})") from e
     network.eval()
     network.requires_grad_(False)
     return LoadedTeacher(
