@@ -4,7 +4,8 @@
 # (nnU-Net checkpoint_final.pth, recokd bench result.json files), so run it again to continue.
 #
 #   bash benchmarks/evidence_study.sh [STEP ...]
-#   STEP: data teacher students curves sweep adam-students adam-curves adam-sweep final (default: all)
+#   STEP: data teacher students curves sweep adam-students adam-curves adam-sweep final int8 backends
+#   (default: all but int8 and backends, the deployment figures of issue 13, written to DEPLOY)
 #
 # CPU, 2 cores: data ~1 min, teacher ~35 min, each student run 2-5 min. Environment knobs: STUDY (folder,
 # default benchmarks/results/evidence), PY (python, default .venv/bin/python), SEEDS (final bench, default 3).
@@ -17,6 +18,7 @@ PY=${PY:-.venv/bin/python}
 BIN=$(dirname "$PY")
 SEEDS=${SEEDS:-3}
 DATA=$STUDY/data
+DEPLOY=${DEPLOY:-benchmarks/results/deploy}
 export nnUNet_raw=$PWD/$DATA/nnUNet_raw nnUNet_preprocessed=$PWD/$DATA/nnUNet_preprocessed
 export nnUNet_results=$PWD/$DATA/nnUNet_results
 export nnUNet_extTrainer=$("$PY" -c "import recokd.nnunet as n; print(n.ext_trainer_dir())")
@@ -109,7 +111,8 @@ if want adam-students; then
             RECOKD_SEED=0 "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA \
                 -p "nnUNetPlans_recokd_t$t" -device cpu &&
             mkdir -p "$(dirname "$fold")" &&
-            mv "$tmp/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t${t}__3d_fullres/fold_0" "$fold" )
+            trained=$tmp/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t${t}__3d_fullres &&
+            cp "$trained"/*.json "$(dirname "$fold")/" && mv "$trained/fold_0" "$fold" )
     done
 fi
 
@@ -134,4 +137,31 @@ if want final; then
     # the comparison on the test phantoms with the setting chosen on the validation split (RESULTS.md)
     bench_adam "$STUDY/final" --kd-weight "${KD_WEIGHT:-0.01}" --warmup "${WARMUP:-0.2}" --seeds "$SEEDS" \
         --methods reco,reco-sard,reco-ca,cwd,fitnet,logits,dist
+fi
+
+ADAM_T2=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t2__3d_fullres_adam
+if want int8; then
+    # what int8 costs on trained models: the teacher and the t=2 AdamW student of adam-students, on the 16 test
+    # phantoms; PyTorch vs OpenVINO fp32 vs OpenVINO int8 (recokd quantize, 8 calibration cases of fold 0's
+    # training split), mirroring off
+    [ -d "$ADAM_T2" ] || { echo "int8: run the adam-students step first" >&2; exit 1; }
+    # (folders trained by an older version of adam-students lack plans.json / dataset.json)
+    [ -f "$ADAM_T2/plans.json" ] || cp "$nnUNet_preprocessed/$DATASET/nnUNetPlans_recokd_t2.json" "$ADAM_T2/plans.json"
+    [ -f "$ADAM_T2/dataset.json" ] || cp "$nnUNet_preprocessed/$DATASET/dataset.json" "$ADAM_T2/dataset.json"
+    # recokd predict finds models by dataset/trainer/plans/configuration under nnUNet_results: link both there
+    models=$PWD/$DATA/int8_models/$DATASET
+    mkdir -p "$models"
+    ln -sfn "$TEACHER" "$models/$(basename "$TEACHER")"
+    ln -sfn "$ADAM_T2" "$models/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t2__3d_fullres"
+    nnUNet_results=$(dirname "$models") "$PY" benchmarks/int8_accuracy.py -d 801 -i "$nnUNet_raw/$DATASET/imagesTs" \
+        -l "$nnUNet_raw/$DATASET/labelsTs" --dataset-json "$nnUNet_raw/$DATASET/dataset.json" -o "$DATA/int8" \
+        "teacher=$models/$(basename "$TEACHER")" "student_t2=$models/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t2__3d_fullres"
+    mkdir -p "$DEPLOY" && cp "$DATA/int8/int8_accuracy.md" "$DATA/int8/int8_accuracy.json" "$DEPLOY/"
+fi
+
+if want backends; then
+    # recokd profile on every backend, one test phantom (32^3: one tile), mirroring off and on
+    "$BIN/recokd" profile "teacher=$TEACHER" "student_t2=$ADAM_T2" --backends all --threads 2 \
+        --case "$nnUNet_raw/$DATASET/imagesTs/P32s2p0_060_0000.nii.gz" -o "$DEPLOY/profile" --overwrite \
+        > "$DEPLOY/profile.txt"
 fi

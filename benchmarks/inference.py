@@ -19,9 +19,11 @@ this benchmark measures speed only; int8 *accuracy* is measured on a trained mod
                                    [--mirroring off|on|both] [--backends all] [--openvino-dynamic]
 
 Times: wall clock per full volume, median of ``--repeats`` runs after a warm-up (one sliding-window
-run on a patch-sized volume: same kernels, one tile; OpenVINO compiles its tile shape there). The
-process CPU time (all threads, spin-waits included) and the 1-minute load average are printed too:
-on a shared machine other processes inflate wall clock, so read the ratios together with the load.
+run on a patch-sized volume: same kernels, one tile; OpenVINO compiles its tile shape there), next
+to the network alone on one tile (median of 5) and nnU-Net's sliding window with a zero network
+(what the predictor itself costs). The process CPU time (all threads, spin-waits included) and the
+1-minute load average are printed too: on a shared machine other processes inflate wall clock, so
+read the ratios together with the load.
 FLOPs: torch.utils.flop_counter (2 FLOPs per multiply-add) per patch, batch 1; achieved GFLOP/s =
 FLOPs/patch x tiles x passes per tile / time, next to the machine's fp32 matmul rate (torch.mm of
 two 2048^2 matrices on the same threads). Targets (issue 13): fp32 student >= 12x faster than the
@@ -74,6 +76,26 @@ def make_predictor(network: torch.nn.Module, patch: int, step_size: float, mirro
     predictor.label_manager = SimpleNamespace(num_segmentation_heads=NUM_CLASSES)
     predictor.allowed_mirroring_axes = (0, 1, 2)
     return predictor
+
+
+class ZeroNetwork(torch.nn.Module):
+    """Returns zeros of the logits' shape: times nnU-Net's own sliding-window work (padding, tiling,
+    Gaussian weighting, fp16 accumulation) with no network at all."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], NUM_CLASSES, *x.shape[2:])
+
+
+def time_tile(network: torch.nn.Module, tile: torch.Tensor, repeats: int = 5) -> float:
+    """Median seconds of the network alone on one tile (after one warm-up call)."""
+    with torch.no_grad():
+        network(tile)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            network(tile)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def time_volume(predictor, volume: torch.Tensor, warmup_volume: torch.Tensor,
@@ -139,6 +161,10 @@ def main() -> int:
         print(f"  {name:8s} widths {list(net.encoder.output_channels)}: {info[name][0] / 1e6:.2f} M params, "
               f"{info[name][1] / 1e9:.1f} GFLOPs/patch")
 
+    floor = make_predictor(ZeroNetwork(), args.patch, args.step_size, False)
+    floor_s = statistics.median(time_volume(floor, volume, warmup_volume, args.repeats)[0])
+    print(f"  nnU-Net's sliding window with a zero network (no arithmetic): {floor_s:.2f} s per volume")
+
     results: dict[tuple[str, str, str], float] = {}
     calibration = synthetic_calibration(patch_shape, args.calibration_tiles)
     for name, net in nets.items():
@@ -152,6 +178,7 @@ def main() -> int:
             else:
                 network = prepare_network(backend, copy.deepcopy(net), patch_shape, args.threads, calibration)
             setup_s = time.perf_counter() - t0
+            tile_s = time_tile(network, torch.randn(patch_shape))
             for mode in modes:
                 predictor = make_predictor(network, args.patch, args.step_size, mode == "on")
                 times, cpu = time_volume(predictor, volume, warmup_volume, args.repeats)
@@ -163,7 +190,8 @@ def main() -> int:
                 print(f"  mirroring {mode:3s} {name:8s} {backend:16s} median {median:8.2f} s (runs: {runs}; "
                       f"CPU s {statistics.median(cpu):.2f}; {rate:6.1f} GFLOP/s = {rate / matmul:5.1%} of "
                       "matmul; "
-                      f"setup {setup_s:.0f} s; load {os.getloadavg()[0]:.2f})", flush=True)
+                      f"network alone {tile_s * 1e3:.0f} ms/tile; setup {setup_s:.0f} s; "
+                      f"load {os.getloadavg()[0]:.2f})", flush=True)
             del network
 
     print()

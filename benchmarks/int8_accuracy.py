@@ -96,7 +96,7 @@ def main() -> int:
                      "int8_vs_fp32_voxel_agreement": agree, "calibration": cal, "preset": args.preset})
 
     lines = ["| model | torch Dice | OpenVINO fp32 | int8 | int8 - fp32 | torch small | fp32 small | "
-             "int8 small | int8 - fp32 small | voxels int8 = fp32 |", "|---|" + "---:|" * 10]
+             "int8 small | int8 - fp32 small | voxels int8 = fp32 |", "|---|" + "---:|" * 9]
     for r in rows:
         s = r["scores"]
         (dt, st), (df, sf), (di, si) = s["torch"], s["openvino fp32"], s["openvino int8"]

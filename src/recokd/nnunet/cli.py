@@ -480,8 +480,13 @@ def _predict(args: argparse.Namespace) -> int:
     from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
 
     in_dir, out_dir = Path(args.input), Path(args.output)
-    with open(model / "dataset.json", encoding="utf-8") as f:
-        dataset_json = json.load(f)
+    from recokd.json_files import read_json
+
+    dataset_json = read_json(model / "dataset.json", "dataset.json")
+    for key in ("file_ending", "channel_names"):
+        if key not in dataset_json:
+            raise UserError(f"{model / 'dataset.json'} has no {key!r} entry (it is nnU-Net's dataset.json "
+                            "of the model's dataset)")
     file_ending = dataset_json["file_ending"]
     cases = prediction_cases(in_dir, file_ending, dataset_json["channel_names"])
     existing = [c for c in cases if (out_dir / f"{c}{file_ending}").exists()]

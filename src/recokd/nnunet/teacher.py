@@ -11,7 +11,9 @@ are taken from ``init_args`` (the exact ones the weights were trained with).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import re
 import warnings
 from dataclasses import dataclass
@@ -151,7 +153,8 @@ def _trainer_class(trainer_name: str, role: str = "teacher") -> type:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     try:
-        return recursive_find_trainer_class_by_name(trainer_name)
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search of nnUNet_extTrainer
+            return recursive_find_trainer_class_by_name(trainer_name)
     except (RuntimeError, AssertionError, ImportError) as e:
         warnings.warn(
             f"trainer class {trainer_name!r} of the {role} checkpoint was not found ({e}); building the "
