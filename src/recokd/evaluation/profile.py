@@ -677,9 +677,10 @@ def header_lines(report: ProfileReport) -> list[str]:
         + (f"; machine fp32 matmul (torch.mm 2048^2, {first.threads} threads): {report.matmul_gflops:.0f} "
            "GFLOP/s" if report.matmul_gflops else ""),
         *(f"note: {reason}" for reason in report.skipped.values()),
-        *sorted({f"note: {m.label} allows no mirroring axes (its checkpoint's inference_allowed_mirroring_axes "
-                 "is None, e.g. trained without augmentation): mirroring 'on' runs one pass per tile" for m in
-                 report.models if m.mirror_axes is None and "on" in s.mirroring}),
+        *sorted({f"note: {m.label} allows no mirroring axes (its checkpoint's "
+                 "inference_allowed_mirroring_axes is None, e.g. trained without augmentation): mirroring "
+                 "'on' runs one pass per tile" for m in report.models
+                 if m.mirror_axes is None and "on" in s.mirroring}),
         *sorted({f"note: {m.label} openvino-int8 calibrated on {m.calibration}" for m in report.models
                  if m.calibration}),
     ]
