@@ -21,7 +21,9 @@ Conventions (also written into every JSON/CSV/table this module produces):
   ``openvino-int8`` run the exported network. A backend whose package is missing is skipped with a
   one-line note. int8 is calibrated on the model's preprocessed training cases
   (:func:`recokd.deploy.quantize.calibration_set`) where ``$nnUNet_preprocessed`` has them, else on
-  synthetic tiles (timing only; the row says which).
+  synthetic tiles (timing only; the row says which). Each backend's network runs one untimed
+  patch-sized tile first, so one-off set-up (OpenVINO's compilation of the tile shape, ONNX
+  Runtime's first-run allocations) is not in the latency.
 - **Achieved GFLOP/s**: FLOPs per patch x tiles x network passes per tile / median latency, next to
   the machine's measured fp32 matmul rate (``torch.mm`` of two 2048^2 float32 matrices on the same
   threads, median of 5): how much of the hardware the sliding window uses.
@@ -30,13 +32,17 @@ Conventions (also written into every JSON/CSV/table this module produces):
   own nnU-Net preprocessor (preprocessing itself is not timed). Torch threads are set to
   ``threads`` (note: ``nnUNetv2_predict``/``recokd predict`` cap torch threads at
   ``nnUNet_def_n_proc``, 8 by default; this profile does not).
-- **Peak memory**: CPU: the process's resident-set high-water mark during the runs of a mode
-  minus its resident set just before them (after model and volume were set up). The high-water
-  mark is reset through ``/proc/self/clear_refs`` (Linux >= 4.0) before each mode; where that is
-  not possible the ``ru_maxrss`` increase is reported instead (a lower bound) and the method field
-  says so. Each model is measured in a fresh process (``isolate=True``) so that one model's freed
-  memory, kept by the allocator, does not hide the next one's. CUDA: ``max_memory_allocated``
-  minus ``memory_allocated`` before the runs (tensors only, not the caching allocator's reserve).
+- **Peak memory**: CPU: the process's resident-set high-water mark during the runs of a mode minus
+  the resident set before the backend's network was built (after the checkpoint and the volume
+  were loaded): what the backend holds (its copy of the weights, a runtime's compiled model and
+  buffers) plus what the runs allocate; transient set-up peaks before the runs are not in it. The
+  high-water mark is reset through ``/proc/self/clear_refs`` (Linux >= 4.0) before each mode;
+  where that is not possible the ``ru_maxrss`` increase is reported instead (a lower bound) and
+  the method field says so. Each model and backend is measured in a fresh process (``isolate=True``)
+  so that one's freed memory (kept by the allocator) or loaded libraries do not hide or inflate the
+  next one's; a runtime's own libraries, loaded when its model is built, are part of its peak. CUDA:
+  ``max_memory_allocated`` minus ``memory_allocated`` before the runs (tensors only, not the
+  caching allocator's reserve).
 """
 
 from __future__ import annotations
@@ -494,11 +500,13 @@ def profile_model_backends(spec: ModelSpec,
         calibration, calibration_note = None, None
         if backend == "openvino-int8":
             calibration, calibration_note = _int8_calibration(model, settings)
+        memory = PeakMemory(device)
+        memory.set_baseline()  # before the backend's model exists: its weights and buffers count
         network = prepare_network(backend, copy.deepcopy(pristine), model.patch_input_shape, settings.threads,
                                   calibration) if device.type == "cpu" else loaded.network
+        with torch.no_grad():  # one untimed tile first: compilation and first-run set-up are not timed
+            network(torch.zeros(model.patch_input_shape, device=device))
         predictor = make_predictor(model, settings, device, network)
-        memory = PeakMemory(device)
-        memory.set_baseline()
         timings = {}
         for mode in settings.mirroring:
             timings[mode] = time_sliding_window(predictor, data, mirroring=mode == "on",
@@ -586,9 +594,16 @@ def profile_models(specs: list[ModelSpec], settings: ProfileSettings, progress=N
     for spec in specs:
         if progress:
             progress(f"profiling {spec.label} ({spec.path}) on {', '.join(settings.resolved_backends())} ...")
-        rows, missing = run(spec, settings)
+        # isolated: one fresh process per (model, backend), so that one backend's libraries and freed
+        # memory do not hide or inflate the next one's peak
+        parts = [replace(settings, backends=(b,)) for b in settings.resolved_backends()] if settings.isolate \
+            else [settings]
+        rows = []
+        for part in parts:
+            got, missing = run(spec, part)
+            rows += got
+            skipped.update(missing)
         results += rows
-        skipped.update(missing)
         if rows and settings.volume_shape is None and settings.case_files is None:
             settings = replace(settings, volume_shape=tuple(rows[0].volume_shape))
     if not results:
