@@ -4,7 +4,7 @@
 # (nnU-Net checkpoint_final.pth, recokd bench result.json files), so run it again to continue.
 #
 #   bash benchmarks/evidence_study.sh [STEP ...]
-#   STEP: data teacher students curves sweep adam-students adam-curves adam-sweep final int8 backends
+#   STEP: data teacher students curves sweep adam-students adam-curves adam-sweep adam-long final int8 backends
 #   (default: all but int8 and backends, the deployment figures of issue 13, written to DEPLOY)
 #
 # CPU, 2 cores: data ~1 min, teacher ~35 min, each student run 2-5 min. Environment knobs: STUDY (folder,
@@ -33,7 +33,7 @@ ADAM_T=${ADAM_T:-3}
 STUDENT_ADAM=(--no-augmentation --iters-per-epoch 50 --val-iters 2 --epochs 10 -t "$ADAM_T" --optimizer adam
     --device cpu --no-progress)
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(data teacher students curves sweep adam-students adam-curves adam-sweep final)
+[ ${#steps[@]} -gt 0 ] || steps=(data teacher students curves sweep adam-students adam-curves adam-sweep adam-long final)
 want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 mkdir -p "$STUDY"
 printf 'data/\n**/nnUNet_results/\n**/nnUNet_raw/\n**/nnUNet_preprocessed/\n**/predictions/\n' > "$STUDY/.gitignore"
@@ -131,6 +131,14 @@ if want adam-sweep; then
             bench_adam "$STUDY/adam-sweep/warmup$w" --warmup "$w" --methods "$ADAM_BEST" "${sweep[@]}"
         done
     fi
+fi
+
+if want adam-long; then
+    # regime 2 with the students' schedule doubled (20 x 50 iterations): does KD help once the no-KD student is
+    # further along? Validation phantoms, seed 0, lambda_max 0.01, warm-up 0.2; ReCo-KD and the final table's
+    # best baseline (DIST)
+    bench_adam "$STUDY/adam-sweep/long20" --epochs 20 --warmup 0.2 --methods reco,dist --seed-list 0 \
+        --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile
 fi
 
 if want final; then

@@ -249,6 +249,8 @@ def test_recokd_predict_backend_openvino_matches_torch(cases, tmp_path, monkeypa
     assert main([*predict, "-o", str(tmp_path / "x"), "--backend", "openvino", "--openvino",
                  str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main([*predict, "-o", str(tmp_path / "x"), *ov, "--stock-cpu-convs"]) == 2
+    assert "applies to --backend torch" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- int8

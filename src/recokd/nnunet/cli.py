@@ -547,6 +547,9 @@ def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | st
     if getattr(args, other_flag.removeprefix("--")) is not None:
         other = "openvino" if other_flag == "--openvino" else "onnxruntime"
         raise UserError(f"{other_flag} needs --backend {other}, not --backend {backend}")
+    if args.stock_cpu_convs:
+        raise UserError(f"--stock-cpu-convs chooses PyTorch's kernels: it applies to --backend torch, not "
+                        f"--backend {backend}")
     if args.device != "cpu":
         raise UserError(f"--backend {backend} runs on the CPU: pass --device cpu")
     if folds is not None and len(folds) != 1:
