@@ -138,10 +138,8 @@ def compare_with_torch(network: nn.Module, runner: nn.Module, x: torch.Tensor) -
 
 
 def check_model_folder_target(out_dir: Path, overwrite: bool, flag: str) -> None:
-    """Refuse to write into ``out_dir`` if it holds a model already (unless ``overwrite``) or files
-    that are not ours; create it; check it is writable."""
-    from recokd.nnunet.inputs import check_output_folder_writable
-
+    """Refuse to write into ``out_dir`` if it is a file or holds a model already (unless
+    ``overwrite``). Creates nothing: :func:`write_model_folder` does, once the model is ready."""
     ours = [out_dir / n for n in (MODEL_XML, MODEL_BIN, SIDECAR_FILE)]
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{flag} {out_dir} is a file; expected a folder for {MODEL_XML}, {MODEL_BIN} and "
@@ -149,15 +147,18 @@ def check_model_folder_target(out_dir: Path, overwrite: bool, flag: str) -> None
     existing = [p for p in ours if p.exists()]
     if existing and not overwrite:
         raise UserError(f"{existing[0]} already exists; pass --overwrite to replace the model in {out_dir}")
-    check_output_folder_writable(out_dir, flag=flag)
 
 
-def write_model_folder(model, sidecar: dict[str, Any], out_dir: Path) -> None:
-    """Save ``model`` (uncompressed IR) and ``sidecar`` into ``out_dir``: written under temporary
-    names, renamed into place only when everything was written (a failure leaves nothing half-done)."""
+def write_model_folder(model, sidecar: dict[str, Any], out_dir: Path, flag: str = "-o") -> None:
+    """Save ``model`` (uncompressed IR) and ``sidecar`` into ``out_dir`` (created if needed):
+    written under temporary names, renamed into place only when everything was written (a failure
+    leaves nothing half-done)."""
     import json
 
+    from recokd.nnunet.inputs import check_output_folder_writable
+
     ov = require_openvino()
+    check_output_folder_writable(out_dir, flag=flag)
     tag = f".tmp{os.getpid()}"
     tmp_xml, tmp_bin = out_dir / f"{tag}.xml", out_dir / f"{tag}.bin"
     tmp_sidecar = out_dir / f"{tag}.json"
@@ -257,7 +258,7 @@ def export_openvino(
     check = {"max_abs_diff": diff, "max_abs_logit": scale, "argmax_agreement": agreement,
              "tolerance": tolerance, "input_shape": list(x.shape), "input": "standard normal, seed "
              f"{seed}"}
-    write_model_folder(ov_model, openvino_sidecar(inference, "fp32", check), out_dir)
+    write_model_folder(ov_model, openvino_sidecar(inference, "fp32", check), out_dir, flag="--openvino")
     return OpenVINOExportResult(folder=out_dir, precision="fp32", max_abs_diff=diff, max_abs_logit=scale,
                                 argmax_agreement=agreement, patch_size=inference.patch_size,
                                 num_classes=inference.num_classes,

@@ -494,15 +494,20 @@ def _predict(args: argparse.Namespace) -> int:
         raise UserError(f"{out_dir} already holds predictions for {len(existing)} case(s) (e.g. "
                         f"{existing[0]}{file_ending}); pass --overwrite to replace them or "
                         "--continue-prediction to skip them")
+    if args.backend != "torch":
+        _check_runtime_flags(args)
+        if folds is not None and len(folds) != 1:
+            raise UserError(f"--backend {args.backend} runs one network: give one fold with -f, got {folds}")
+    else:
+        runtime_only = (("--onnx", args.onnx, "onnxruntime"), ("--openvino", args.openvino, "openvino"),
+                        ("--threads", args.threads, "onnxruntime or openvino"))
+        for flag, value, needs in runtime_only:
+            if value is not None:
+                raise UserError(f"{flag} needs --backend {needs}")
     check_output_folder_writable(out_dir)
 
     if args.backend != "torch":
         return _predict_runtime(args, model, folds, in_dir, out_dir, len(cases))
-    runtime_only = (("--onnx", args.onnx, "onnxruntime"), ("--openvino", args.openvino, "openvino"),
-                    ("--threads", args.threads, "onnxruntime or openvino"))
-    for flag, value, needs in runtime_only:
-        if value is not None:
-            raise UserError(f"{flag} needs --backend {needs}")
 
     add_ext_trainer_dir_to_env()
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -535,13 +540,8 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | str] | None, in_dir: Path,
-                     out_dir: Path, num_cases: int) -> int:
-    """``recokd predict --backend onnxruntime|openvino``: nnU-Net's predictor with the network call on
-    the runtime, from ``--onnx``/``--openvino`` or a fresh export of the fold's checkpoint (checked
-    against PyTorch)."""
-    import tempfile
-
+def _check_runtime_flags(args: argparse.Namespace) -> None:
+    """The options of ``--backend onnxruntime|openvino``, checked before anything is written."""
     backend = args.backend
     own_flag, other_flag = ("--onnx", "--openvino") if backend == "onnxruntime" else ("--openvino", "--onnx")
     if getattr(args, other_flag.removeprefix("--")) is not None:
@@ -552,8 +552,19 @@ def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | st
                         f"--backend {backend}")
     if args.device != "cpu":
         raise UserError(f"--backend {backend} runs on the CPU: pass --device cpu")
-    if folds is not None and len(folds) != 1:
-        raise UserError(f"--backend {backend} runs one network: give one fold with -f, got {folds}")
+    given = getattr(args, own_flag.removeprefix("--"))
+    if given is not None and not Path(given).exists():
+        raise UserError(f"{own_flag} {given} does not exist (write it with 'recokd export {own_flag}')")
+
+
+def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | str] | None, in_dir: Path,
+                     out_dir: Path, num_cases: int) -> int:
+    """``recokd predict --backend onnxruntime|openvino``: nnU-Net's predictor with the network call on
+    the runtime, from ``--onnx``/``--openvino`` or a fresh export of the fold's checkpoint (checked
+    against PyTorch)."""
+    import tempfile
+
+    backend = args.backend
     first = sorted(model.glob(f"fold_*/{args.checkpoint}"))[0].parent.name.removeprefix("fold_")
     fold = folds[0] if folds else _parse_fold(first)
     kwargs = dict(model_dir=model, step_size=args.step_size, mirroring=not args.disable_tta,
@@ -573,9 +584,6 @@ def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | st
         given, runtime = args.openvino, "OpenVINO"
     if given is not None:
         exported = Path(given)
-        if not exported.exists():
-            raise UserError(f"{own_flag} {exported} does not exist (write it with 'recokd export "
-                            f"{own_flag}')")
         if backend == "openvino":
             runtime += f" {read_model_folder(exported)[0].get('precision', 'fp32')}"
         predict_folder(in_dir, out_dir, exported, **kwargs)
