@@ -316,3 +316,27 @@ def test_widths_saturating_at_c_min_are_reported(isolated, capsys):
         " a larger -t shrinks the student no further there")
     assert main(["student-plans", str(TINY_ID), "-t", "7", "--name", "t7"]) == 0
     assert "4 of 4 stage widths saturate at c_min 4" in capsys.readouterr().out
+
+
+def test_configurations_share_one_student_plans_file_without_colliding(isolated):
+    """Issue 15: writing the 2d student's plans must keep the 3d student's widths in the shared
+    `nnUNetPlans_recokd_t2.json` (and the other way round); a real conflict is still refused."""
+    teacher = json.loads((isolated / "nnUNetPlans.json").read_text())
+    assert {"2d", "3d_fullres"} <= set(teacher["configurations"])
+    sp3 = make_student_plans(TINY_ID, "nnUNetPlans", "3d_fullres", 2)
+    sp2 = make_student_plans(TINY_ID, "nnUNetPlans", "2d", 2)  # no --overwrite needed: nothing is lost
+    assert sp2.written and sp2.path == sp3.path
+    both = json.loads(sp3.path.read_text())
+    for configuration in ("3d_fullres", "2d"):
+        alone = scale_plans(teacher, configuration, 2)
+        source = architecture_source(teacher, configuration)
+        assert both["configurations"][source] == alone["configurations"][source]
+        assert get_widths(both, configuration) == scale_widths(get_widths(teacher, configuration), 2)
+    # asking again for either configuration changes nothing
+    assert not make_student_plans(TINY_ID, "nnUNetPlans", "3d_fullres", 2).written
+    assert not make_student_plans(TINY_ID, "nnUNetPlans", "2d", 2, dry_run=True).written
+    assert json.loads(sp3.path.read_text()) == both
+    # the same file name with other widths for 3d_fullres (another c_min) is a conflict, not a merge
+    with pytest.raises(UserError, match="already exists with different content"):
+        make_student_plans(TINY_ID, "nnUNetPlans", "3d_fullres", 2, c_min=16,
+                           new_identifier="nnUNetPlans_recokd_t2")

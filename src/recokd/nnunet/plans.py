@@ -448,6 +448,45 @@ def write_json_no_clobber(path: Path, data: Any, overwrite: bool = False) -> boo
     return True
 
 
+def _without_architectures(plans: Any) -> Any:
+    """``plans`` without its name and the configurations' ``architecture`` entries (for comparing
+    plans that differ only in which configurations were width-scaled)."""
+    if not isinstance(plans, dict) or not isinstance(plans.get("configurations"), dict):
+        return None
+    out = {k: v for k, v in plans.items() if k not in ("plans_name", "configurations")}
+    out["configurations"] = {
+        name: {k: v for k, v in c.items() if k != "architecture"} if isinstance(c, dict) else c
+        for name, c in plans["configurations"].items()
+    }
+    return out
+
+
+def merge_student_configuration(existing: Any, student: dict, teacher: dict,
+                                configuration: str) -> dict | None:
+    """Student plans that keep ``existing``'s scaled configurations and add ``configuration``'s.
+
+    One student plans identifier (``nnUNetPlans_recokd_t2``) serves every configuration, but
+    :func:`scale_plans` scales one at a time; without this, writing the 2d student's plans would
+    reset a 3d student's widths to the teacher's (and the other way round). Returns ``None`` when
+    ``existing`` is not the same teacher's student plans apart from architectures (then the usual
+    no-clobber rules apply), or when it already holds ``configuration``'s architecture scaled
+    differently from ``student`` (e.g. another ``c_min``: a real conflict).
+    """
+    if not isinstance(existing, dict) or existing.get("plans_name") != student.get("plans_name"):
+        return None
+    if _without_architectures(existing) != _without_architectures(teacher):
+        return None
+    source = architecture_source(teacher, configuration)
+    theirs = existing["configurations"].get(source, {}).get("architecture")
+    if theirs not in (teacher["configurations"][source].get("architecture"),
+                      student["configurations"][source].get("architecture")):
+        return None
+    merged = copy.deepcopy(existing)
+    scaled = student["configurations"][source]["architecture"]
+    merged["configurations"][source]["architecture"] = copy.deepcopy(scaled)
+    return merged
+
+
 def make_student_plans(
     dataset: str | int,
     plans_identifier: str,
@@ -490,10 +529,18 @@ def make_student_plans(
     dataset_json = read_json(folder / "dataset.json", "dataset.json")
 
     student = scale_plans(plans, configuration, t, c_min, new_identifier=new_identifier)
+    out_file = folder / f"{new_identifier}.json"
+    if out_file.is_file():  # another configuration's student may live in the same file: keep it
+        try:
+            existing = json.loads(out_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            existing = None
+        merged = merge_student_configuration(existing, student, plans, configuration)
+        if merged is not None:  # adds this configuration's widths and loses nothing: no --overwrite needed
+            student, overwrite = merged, True
     teacher_params = count_parameters(plans, configuration, dataset_json, where=f"plans file {plans_file}")
     student_params = count_parameters(student, configuration, dataset_json, where="student plans")
 
-    out_file = folder / f"{new_identifier}.json"
     if dry_run:
         check_json_no_clobber(out_file, student, overwrite=overwrite)
         written = False
