@@ -108,10 +108,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_predict_onnx)
 
 
-def _parse_fold(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
-
-
 def _export(args: argparse.Namespace) -> int:
     if args.onnx is None and args.openvino is None:
         raise UserError("say what to write: --onnx OUT.onnx and/or --openvino DIR")
@@ -130,7 +126,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.openvino is not None:
         from recokd.deploy.openvino_backend import MODEL_XML, SIDECAR_FILE, export_openvino
 
-        ov = export_openvino(args.model, args.openvino, fold=_parse_fold(args.fold),
+        ov = export_openvino(args.model, args.openvino, fold=args.fold,
                              checkpoint=args.checkpoint, tolerance=args.tolerance, overwrite=args.overwrite)
         print(f"exported:  {ov.folder / MODEL_XML} (OpenVINO IR, fp32 weights; sidecar {SIDECAR_FILE})")
         print(f"network:   {ov.num_input_channels} input channel(s) -> {ov.num_classes} classes, "
@@ -145,7 +141,7 @@ def _quantize(args: argparse.Namespace) -> int:
     from recokd.deploy.quantize import quantize_model
 
     result = quantize_model(args.model, args.output, calibration_cases=args.calibration_cases,
-                            tiles_per_case=args.tiles_per_case, fold=_parse_fold(args.fold),
+                            tiles_per_case=args.tiles_per_case, fold=args.fold,
                             checkpoint=args.checkpoint, preset=args.preset, seed=args.seed,
                             overwrite=args.overwrite)
     cal = result.calibration

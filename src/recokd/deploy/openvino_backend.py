@@ -302,10 +302,6 @@ def predict_folder(
     ``options``: see :func:`recokd.deploy.runtime_predictor.predict_folder_with`."""
     from recokd.deploy.runtime_predictor import predict_folder_with
 
-    if options.get("overwrite") and options.get("continue_prediction"):
-        raise UserError("--overwrite and --continue-prediction exclude each other")
-    if not Path(input_dir).expanduser().is_dir():
-        raise UserError(f"input folder {Path(input_dir).expanduser()} does not exist")
     predictor = nnUNetOpenVINOPredictor(tile_step_size=step_size, use_mirroring=mirroring, threads=threads)
-    predictor.initialize_from_openvino(folder, model_dir)
-    return predict_folder_with(predictor, input_dir, output_dir, **options)
+    return predict_folder_with(predictor, lambda: predictor.initialize_from_openvino(folder, model_dir),
+                               input_dir, output_dir, **options)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ class nnUNetRuntimePredictor(_nnunet_predictor_class()):  # noqa: N801 (nnU-Net'
 
 def predict_folder_with(
     predictor: nnUNetRuntimePredictor,
+    load: Callable[[], None],
     input_dir: str | Path,
     output_dir: str | Path,
     *,
@@ -127,7 +129,8 @@ def predict_folder_with(
     save_probabilities: bool = False,
 ) -> list[str]:
     """Segment every case of ``input_dir`` (nnU-Net naming ``CASE_0000<ext>``) into ``output_dir``
-    with an initialised ``predictor``.
+    with ``predictor``, which ``load()`` initialises (it loads the exported model) once the request
+    itself has been checked, so that a bad request fails before any model is read.
 
     Existing outputs are only replaced with ``overwrite`` (or skipped with
     ``continue_prediction``). ``sequential`` runs preprocessing and export in this process
@@ -140,6 +143,7 @@ def predict_folder_with(
     in_dir, out_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
     if not in_dir.is_dir():
         raise UserError(f"input folder {in_dir} does not exist")
+    load()
     file_ending = predictor.dataset_json["file_ending"]
     cases = prediction_cases(in_dir, file_ending, predictor.dataset_json["channel_names"])
     existing = [c for c in cases if (out_dir / f"{c}{file_ending}").exists()]
