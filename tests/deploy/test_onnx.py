@@ -1,8 +1,8 @@
 """ONNX export (recokd.deploy.onnx_export) and ONNX Runtime inference in nnU-Net's predictor
 (recokd.deploy.onnx_predictor) on a tiny PlainConvUNet in a hand-made nnU-Net results folder.
 
-This module also holds the tiny results-folder builder that tests/evaluation/test_profile.py
-imports (``tiny_plans``, ``write_results_folder``).
+This module also holds the tiny results-folder builders that tests/deploy/conftest.py, tests/test_faults.py
+and tests/evaluation/test_profile.py import (``tiny_plans``, ``write_results_folder``, ``write_case``).
 """
 
 from __future__ import annotations
@@ -92,12 +92,6 @@ def write_case(folder: Path, case: str, shape: tuple[int, int, int], seed: int) 
     itk.SetOrigin((10.0, -5.0, 2.5))
     folder.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(itk, str(folder / f"{case}_0000.nii.gz"))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("deploy_results")
-    return write_results_folder(root, tiny_plans([4, 8, 16], [16, 16, 16]))
 
 
 @pytest.fixture(scope="module")
@@ -230,14 +224,6 @@ def test_export_cli_legacy_exporter(tiny_model, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- prediction
-
-
-@pytest.fixture(scope="module")
-def cases(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cases")
-    write_case(folder, "case_a", (20, 16, 24), seed=1)
-    write_case(folder, "case_b", (16, 24, 18), seed=2)
-    return folder
 
 
 def _segmentations(folder: Path) -> dict[str, sitk.Image]:

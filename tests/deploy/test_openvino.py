@@ -18,17 +18,11 @@ import torch
 
 from recokd.cli import main
 from recokd.errors import UserError
-from tests.deploy.test_onnx import _segmentations, tiny_plans, write_case, write_results_folder
+from tests.deploy.test_onnx import _segmentations, tiny_plans, write_results_folder
 
 pytest.importorskip("openvino")
 
 DATASET = "Dataset902_RecoKDDeploy"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ov_results")
-    return write_results_folder(root, tiny_plans([4, 8, 16], [16, 16, 16]))
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +32,6 @@ def ov_folder(tiny_model, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ov") / "tiny_ov"
     return out, export_openvino(tiny_model, out)
-
-
-@pytest.fixture(scope="module")
-def cases(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ov_cases")
-    write_case(folder, "case_a", (20, 16, 24), seed=0)
-    write_case(folder, "case_b", (16, 24, 18), seed=1)
-    return folder
 
 
 def _tiny_network(tiny_model):
