@@ -578,15 +578,18 @@ def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | st
 
         given, runtime = args.onnx, "ONNX Runtime"
     else:
+        from recokd.deploy.openvino_backend import SIDECAR_FILE, predict_folder
         from recokd.deploy.openvino_backend import export_openvino as export
-        from recokd.deploy.openvino_backend import predict_folder, read_model_folder
 
         given, runtime = args.openvino, "OpenVINO"
     if given is not None:
         exported = Path(given)
-        if backend == "openvino":
-            runtime += f" {read_model_folder(exported)[0].get('precision', 'fp32')}"
         predict_folder(in_dir, out_dir, exported, **kwargs)
+        if backend == "openvino":  # the folder was read and checked by the prediction: only its label here
+            from recokd.json_files import read_json
+
+            sidecar = read_json(exported / SIDECAR_FILE, "OpenVINO model sidecar")
+            runtime += f" {sidecar.get('precision', 'fp32')}"
     else:
         with tempfile.TemporaryDirectory(prefix=f"recokd_{backend}_") as tmp:
             exported = Path(tmp) / ("model.onnx" if backend == "onnxruntime" else "model")
