@@ -47,8 +47,9 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss  # noqa: E40
 
 from benchmarks._nets import STRIDES, TEACHER_WIDTHS, plain_unet  # noqa: E402
 from recokd.kd.distiller import Distiller  # noqa: E402
+from recokd.kd.partial import tap_channels  # noqa: E402
 from recokd.kd.registry import build_kd_method  # noqa: E402
-from recokd.kd.taps import FeatureTaps, default_nnunet_taps, tap_channels  # noqa: E402
+from recokd.kd.taps import FeatureTaps, default_nnunet_taps  # noqa: E402
 from recokd.kd.widths import scale_widths  # noqa: E402
 
 GRAD_CLIP = 12.0

@@ -505,7 +505,8 @@ def test_combination_with_reco_sets_uses_logits_and_sums_weighted_terms():
 
 @pytest.fixture(scope="module")
 def nets():
-    from recokd.kd.taps import default_nnunet_taps, tap_channels
+    from recokd.kd.partial import tap_channels
+    from recokd.kd.taps import default_nnunet_taps
     from recokd.kd.widths import scale_widths
     from tests.kd._nets import plain_unet
 

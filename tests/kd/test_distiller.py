@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from recokd.kd.distiller import Distiller
+from recokd.kd.partial import tap_channels
 from recokd.kd.reco import ReCoKD
-from recokd.kd.taps import default_nnunet_taps, tap_channels
+from recokd.kd.taps import default_nnunet_taps
 from recokd.kd.widths import scale_widths
 from tests.kd._nets import plain_unet
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from recokd.errors import UserError
-from recokd.kd.taps import FeatureTaps, default_nnunet_taps, default_taps, resolve_module, tap_channels
+from recokd.kd.partial import tap_channels
+from recokd.kd.taps import FeatureTaps, default_nnunet_taps, default_taps, resolve_module
 from tests.kd._nets import NETS, SIZE, input_volume, plain_unet
 
 

@@ -1,8 +1,18 @@
-"""Spatial and channel attention maps of MS-SARD (spec section 3)."""
+"""Spatial and channel attention maps of MS-SARD (docs/method.md section 3)."""
 
 from __future__ import annotations
 
 import torch
+
+
+def spatial_attention(g: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """``A_sp(v) = N * softmax_v(g / T)`` of the mean channel magnitude ``g`` (``B x N``) -> ``B x N``."""
+    return torch.softmax(g / temperature, dim=-1) * g.shape[-1]
+
+
+def channel_attention(h: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """``A_ch(c) = C * softmax_c(h / T)`` of the mean voxel magnitude ``h`` (``B x C``) -> ``B x C``."""
+    return torch.softmax(h / temperature, dim=-1) * h.shape[-1]
 
 
 def attention_maps(feat: torch.Tensor, temperature: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,6 +33,4 @@ def attention_maps(feat: torch.Tensor, temperature: float = 0.5) -> tuple[torch.
     g = mag.sum(1) / C
     h = mag.sum(2) / N
     del mag
-    a_sp = torch.softmax(g / temperature, dim=-1) * N
-    a_ch = torch.softmax(h / temperature, dim=-1) * C
-    return a_sp, a_ch
+    return spatial_attention(g, temperature), channel_attention(h, temperature)

@@ -22,6 +22,8 @@ into a few kernels. On a 2-core CPU the whole loss is no faster than the chunked
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 #: voxels per chunk: 32 channels x 16384 voxels x 4 bytes = 2 MiB per temporary
@@ -138,6 +140,15 @@ class _SardStatistics(torch.autograd.Function):
         return grad_s, grad_w, grad_b, None, None, None, None
 
 
+class SardStatistics(NamedTuple):
+    """The per-level reductions of the module docstring (``R1, R2, R3, R7``), by name."""
+
+    weighted_sq_diff: torch.Tensor  #: R1, ``B x N``: sum_c a[c] (S~ - T)**2
+    abs_sum_over_channels: torch.Tensor  #: R2, ``B x N``: sum_c |S~|
+    abs_sum_over_voxels: torch.Tensor  #: R3, ``B x C``: sum_v |S~|
+    sq_diff_over_voxels: torch.Tensor  #: R7, ``B x C``: sum_v (S~ - T)**2
+
+
 def sard_statistics(
     s: torch.Tensor,
     weight: torch.Tensor | None,
@@ -146,8 +157,9 @@ def sard_statistics(
     a_ch: torch.Tensor,
     chunk: int = DEFAULT_CHUNK,
     compiled: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(R1, R2, R3, R7)`` of the module docstring, differentiable w.r.t. ``s``, ``weight``, ``bias``.
+) -> SardStatistics:
+    """``(R1, R2, R3, R7)`` of the module docstring as a :class:`SardStatistics`, differentiable
+    w.r.t. ``s``, ``weight``, ``bias``.
 
     Args:
         s: student feature ``B x C' x N`` (contiguous; flattened spatial axes).
@@ -159,6 +171,6 @@ def sard_statistics(
     """
     if (weight is None) != (bias is None):
         raise ValueError("adapter weight and bias must both be given or both be None")
-    return _SardStatistics.apply(
+    return SardStatistics(*_SardStatistics.apply(
         s.contiguous(), weight, bias, t.detach().contiguous(), a_ch.detach(), int(chunk), bool(compiled)
-    )
+    ))

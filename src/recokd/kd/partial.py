@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from recokd.errors import UserError
 from recokd.kd.taps import FeatureTaps
 
 ENCODER = "encoder"
@@ -89,3 +90,49 @@ def forward_features(network: nn.Module, x: torch.Tensor, paths: Sequence[str]) 
         except _StopForward:
             pass
     return taps.features()
+
+
+def tap_channels(network: nn.Module, paths: Sequence[str], input_shape: Sequence[int]) -> list[int]:
+    """Channel count (dim 1) of each tap, from one forward of a zero tensor.
+
+    Args:
+        network: the network (its parameters' device and floating dtype are used).
+        paths: tap paths.
+        input_shape: the full input shape ``(B, C_in, *spatial)``, e.g. ``(1, 1, 32, 32, 32)``;
+            the spatial size must be valid for the network (divisible by its total stride).
+
+    The forward runs under ``torch.no_grad()`` and as far as needed only
+    (:func:`forward_features`), with the network temporarily in eval mode so that
+    no normalisation statistics are updated; every module's training flag is restored afterwards.
+
+    Raises:
+        UserError: bad ``input_shape``, or the forward failed for that shape.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) < 3 or any(s < 1 for s in shape):
+        raise UserError(
+            f"input_shape must be (B, C_in, *spatial) with positive sizes, got {tuple(input_shape)}"
+        )
+    param = next(iter(network.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    modes = {m: m.training for m in network.modules()}
+    network.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(shape, device=device, dtype=dtype)
+            try:
+                feats = forward_features(network, x, paths)
+            except RuntimeError as e:
+                raise UserError(
+                    f"forward of a zero tensor of shape {shape} through {type(network).__name__} failed "
+                    f"while probing tap channels: {e}. Check input_shape (B, C_in, *spatial): C_in must "
+                    "match the network and the spatial size must suit its strides."
+                ) from e
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    for p, f in zip(paths, feats, strict=True):
+        if f.dim() < 2:
+            raise UserError(f"tap {p!r} produced a tensor of shape {tuple(f.shape)}; expected (B, C, ...)")
+    return [int(f.shape[1]) for f in feats]

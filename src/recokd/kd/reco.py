@@ -1,32 +1,34 @@
-"""ReCo-KD: MS-SARD + MS-CA over several feature levels (spec sections 2-5)."""
+"""ReCo-KD: MS-SARD + MS-CA over several feature levels (docs/method.md sections 2-5).
+
+The per-level loop, level weights, input checks and logging are :class:`~recokd.kd.base.FeatureKD`'s;
+this module holds the level equations."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from recokd.kd.adapters import make_adapter
-from recokd.kd.attention import attention_maps
-from recokd.kd.base import KDMethod
+from recokd.kd.attention import attention_maps, channel_attention, spatial_attention
+from recokd.kd.base import FeatureKD
 from recokd.kd.context import GlobalContextBlock, affinity_loss, gc_alignment_loss
 from recokd.kd.fused import DEFAULT_CHUNK, sard_statistics
-from recokd.kd.levels import resolve_levels
 from recokd.kd.masks import check_labels, region_weights, target_for_level
 
-COMPONENTS = ("fg", "bg", "att", "ctx")
 
-
-class ReCoKD(KDMethod):
+class ReCoKD(FeatureKD):
     """Region- and Context-aware KD loss over ``L`` feature levels.
 
     Args:
         student_channels: ``C'_l`` for each distilled level, highest resolution first.
         teacher_channels: ``C_l`` for the same levels.
         num_classes: ``K`` including background (integer targets), or the number of regions.
-        alpha: level-weight exponent (spec 5); ignored if ``level_weights`` is given.
-        level_weights: explicit per-level weights (used as given, not renormalised).
+        alpha, level_weights: the level weights (docs/method.md section 5), as every
+            :class:`~recokd.kd.base.FeatureKD`: ``alpha`` is ignored if ``level_weights`` is given
+            (used as given, not renormalised).
         temperature: ``T`` of the attention softmaxes (spec 3), default 0.5.
         tau: exponent on the size-normalised weights (1: every class weighs 1; 0: plain masks).
         fg, bg, att, ctx: component coefficients (spec 5, all 1). A coefficient of 0 skips that
@@ -60,8 +62,6 @@ class ReCoKD(KDMethod):
         teacher_channels: Sequence[int],
         num_classes: int,
         *,
-        alpha: float = 0.4,
-        level_weights: Sequence[float] | None = None,
         temperature: float = 0.5,
         tau: float = 1.0,
         fg: float = 1.0,
@@ -75,19 +75,13 @@ class ReCoKD(KDMethod):
         validate_targets: bool = True,
         chunk: int = DEFAULT_CHUNK,
         compile: bool = False,
+        **level_options: Any,
     ):
-        super().__init__()
-        student_channels, teacher_channels, weights = resolve_levels(
-            student_channels, teacher_channels, num_classes, alpha, level_weights
-        )
+        super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         if context not in ("gc", "affinity"):
             raise ValueError(f"context must be 'gc' or 'affinity', got {context!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.student_channels = student_channels
-        self.teacher_channels = teacher_channels
-        self.num_classes = int(num_classes)
-        self.weights = weights
         self.temperature = float(temperature)
         self.tau = float(tau)
         self.coef = {"fg": float(fg), "bg": float(bg), "att": float(att), "ctx": float(ctx)}
@@ -98,83 +92,44 @@ class ReCoKD(KDMethod):
         self.chunk = int(chunk)
         self.compiled = bool(compile)
         self.adapters = nn.ModuleList(
-            make_adapter(s, t) for s, t in zip(student_channels, teacher_channels, strict=True)
+            make_adapter(s, t) for s, t in zip(self.student_channels, self.teacher_channels, strict=True)
         )
         if freeze_adapters:
             self.adapters.requires_grad_(False)
         if context == "gc" and self.coef["ctx"] != 0:
-            self.context_student = nn.ModuleList(GlobalContextBlock(c) for c in teacher_channels)
-            self.context_teacher = nn.ModuleList(GlobalContextBlock(c) for c in teacher_channels)
+            self.context_student = nn.ModuleList(GlobalContextBlock(c) for c in self.teacher_channels)
+            self.context_teacher = nn.ModuleList(GlobalContextBlock(c) for c in self.teacher_channels)
 
     @property
     def uses_sard(self) -> bool:
         return any(self.coef[k] != 0 for k in ("fg", "bg", "att"))
 
-    def forward(
-        self,
-        student_feats: Sequence[torch.Tensor],
-        teacher_feats: Sequence[torch.Tensor],
-        target: torch.Tensor | Sequence[torch.Tensor] | None = None,
-        *,
-        student_logits: torch.Tensor | None = None,
-        teacher_logits: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor | float]:
-        n = len(self.adapters)
-        if len(student_feats) != n or len(teacher_feats) != n:
-            raise ValueError(
-                f"ReCoKD was built for {n} levels but got {len(student_feats)} student and "
-                f"{len(teacher_feats)} teacher features"
-            )
-        if self.uses_sard and target is None:
+    def check_target(self, target: torch.Tensor | Sequence[torch.Tensor] | None) -> None:
+        """MS-SARD needs the target (its fg/bg weights); integer labels must lie in ``0..K-1``."""
+        if not self.uses_sard:
+            return
+        if target is None:
             raise ValueError("ReCoKD needs the ground-truth target for MS-SARD (fg/bg weights)")
-        if self.uses_sard and self.validate_targets and not self.regions:
-            full = target if isinstance(target, torch.Tensor) else target[0]
-            check_labels(full, self.num_classes, self.ignore_label)
-        device_type = student_feats[0].device.type
-        logs: dict[str, float] = {}
-        total = None
-        with torch.autocast(device_type=device_type, enabled=False):
-            for level in range(n):
-                s, t = student_feats[level], teacher_feats[level]
-                self._check_pair(level, s, t)
-                parts = self._level_losses(level, s, t, target)
-                level_loss = sum(self.coef[k] * v for k, v in parts.items())
-                weighted = self.weights[level] * level_loss
-                total = weighted if total is None else total + weighted
-                for k, v in parts.items():
-                    value = float(v.detach())
-                    logs[f"{k}/{level}"] = value
-                    logs[k] = logs.get(k, 0.0) + self.weights[level] * value
-        return {"loss": total, **logs}
+        if self.validate_targets and not self.regions:
+            check_labels(target if isinstance(target, torch.Tensor) else target[0], self.num_classes,
+                         self.ignore_label)
 
-    def _check_pair(self, level: int, s: torch.Tensor, t: torch.Tensor) -> None:
-        if s.dim() != t.dim() or s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
-            raise ValueError(
-                f"level {level}: student feature {tuple(s.shape)} and teacher feature "
-                f"{tuple(t.shape)} must share batch and spatial size (B x C x D x H x W)"
-            )
-        if s.shape[1] != self.student_channels[level] or t.shape[1] != self.teacher_channels[level]:
-            raise ValueError(
-                f"level {level}: expected {self.student_channels[level]} student / "
-                f"{self.teacher_channels[level]} teacher channels, got {s.shape[1]} / {t.shape[1]}"
-            )
-
-    def _level_losses(
+    def level_losses(
         self,
         level: int,
         s: torch.Tensor,
         t: torch.Tensor,
         target: torch.Tensor | Sequence[torch.Tensor] | None,
     ) -> dict[str, torch.Tensor]:
-        """The components of one level (spec 3-4) on flattened features (``B x C x N``).
+        """The components of one level (docs/method.md sections 3-4) on flattened features
+        (``B x C x N``; ``s``/``t`` arrive in the compute dtype, ``t`` detached).
 
         The non-linear statistics of ``S~ = A(S)`` come from :func:`~recokd.kd.fused.sard_statistics`
         (chunked, ``S~`` never stored whole); everything linear in ``S~`` is computed on the
         narrow student feature through the adapter's weights.
         """
-        dtype = torch.promote_types(s.dtype, torch.float32)
-        sf = s.flatten(2).to(dtype)
-        tf = t.detach().flatten(2).to(dtype)
+        dtype = s.dtype
+        sf, tf = s.flatten(2), t.flatten(2)
         B, C, N = tf.shape
         adapter = self.adapters[level]
         weight = getattr(adapter, "weight", None)
@@ -189,10 +144,10 @@ class ReCoKD(KDMethod):
                     a_sp_t, a_ch_t = attention_maps(tf, self.temperature)
                 else:
                     a_ch_t = tf.new_ones(B, C)
-            r1, r2, r3, r7 = sard_statistics(sf, weight, bias, tf, a_ch_t, self.chunk, self.compiled)
+            stats = sard_statistics(sf, weight, bias, tf, a_ch_t, self.chunk, self.compiled)
         if self.uses_sard:
             # E(v) = A_sp_T(v) * sum_c A_ch_T(c) (S~[c,v] - T[c,v])^2, computed once (B x N)
-            e = r1 * a_sp_t
+            e = stats.weighted_sq_diff * a_sp_t
             y = target_for_level(target, t.shape[2:])
             w_fg, w_bg = region_weights(
                 y,
@@ -207,9 +162,9 @@ class ReCoKD(KDMethod):
             if self.coef["bg"] != 0:
                 out["bg"] = _weighted_mean(e, w_bg, C)
             if self.coef["att"] != 0:
-                # student attention from the sums of |S~| (spec 3): g = R2 / C, h = R3 / N
-                a_sp_s = torch.softmax(r2 / (C * self.temperature), dim=-1) * N
-                a_ch_s = torch.softmax(r3 / (N * self.temperature), dim=-1) * C
+                # student attention from the sums of |S~| (docs/method.md section 3): g = R2 / C, h = R3 / N
+                a_sp_s = spatial_attention(stats.abs_sum_over_channels / C, self.temperature)
+                a_ch_s = channel_attention(stats.abs_sum_over_voxels / N, self.temperature)
                 out["att"] = (a_ch_s - a_ch_t).abs().mean() + (a_sp_s - a_sp_t).abs().mean()
         if self.coef["ctx"] != 0:
             if gc:
@@ -221,7 +176,7 @@ class ReCoKD(KDMethod):
                     d_s = block_s.delta_affine(sf, weight, bias)
                     sum_s = sf.sum(-1) @ weight.t() + N * bias  # sum_v S~
                 d_t = block_t.delta(tf)
-                out["ctx"] = gc_alignment_loss(sum_s - tf.sum(-1), r7, d_s, d_t, N)
+                out["ctx"] = gc_alignment_loss(sum_s - tf.sum(-1), stats.sq_diff_over_voxels, d_s, d_t, N)
             else:
                 out["ctx"] = affinity_loss(sf, tf)
         return out
@@ -229,7 +184,7 @@ class ReCoKD(KDMethod):
     def extra_repr(self) -> str:
         w = ", ".join(f"{x:.3f}" for x in self.weights)
         return (
-            f"levels={len(self.adapters)}, student={self.student_channels}, teacher={self.teacher_channels}, "
+            f"levels={self.num_levels}, student={self.student_channels}, teacher={self.teacher_channels}, "
             f"classes={self.num_classes}, weights=[{w}], T={self.temperature}, tau={self.tau}, "
             f"coef={self.coef}, context={self.context!r}"
         )

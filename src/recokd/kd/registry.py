@@ -6,6 +6,9 @@ A spec is ``NAME[:WEIGHT][+NAME[:WEIGHT]...]``. Each registered factory is calle
 the ``logits`` term only; a bare ``"temperature"`` goes to every term whose factory accepts it
 (an option no term accepts is an error, so typos do not pass silently). Every option value is
 type- and range-checked (:mod:`recokd.kd.option_checks`) before a factory sees it.
+
+The registry imports no method: :mod:`recokd.kd.methods` registers ReCo-KD, its ablations and the
+baselines, and ``recokd.kd`` imports it, so importing anything of ``recokd.kd`` registers them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from torch import nn
 
 from recokd.kd.base import KDMethod
 from recokd.kd.option_checks import check_option
-from recokd.kd.reco import ReCoKD
 
 Factory = Callable[..., KDMethod]
 
@@ -35,15 +37,28 @@ class MethodInfo:
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def options(self) -> dict[str, Any]:
-        """Keyword options of the factory with their defaults (after ``self.defaults``)."""
-        sig = inspect.signature(self.factory)
-        opts = {
-            p.name: p.default
-            for p in sig.parameters.values()
-            if p.kind is p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-        }
-        opts.update(self.defaults)
-        return opts
+        """Keyword options of the factory with their defaults (after ``self.defaults``); for a class,
+        collected along its hierarchy (see :func:`keyword_options`)."""
+        return {**keyword_options(self.factory), **self.defaults}
+
+
+def keyword_options(factory: Factory) -> dict[str, Any]:
+    """``{name: default}`` of the keyword-only parameters of ``factory``. For a class, its
+    ``__init__``'s, then, as long as an ``__init__`` passes ``**options`` on, its bases' (a subclass
+    of :class:`~recokd.kd.base.FeatureKD` takes ``alpha`` / ``level_weights`` that way)."""
+    inits = [vars(c)["__init__"] for c in inspect.getmro(factory) if "__init__" in vars(c)] \
+        if isinstance(factory, type) else [factory]
+    levels: list[dict[str, Any]] = []  # subclass first
+    for init in inits:
+        params = inspect.signature(init).parameters.values()
+        levels.append({p.name: p.default for p in params
+                       if p.kind is p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty})
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    out: dict[str, Any] = {}
+    for options in reversed(levels):  # listed base first; a subclass's default wins
+        out.update(options)
+    return out
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -168,31 +183,3 @@ def build_kd_method(
 def _unknown_option(name: str, opt: str) -> str:
     known = ", ".join(sorted(_REGISTRY[name].options()))
     return f"KD method {name!r} (no option {opt!r}; options: {known})"
-
-
-# ---- ReCo-KD and its ablations -------------------------------------------------------------
-
-
-def _reco(student_channels, teacher_channels, num_classes, **options) -> KDMethod:
-    return ReCoKD(student_channels, teacher_channels, num_classes, **options)
-
-
-# the registry reads options (names, defaults) from the signature: expose ReCoKD's
-_reco.__signature__ = inspect.signature(ReCoKD.__init__).replace(  # type: ignore[attr-defined]
-    parameters=[p for n, p in inspect.signature(ReCoKD.__init__).parameters.items() if n != "self"]
-)
-
-register_kd_method("reco", "ReCo-KD: MS-SARD (class-aware region distillation) + MS-CA (context alignment)")(
-    _reco
-)
-register_kd_method("reco-sard", "ReCo-KD ablation: MS-SARD only (no context term)", ctx=0.0)(_reco)
-register_kd_method("reco-ca", "ReCo-KD ablation: MS-CA only (no region terms)", fg=0.0, bg=0.0, att=0.0)(
-    _reco
-)
-register_kd_method("reco-affinity", "ReCo-KD with the voxel-affinity context variant", context="affinity")(
-    _reco
-)
-
-# ---- baseline KD methods (spec section 7): the package registers them on import -------------
-
-import recokd.kd.baselines  # noqa: E402, F401  (at the end: it needs register_kd_method)

@@ -77,8 +77,9 @@ def build_kd_for(
 ) -> BuiltKD:
     """Tap both networks (``default_nnunet_taps``), measure the tap channels with one forward of a
     zero input of ``input_shape`` ``(1, C_in, *patch)``, and build ``method`` with ``options``."""
+    from recokd.kd.partial import tap_channels
     from recokd.kd.registry import build_kd_method
-    from recokd.kd.taps import default_nnunet_taps, tap_channels
+    from recokd.kd.taps import default_nnunet_taps
 
     student_taps = default_nnunet_taps(student)
     teacher_taps = default_nnunet_taps(teacher)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from recokd.kd.baselines.common import EPS, FeatureKD
+from recokd.kd.base import FeatureKD
+from recokd.kd.baselines.common import EPS
 from recokd.kd.masks import check_labels, target_for_level
 
 
@@ -48,18 +50,16 @@ class IFVD(FeatureKD):
         ignore_label: int | None = None,
         regions: bool = False,
         validate_targets: bool = True,
-        alpha: float = 0.4,
-        level_weights: Sequence[float] | None = None,
+        **level_options: Any,
     ):
-        super().__init__(
-            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
-        )
+        super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         self.ignore_label = None if ignore_label is None else int(ignore_label)
         self.regions = bool(regions)
         self.validate_targets = bool(validate_targets)
         self.coef = {"ifvd": 1.0}
 
     def check_target(self, target):
+        super().check_target(target)
         if self.validate_targets and not self.regions and target is not None:
             full = target if isinstance(target, torch.Tensor) else target[0]
             check_labels(full, self.num_classes, self.ignore_label)

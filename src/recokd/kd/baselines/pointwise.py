@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from recokd.kd.adapters import make_adapter
-from recokd.kd.baselines.common import FeatureKD, l2_normalise
+from recokd.kd.base import FeatureKD
+from recokd.kd.baselines.common import l2_normalise
 
 
 class FitNet(FeatureKD):
@@ -26,13 +28,9 @@ class FitNet(FeatureKD):
         student_channels: Sequence[int],
         teacher_channels: Sequence[int],
         num_classes: int,
-        *,
-        alpha: float = 0.4,
-        level_weights: Sequence[float] | None = None,
+        **level_options: Any,
     ):
-        super().__init__(
-            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
-        )
+        super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         self.coef = {"fitnet": 1.0}
         self.adapters = nn.ModuleList(
             make_adapter(s, t) for s, t in zip(self.student_channels, self.teacher_channels, strict=True)
@@ -61,13 +59,9 @@ class AttentionTransfer(FeatureKD):
         student_channels: Sequence[int],
         teacher_channels: Sequence[int],
         num_classes: int,
-        *,
-        alpha: float = 0.4,
-        level_weights: Sequence[float] | None = None,
+        **level_options: Any,
     ):
-        super().__init__(
-            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
-        )
+        super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         self.coef = {"at": 1.0}
 
     def level_losses(self, level, s, t, target):
@@ -96,12 +90,9 @@ class ChannelWiseDistillation(FeatureKD):
         num_classes: int,
         *,
         temperature: float = 4.0,
-        alpha: float = 0.4,
-        level_weights: Sequence[float] | None = None,
+        **level_options: Any,
     ):
-        super().__init__(
-            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
-        )
+        super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)

@@ -10,11 +10,13 @@ no parameters), as in the original methods.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from recokd.kd.baselines.common import FeatureKD, check_grid, l2_normalise, pool_to_grid
+from recokd.kd.base import FeatureKD
+from recokd.kd.baselines.common import check_grid, l2_normalise, pool_to_grid
 
 
 class StructuredKD(FeatureKD):
@@ -35,12 +37,9 @@ class StructuredKD(FeatureKD):
         *,
         grid: int = 4,
         pool: str = "max",
-        alpha: float = 0.4,
-        level_weights: Sequence[float] | None = None,
+        **level_options: Any,
     ):
-        super().__init__(
-            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
-        )
+        super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         check_grid(grid, pool)
         self.grid, self.pool = int(grid), pool
         self.coef = {"skd": 1.0}
@@ -81,12 +80,9 @@ class CrossImageRelationalKD(FeatureKD):
         temperature: float = 0.1,
         grid: int = 4,
         pool: str = "avg",
-        alpha: float = 0.4,
-        level_weights: Sequence[float] | None = None,
+        **level_options: Any,
     ):
-        super().__init__(
-            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
-        )
+        super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         check_grid(grid, pool)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -142,12 +138,9 @@ class RelationalKD(FeatureKD):
         grid: int = 4,
         pool: str = "avg",
         across_batch: bool = False,
-        alpha: float = 0.4,
-        level_weights: Sequence[float] | None = None,
+        **level_options: Any,
     ):
-        super().__init__(
-            student_channels, teacher_channels, num_classes, alpha=alpha, level_weights=level_weights
-        )
+        super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         check_grid(grid, pool)
         self.grid, self.pool, self.across_batch = int(grid), pool, bool(across_batch)
         if distance_weight == 0 and angle_weight == 0:
