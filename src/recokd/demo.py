@@ -37,18 +37,35 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from recokd.bench.config import KD_TRAINER, KD_TRAINER_NO_DA, STOCK_TRAINER, STOCK_TRAINER_NO_DA
 from recokd.bench.report import gap_recovered
 from recokd.errors import UserError
-from recokd.nnunet.optim import OPTIMIZER_NAMES, OPTIMIZER_TEXT, SHORT_OPTIMIZER_ENV, check_optimizer_name
+from recokd.nnunet.layout import (
+    CHECKPOINT_FINAL,
+    KD_TRAINER,
+    KD_TRAINER_NO_DA,
+    PROGRESS_DESC_ENV,
+    PROGRESS_ENV,
+    SEED_ENV,
+    SETTINGS_ENV,
+    SHORT_EPOCHS_ENV,
+    SHORT_ITERS_ENV,
+    SHORT_OPTIMIZER_ENV,
+    SHORT_TRAINER,
+    SHORT_TRAINER_NO_DA,
+    SHORT_VAL_ITERS_ENV,
+    fold_folder_name,
+    model_folder_name,
+    parse_model_folder_name,
+)
+from recokd.nnunet.optim import OPTIMIZER_NAMES, OPTIMIZER_TEXT, check_optimizer_name
 
 DATASET_ID = 990
 DATASET_NAME = "DemoPhantoms"
 CONFIGURATION = "3d_fullres"
 #: trainers of the teacher / no-KD student and of the KD student, by ``DemoConfig.augmentation``
-STOCK_TRAINERS = {True: STOCK_TRAINER, False: STOCK_TRAINER_NO_DA}
+STOCK_TRAINERS = {True: SHORT_TRAINER, False: SHORT_TRAINER_NO_DA}
 KD_TRAINERS = {True: KD_TRAINER, False: KD_TRAINER_NO_DA}
-TEACHER_CHECKPOINT = "checkpoint_final.pth"
+TEACHER_CHECKPOINT = CHECKPOINT_FINAL
 #: files of an nnU-Net model folder a reused teacher needs (besides fold_0/checkpoint_final.pth)
 _MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 
@@ -102,14 +119,15 @@ class DemoConfig:
 def check_teacher_folder(folder: Path) -> None:
     """A teacher to reuse: an nnU-Net model folder ``Trainer__Plans__3d_fullres`` with fold 0 trained,
     e.g. ``<earlier demo>/nnUNet_results/Dataset990_DemoPhantoms/<trainer>__nnUNetPlans__3d_fullres``."""
-    parts = folder.name.split("__")
-    if not folder.is_dir() or len(parts) != 3 or parts[2] != CONFIGURATION:
+    name = parse_model_folder_name(folder.name)
+    if not folder.is_dir() or name is None or name.configuration != CONFIGURATION:
         raise UserError(
             f"--teacher {folder}: expected an nnU-Net model folder Trainer__Plans__{CONFIGURATION}, e.g. "
             f"<earlier demo output>/nnUNet_results/Dataset{DATASET_ID:03d}_{DATASET_NAME}/"
-            f"{STOCK_TRAINERS[False]}__nnUNetPlans__{CONFIGURATION}"
+            f"{model_folder_name(STOCK_TRAINERS[False], 'nnUNetPlans', CONFIGURATION)}"
         )
-    missing = [n for n in (*_MODEL_FILES, f"fold_0/{TEACHER_CHECKPOINT}") if not (folder / n).is_file()]
+    needed = (*_MODEL_FILES, f"{fold_folder_name(0)}/{TEACHER_CHECKPOINT}")
+    missing = [n for n in needed if not (folder / n).is_file()]
     if missing:
         raise UserError(f"--teacher {folder}: {', '.join(missing)} missing (a trained fold 0 is needed)")
 
@@ -131,7 +149,7 @@ class _Stage:
         print(f"\n[{self.index}/{self.total}] {title} ...", flush=True)
         log = self.log_dir / f"{self.index}_{_slug(title.split(' (')[0])}.log"
         t0 = time.perf_counter()
-        os.environ["RECOKD_PROGRESS_DESC"] = progress or title
+        os.environ[PROGRESS_DESC_ENV] = progress or title
         try:
             with _stdout_to(log):
                 result = fn()
@@ -180,8 +198,8 @@ def _set_environment(out: Path, cfg: DemoConfig) -> dict[str, Path]:
     os.environ.setdefault("nnUNet_n_proc_DA", "0")  # augmentation in the main process: 2-core machines
     os.environ.setdefault("nnUNet_compile", "0")
     os.environ.setdefault("nnUNet_wandb_enabled", "0")
-    os.environ.pop("RECOKD_SETTINGS", None)
-    os.environ["RECOKD_PROGRESS"] = "1"  # tqdm bars over training iterations (recokd.nnunet.progress)
+    os.environ.pop(SETTINGS_ENV, None)
+    os.environ[PROGRESS_ENV] = "1"  # tqdm bars over training iterations (recokd.nnunet.progress)
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # torch deprecation notices in workers
     add_ext_trainer_dir_to_env()
     return dirs
@@ -212,11 +230,10 @@ def _train_stock(plans: str, epochs: int, cfg: DemoConfig) -> None:
     import torch
     from nnunetv2.run.run_training import run_training
 
-    from recokd.nnunet.seeding import SEED_ENV
 
-    os.environ["RECOKD_SHORT_EPOCHS"] = str(epochs)
-    os.environ["RECOKD_SHORT_ITERS"] = str(cfg.iters_per_epoch)
-    os.environ["RECOKD_SHORT_VAL_ITERS"] = str(cfg.val_iters)
+    os.environ[SHORT_EPOCHS_ENV] = str(epochs)
+    os.environ[SHORT_ITERS_ENV] = str(cfg.iters_per_epoch)
+    os.environ[SHORT_VAL_ITERS_ENV] = str(cfg.val_iters)
     os.environ[SHORT_OPTIMIZER_ENV] = cfg.optimizer
     os.environ[SEED_ENV] = str(cfg.seed)
     run_training(str(DATASET_ID), CONFIGURATION, 0, cfg.stock_trainer, plans, device=torch.device("cpu"))
@@ -252,13 +269,12 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     dataset = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
     student_plans = f"nnUNetPlans_recokd_t{cfg.t}"
     results = dirs["results"] / dataset
-    teacher_name = (
-        Path(cfg.teacher).name if cfg.teacher else f"{cfg.stock_trainer}__nnUNetPlans__{CONFIGURATION}"
-    )
+    stock_teacher = model_folder_name(cfg.stock_trainer, "nnUNetPlans", CONFIGURATION)
+    teacher_name = Path(cfg.teacher).name if cfg.teacher else stock_teacher
     models = {
         "teacher": results / teacher_name,
-        "student (no KD)": results / f"{cfg.stock_trainer}__{student_plans}__{CONFIGURATION}",
-        "student (ReCo-KD)": results / f"{cfg.kd_trainer}__{student_plans}__{CONFIGURATION}",
+        "student (no KD)": results / model_folder_name(cfg.stock_trainer, student_plans, CONFIGURATION),
+        "student (ReCo-KD)": results / model_folder_name(cfg.kd_trainer, student_plans, CONFIGURATION),
     }
     stage = _Stage(total=8, log_dir=out / "logs")
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch deprecation notices
@@ -325,7 +341,7 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
         from recokd.evaluation.evaluate import evaluate_folders
 
         for name, folder in tqdm(models.items(), desc="models", unit="model", file=sys.stderr):
-            trainer, plans, _ = folder.name.split("__")
+            trainer, plans, _ = parse_model_folder_name(folder.name)
             pred = predictions / _slug(name)
             _run_cli(
                 [

@@ -9,10 +9,8 @@ from pathlib import Path
 
 from recokd.bench.config import (
     CONFIG_FILE,
-    KD_TRAINER_NO_DA,
     PHANTOM_DATASET_ID,
     PHANTOM_DATASET_NAME,
-    STOCK_TRAINER_NO_DA,
     PhantomSpec,
     Selection,
     Study,
@@ -22,6 +20,7 @@ from recokd.bench.config import (
 )
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
+from recokd.nnunet.layout import KD_TRAINER_NO_DA, SHORT_TRAINER_NO_DA, parse_fold
 from recokd.nnunet.optim import OPTIMIZER_NAMES
 
 _PHANTOM_ARGS = (
@@ -155,7 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-augmentation",
         action="store_true",
         help="train every run without data augmentation (nnU-Net's NoDA variant of our trainers: "
-        f"{STOCK_TRAINER_NO_DA}, {KD_TRAINER_NO_DA})",
+        f"{SHORT_TRAINER_NO_DA}, {KD_TRAINER_NO_DA})",
     )
     p.add_argument(
         "--device",
@@ -236,12 +235,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def _fold(text: str) -> str:
-    if text == "all" or (text.isdigit() and int(text) >= 0):
-        return str(int(text)) if text.isdigit() else text
-    raise UserError(f"-f: expected a fold number or 'all', got {text!r}")
-
-
 def _device(name: str) -> str:
     import torch
 
@@ -254,9 +247,9 @@ def _device(name: str) -> str:
 
 def build_study(args: argparse.Namespace) -> Study:
     """The :class:`Study` of the command line (checks the dataset and the teacher)."""
-    from recokd.bench.runner import _check_test_folders, check_teacher_folder, resolve_user_dataset
+    from recokd.bench.runner import check_teacher_folder, check_test_folders, resolve_user_dataset
 
-    fold = _fold(args.fold)
+    fold = str(parse_fold(args.fold, "-f"))
     small = [c.strip() for c in args.small_classes.split(",") if c.strip()] if args.small_classes else None
     test_images = str(Path(args.test_images).expanduser().resolve()) if args.test_images else None
     test_labels = str(Path(args.test_labels).expanduser().resolve()) if args.test_labels else None
@@ -291,7 +284,7 @@ def build_study(args: argparse.Namespace) -> Study:
             raise UserError(f"{', '.join(given)} apply to --phantoms only")
         dataset, raw, _pre = resolve_user_dataset(args.dataset, args.plans, args.configuration)
         phantoms = None
-        _check_test_folders(
+        check_test_folders(
             Path(test_images) if test_images else raw / dataset / "imagesTs",
             Path(test_labels) if test_labels else raw / dataset / "labelsTs",
             test_images is not None,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from recokd.errors import UserError
+from recokd.nnunet.layout import KD_TRAINER, KD_TRAINER_NO_DA, SHORT_TRAINER, SHORT_TRAINER_NO_DA
 from recokd.nnunet.optim import OPTIMIZER_TEXT, check_optimizer_name
 
 CONFIG_FILE = "bench_config.json"
@@ -26,12 +27,6 @@ TEACHER = "teacher"
 #: dataset id and name of the phantom dataset written by ``--phantoms`` (inside the bench folder)
 PHANTOM_DATASET_ID = 991
 PHANTOM_DATASET_NAME = "BenchPhantoms"
-#: nnU-Net trainer of the teacher (when the bench trains it) and of the no-KD students
-STOCK_TRAINER = "nnUNetTrainerShort"
-KD_TRAINER = "nnUNetTrainerReCoKD"
-#: the same pair without data augmentation (``Study.augmentation`` false)
-STOCK_TRAINER_NO_DA = "nnUNetTrainerShortNoDA"
-KD_TRAINER_NO_DA = "nnUNetTrainerReCoKDNoDA"
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
 
@@ -174,7 +169,7 @@ class Study:
     @property
     def stock_trainer(self) -> str:
         """Trainer of the teacher the bench trains and of the no-KD students."""
-        return STOCK_TRAINER if self.augmentation else STOCK_TRAINER_NO_DA
+        return SHORT_TRAINER if self.augmentation else SHORT_TRAINER_NO_DA
 
     @property
     def kd_trainer(self) -> str:

@@ -528,7 +528,7 @@ def plot_class_dice(
     rows: Sequence[SummaryRow], out_png: Path, small_classes: Sequence[str] = ()
 ) -> Path | None:
     """Grouped bars of per-class Dice (seed mean, sd as error bar), one panel per t (teacher in each)."""
-    from recokd.evaluation.plots import _figure, _save
+    from recokd.evaluation.plots import new_figure, save_figure
 
     classes = list(rows[0].class_dice) if rows else []
     ts = sorted({r.t for r in rows if r.t is not None})
@@ -537,7 +537,7 @@ def plot_class_dice(
     teacher = [r for r in rows if r.method == TEACHER]
     panels = [teacher + [r for r in rows if r.t == t] for t in ts]
     n_bars = max(len(p) for p in panels)
-    fig = _figure(max(7.0, 0.11 * n_bars * len(classes) + 2.5), 3.2 * len(ts) + 0.6)
+    fig = new_figure(max(7.0, 0.11 * n_bars * len(classes) + 2.5), 3.2 * len(ts) + 0.6)
     axes = fig.subplots(len(ts), 1, squeeze=False)[:, 0]
     width = 0.8 / n_bars
     for ax, t, panel in zip(axes, ts, panels, strict=True):
@@ -568,4 +568,4 @@ def plot_class_dice(
             fontsize=9,
         )
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    return _save(fig, out_png, overwrite=True)
+    return save_figure(fig, out_png, overwrite=True)

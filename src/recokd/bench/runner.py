@@ -44,13 +44,24 @@ from recokd.bench.config import (
 from recokd.bench.worker import command, write_json_atomic
 from recokd.environ import temporary_environ
 from recokd.errors import UserError
-from recokd.nnunet.optim import SHORT_OPTIMIZER_ENV
-from recokd.nnunet.seeding import SEED_ENV
+from recokd.nnunet.layout import (
+    CHECKPOINT_FINAL,
+    SEED_ENV,
+    SETTINGS_ENV,
+    SHORT_ENV,
+    SHORT_EPOCHS_ENV,
+    SHORT_ITERS_ENV,
+    SHORT_OPTIMIZER_ENV,
+    SHORT_VAL_ITERS_ENV,
+    data_identifier,
+    fold_folder_name,
+    model_folder,
+    parse_model_folder_name,
+)
 
 #: CPU-friendly nnU-Net settings (set unless the environment has them): augmentation in the main
 #: process, one export process, no torch.compile
 CPU_ENV = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
-SHORT_ENV = ("RECOKD_SHORT_EPOCHS", "RECOKD_SHORT_ITERS", "RECOKD_SHORT_VAL_ITERS", SHORT_OPTIMIZER_ENV)
 PREPARED_FILE = "prepared.json"
 OUTPUT_FILES = ("runs.csv", "summary.csv", "results.md", "dice_vs_latency.png", "per_class_dice.png")
 
@@ -113,16 +124,13 @@ def resolve_user_dataset(dataset: str, plans: str, configuration: str) -> tuple[
         )
     try:
         content = json.loads(plans_file.read_text(encoding="utf-8"))
-        config = content["configurations"][configuration]
+        if configuration not in content["configurations"]:
+            raise KeyError(configuration)
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(
             f"--dataset {dataset}: {plans_file} has no configuration {configuration!r}; run `{hint}` first"
         ) from None
-    identifier = config.get("data_identifier")
-    parent = config.get("inherits_from")
-    while identifier is None and parent:
-        identifier = content["configurations"][parent].get("data_identifier")
-        parent = content["configurations"][parent].get("inherits_from")
+    identifier = data_identifier(content, configuration)
     data = pre / name / str(identifier)
     if identifier is None or not data.is_dir() or not any(data.iterdir()):
         raise UserError(
@@ -138,17 +146,18 @@ def check_teacher_folder(path: str, configuration: str, fold: str) -> Path:
     p = Path(path).expanduser().resolve()
     if p.name.startswith("fold_"):
         p = p.parent
-    parts = p.name.split("__")
-    if not p.is_dir() or len(parts) != 3 or not p.parent.name.startswith("Dataset"):
+    name = parse_model_folder_name(p.name)
+    if not p.is_dir() or name is None or not p.parent.name.startswith("Dataset"):
         raise UserError(
             f"--teacher {path}: expected an nnU-Net results folder "
             "$nnUNet_results/DatasetXXX_Name/Trainer__Plans__Configuration"
         )
-    if parts[2] != configuration:
+    if name.configuration != configuration:
         raise UserError(
-            f"--teacher {path}: trained for configuration {parts[2]!r}, the bench uses {configuration!r} (-c)"
+            f"--teacher {path}: trained for configuration {name.configuration!r}, the bench uses "
+            f"{configuration!r} (-c)"
         )
-    ckpt = p / f"fold_{fold}" / "checkpoint_final.pth"
+    ckpt = p / fold_folder_name(fold) / CHECKPOINT_FINAL
     if not ckpt.is_file():
         raise UserError(
             f"--teacher {path}: {ckpt} does not exist (the teacher must be trained on the bench's "
@@ -157,7 +166,7 @@ def check_teacher_folder(path: str, configuration: str, fold: str) -> Path:
     return p
 
 
-def _check_test_folders(images: Path, labels: Path, explicit: bool) -> None:
+def check_test_folders(images: Path, labels: Path, explicit: bool) -> None:
     how = (
         ""
         if explicit
@@ -238,15 +247,14 @@ class BenchRunner:
         if self.device == "cpu":
             for k, v in CPU_ENV.items():
                 env.setdefault(k, v)
-        env.pop("RECOKD_SETTINGS", None)
+        env.pop(SETTINGS_ENV, None)
         env.pop(SEED_ENV, None)
         for k in SHORT_ENV:
             env.pop(k, None)
         if short_epochs is not None:
             env.update(
-                RECOKD_SHORT_EPOCHS=str(short_epochs),
-                RECOKD_SHORT_ITERS=str(self.study.iters_per_epoch),
-                RECOKD_SHORT_VAL_ITERS=str(self.study.val_iters),
+                **{SHORT_EPOCHS_ENV: str(short_epochs), SHORT_ITERS_ENV: str(self.study.iters_per_epoch),
+                   SHORT_VAL_ITERS_ENV: str(self.study.val_iters)},
             )
             env[SHORT_OPTIMIZER_ENV] = optimizer
         add_ext_trainer_dir_to_env(env)
@@ -300,16 +308,13 @@ class BenchRunner:
             raw, pre = _require_env_dir("nnUNet_raw"), _require_env_dir("nnUNet_preprocessed")
         images = Path(study.test_images) if study.test_images else raw / study.dataset / "imagesTs"
         labels = Path(study.test_labels) if study.test_labels else raw / study.dataset / "labelsTs"
-        _check_test_folders(images, labels, study.test_images is not None)
+        check_test_folders(images, labels, study.test_images is not None)
         if study.teacher:
             teacher = Path(study.teacher)
         else:
-            teacher = (
-                out
-                / TEACHER
-                / "nnUNet_results"
-                / study.dataset
-                / f"{study.stock_trainer}__{study.plans}__{study.configuration}"
+            teacher = model_folder(
+                out / TEACHER / "nnUNet_results", study.dataset, study.stock_trainer, study.plans,
+                study.configuration,
             )
         layout = Layout(out, study.dataset, raw, pre, images, labels, teacher)
         layout.student_plans = self.student_plans(layout)
@@ -344,19 +349,17 @@ class BenchRunner:
         if spec.method == TEACHER:
             return layout.teacher_model
         trainer = study.stock_trainer if spec.method == NOKD else study.kd_trainer
-        return (
-            spec.folder(self.out)
-            / "nnUNet_results"
-            / layout.dataset
-            / f"{trainer}__{layout.student_plans[spec.t]}__{study.configuration}"
+        return model_folder(
+            spec.folder(self.out) / "nnUNet_results", layout.dataset, trainer, layout.student_plans[spec.t],
+            study.configuration,
         )
 
     def run_job(self, layout: Layout, spec: RunSpec) -> tuple[dict[str, Any], dict[str, str]]:
         """The worker job of ``spec`` and its environment."""
         study, folder = self.study, spec.folder(self.out)
         model = self.model_folder(layout, spec)
-        trainer, plans, _ = model.name.split("__")
-        fold_folder = model / f"fold_{study.fold}"
+        trainer, plans, _ = parse_model_folder_name(model.name)
+        fold_folder = model / fold_folder_name(study.fold)
         short_epochs: int | None = None
         optimizer = study.optimizer
         train: dict[str, Any] | None
@@ -438,7 +441,7 @@ class BenchRunner:
                 status[spec] = "done"
                 bar.update()
                 continue
-            teacher_ckpt = layout.teacher_model / f"fold_{self.study.fold}" / "checkpoint_final.pth"
+            teacher_ckpt = layout.teacher_model / fold_folder_name(self.study.fold) / CHECKPOINT_FINAL
             if spec.method not in (TEACHER, NOKD) and not teacher_ckpt.is_file():
                 write(f"{prefix}: FAILED: no teacher ({teacher_ckpt} is missing; see the teacher run above)")
                 self.failures.append(f"{spec.label}: not run, the teacher is missing")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from recokd.errors import UserError
-from recokd.nnunet.optim import SHORT_OPTIMIZER_ENV
+from recokd.nnunet.layout import CHECKPOINT_FINAL, SHORT_ENV
 
 
 def command(job_file: Path) -> list[str]:
@@ -95,8 +95,8 @@ def _train(job: dict[str, Any]) -> bool:
     fold = Path(job["fold_folder"])
     if train is None:
         return False
-    if (fold / "checkpoint_final.pth").is_file():
-        print(f"{fold / 'checkpoint_final.pth'} exists: training finished earlier, not repeated", flush=True)
+    if (fold / CHECKPOINT_FINAL).is_file():
+        print(f"{fold / CHECKPOINT_FINAL} exists: training finished earlier, not repeated", flush=True)
         return False
     restart = fold.exists()
     if restart:
@@ -112,10 +112,7 @@ def _train(job: dict[str, Any]) -> bool:
         print(
             f"$ run_training {train['dataset']} {train['configuration']} {train['fold']} "
             f"{train['trainer']} {train['plans']} "
-            f"(RECOKD_SHORT_EPOCHS={os.environ.get('RECOKD_SHORT_EPOCHS')}, "
-            f"RECOKD_SHORT_ITERS={os.environ.get('RECOKD_SHORT_ITERS')}, "
-            f"RECOKD_SHORT_VAL_ITERS={os.environ.get('RECOKD_SHORT_VAL_ITERS')}, "
-            f"{SHORT_OPTIMIZER_ENV}={os.environ.get(SHORT_OPTIMIZER_ENV)})",
+            f"({', '.join(f'{name}={os.environ.get(name)}' for name in SHORT_ENV)})",
             flush=True,
         )
         fold_value: int | str = train["fold"] if train["fold"] == "all" else int(train["fold"])
@@ -127,8 +124,8 @@ def _train(job: dict[str, Any]) -> bool:
             train["plans"],
             device=torch.device(train["device"]),
         )
-    if not (fold / "checkpoint_final.pth").is_file():
-        raise UserError(f"training ended without {fold / 'checkpoint_final.pth'}")
+    if not (fold / CHECKPOINT_FINAL).is_file():
+        raise UserError(f"training ended without {fold / CHECKPOINT_FINAL}")
     return True
 
 

@@ -7,6 +7,7 @@ import argparse
 
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
+from recokd.nnunet.layout import CHECKPOINT_FINAL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder to write the OpenVINO model into (needs the openvino package: the deploy "
                         "extra)")
     e.add_argument("--fold", "-f", default="0", help="fold (default: %(default)s; 'all' for fold_all)")
-    e.add_argument("--checkpoint", "-chk", default="checkpoint_final.pth",
+    e.add_argument("--checkpoint", "-chk", default=CHECKPOINT_FINAL,
                    help="checkpoint file name (default: %(default)s)")
     e.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     e.add_argument("--exporter", choices=EXPORTERS, default="auto",
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--tiles-per-case", type=_positive_int, default=DEFAULT_TILES_PER_CASE, metavar="K",
                    help="patch-sized tiles cut from each case (default: %(default)s)")
     q.add_argument("--fold", "-f", default="0", help="fold (default: %(default)s; 'all' for fold_all)")
-    q.add_argument("--checkpoint", "-chk", default="checkpoint_final.pth",
+    q.add_argument("--checkpoint", "-chk", default=CHECKPOINT_FINAL,
                    help="checkpoint file name (default: %(default)s)")
     q.add_argument("--preset", choices=PRESETS, default="performance",
                    help="NNCF preset: performance (symmetric activations) or mixed (asymmetric activations) "

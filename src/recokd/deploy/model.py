@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recokd.errors import UserError
+from recokd.nnunet.layout import CHECKPOINT_FINAL
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,7 +87,7 @@ def read_mirror_axes(checkpoint_file: Path) -> tuple[int, ...] | None:
 
 
 def load_inference_model(
-    path: str | Path, fold: int | str = 0, checkpoint: str = "checkpoint_final.pth", device: str = "cpu"
+    path: str | Path, fold: int | str = 0, checkpoint: str = CHECKPOINT_FINAL, device: str = "cpu"
 ) -> InferenceModel:
     """Load a trained nnU-Net model (results folder, ``fold_X`` folder or ``.pth``) for inference.
 

@@ -45,6 +45,7 @@ from recokd.deploy.model import (
     read_sidecar_file,
 )
 from recokd.errors import UserError
+from recokd.nnunet.layout import CHECKPOINT_FINAL
 
 if TYPE_CHECKING:
     import numpy as np
@@ -174,7 +175,7 @@ def export_onnx(
     onnx_path: str | Path,
     *,
     fold: int | str = 0,
-    checkpoint: str = "checkpoint_final.pth",
+    checkpoint: str = CHECKPOINT_FINAL,
     opset: int = DEFAULT_OPSET,
     exporter: str = "auto",
     tolerance: float = DEFAULT_TOLERANCE,

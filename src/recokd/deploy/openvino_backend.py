@@ -37,6 +37,7 @@ from torch import nn
 
 from recokd.deploy.model import InferenceModel, load_inference_model, model_description, read_sidecar_file
 from recokd.errors import UserError
+from recokd.nnunet.layout import CHECKPOINT_FINAL
 
 MODEL_XML = "model.xml"
 MODEL_BIN = "model.bin"
@@ -228,7 +229,7 @@ def export_openvino(
     out_dir: str | Path,
     *,
     fold: int | str = 0,
-    checkpoint: str = "checkpoint_final.pth",
+    checkpoint: str = CHECKPOINT_FINAL,
     tolerance: float = DEFAULT_TOLERANCE,
     overwrite: bool = False,
     seed: int = 0,

@@ -34,6 +34,7 @@ import numpy as np
 
 from recokd.deploy.model import InferenceModel, load_inference_model
 from recokd.errors import UserError
+from recokd.nnunet.layout import CHECKPOINT_FINAL
 
 DEFAULT_CALIBRATION_CASES = 8
 DEFAULT_TILES_PER_CASE = 4
@@ -193,7 +194,7 @@ def quantize_model(
     calibration_cases: int = DEFAULT_CALIBRATION_CASES,
     tiles_per_case: int = DEFAULT_TILES_PER_CASE,
     fold: int | str = 0,
-    checkpoint: str = "checkpoint_final.pth",
+    checkpoint: str = CHECKPOINT_FINAL,
     preset: str = "performance",
     seed: int = 0,
     overwrite: bool = False,

@@ -24,7 +24,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["default_slice", "dice_boxplot", "dice_vs_latency", "overlay_png", "show_case"]
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure of ``width`` x ``height`` inches on the Agg canvas (no display needed); a clear
+    error if matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -35,7 +37,9 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, out_png: str | Path, overwrite: bool) -> Path:
+def save_figure(fig: Figure, out_png: str | Path, overwrite: bool) -> Path:
+    """Write ``fig`` as ``out_png`` (a .png name; an existing file only with ``overwrite``); returns
+    the path."""
     from recokd.evaluation.evaluate import check_writable
 
     out = Path(out_png)
@@ -51,7 +55,7 @@ def dice_boxplot(result: EvaluationResult, out_png: str | Path, overwrite: bool 
     """One box per class of the per-case Dice (cases as dots), foreground classes in label order."""
     names = list(result.labels)
     data = [result.values("dice", n) for n in names]
-    fig = _figure(max(4.0, 0.9 * len(names) + 1.5), 4.0)
+    fig = new_figure(max(4.0, 0.9 * len(names) + 1.5), 4.0)
     ax = fig.add_subplot()
     ax.boxplot(data, showmeans=True, widths=0.6)
     rng = np.random.default_rng(0)  # fixed jitter: the same result gives the same picture
@@ -64,7 +68,7 @@ def dice_boxplot(result: EvaluationResult, out_png: str | Path, overwrite: bool 
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"Dice per class ({len(result.cases)} cases; empty masks: {result.convention.name})",
                  fontsize=9)
-    return _save(fig, out_png, overwrite)
+    return save_figure(fig, out_png, overwrite)
 
 
 def default_slice(gt: np.ndarray, pred: np.ndarray) -> int:
@@ -112,7 +116,7 @@ def overlay_png(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, spacing: Se
     names = dict(class_names or {})
     aspect = float(spacing[1]) / float(spacing[2])
 
-    fig = _figure(12.0, 4.6)
+    fig = new_figure(12.0, 4.6)
     axes = fig.subplots(1, 3)
     for ax, seg, label in zip(axes, (None, gt, pred), ("image", "ground truth", "prediction"), strict=True):
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=aspect,
@@ -134,7 +138,7 @@ def overlay_png(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, spacing: Se
                    frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, out_png, overwrite)
+    return save_figure(fig, out_png, overwrite)
 
 
 def _file_ending(path: Path) -> str:
@@ -222,7 +226,7 @@ def dice_vs_latency(points: Sequence[Any], out_png: str | Path, *, title: str = 
     pts = [_point(i, p) for i, p in enumerate(points)]
     if not pts:
         raise UserError("points: expected at least one (model name, latency in s, mean Dice)")
-    fig = _figure(6.0, 4.5)
+    fig = new_figure(6.0, 4.5)
     ax = fig.add_subplot()
     lat = [p[1] for p in pts]
     for name, latency, dice in pts:
@@ -239,4 +243,4 @@ def dice_vs_latency(points: Sequence[Any], out_png: str | Path, *, title: str = 
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
-    return _save(fig, out_png, overwrite)
+    return save_figure(fig, out_png, overwrite)

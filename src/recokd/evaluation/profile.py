@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 from recokd.errors import UserError
 from recokd.json_files import read_json
+from recokd.nnunet.layout import CHECKPOINT_FINAL, parse_model_folder_name
 
 if TYPE_CHECKING:
     import torch
@@ -98,7 +99,7 @@ def default_label(path: str | Path) -> str:
     p = Path(path)
     parts = [p] + list(p.parents)[:2]
     for part in parts:
-        if part.name.count("__") >= 2:
+        if parse_model_folder_name(part.name) is not None:
             return part.name
     return p.stem if p.suffix == ".pth" else p.name
 
@@ -114,7 +115,7 @@ class ProfileSettings:
     volume_shape: tuple[int, ...] | None = None  #: synthetic volume (preprocessed space)
     case_files: tuple[str, ...] | None = None  #: one file per input channel, preprocessed per model
     fold: int | str = 0
-    checkpoint: str = "checkpoint_final.pth"
+    checkpoint: str = CHECKPOINT_FINAL
     isolate: bool = True  #: each model in its own process (clean peak memory)
     seed: int = 0
     #: backends to time (recokd.deploy.backends.BACKENDS); None: torch-onednn on the CPU, torch on CUDA

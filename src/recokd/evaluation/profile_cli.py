@@ -7,6 +7,7 @@ import sys
 
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
+from recokd.nnunet.layout import CHECKPOINT_FINAL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="nnU-Net results folder Trainer__Plans__Configuration, fold_X folder or .pth "
                         "checkpoint; LABEL=PATH names it (default label: the results folder name)")
     p.add_argument("--fold", "-f", default="0", help="fold (default: %(default)s)")
-    p.add_argument("--checkpoint", "-chk", default="checkpoint_final.pth",
+    p.add_argument("--checkpoint", "-chk", default=CHECKPOINT_FINAL,
                    help="checkpoint file name (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: %(default)s)")
     p.add_argument("--threads", type=_positive_int, default=None,

@@ -21,17 +21,24 @@ from typing import Any
 
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
+from recokd.nnunet.layout import (
+    CHECKPOINT_FINAL,
+    CHECKPOINT_NAMES,
+    KD_TRAINER,
+    KD_TRAINERS,
+    SEED_ENV,
+    SETTINGS_ENV,
+    fold_folder_name,
+    model_folder,
+    parse_fold,
+    parse_model_folder_name,
+)
 from recokd.nnunet.optim import OPTIMIZER_NAMES
-
-TRAINER_NAME = "nnUNetTrainerReCoKD"
-#: KD trainers ``recokd train -tr`` accepts: nnU-Net's augmentation, or none (nnUNetTrainerNoDA)
-KD_TRAINERS = (TRAINER_NAME, "nnUNetTrainerReCoKDNoDA")
-CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
 #: settings field -> (argparse dest, default for a fresh start); ``None`` dest defaults mean "not given"
 _SETTINGS_ARGS: dict[str, tuple[str, Any]] = {
     "teacher_fold": ("teacher_fold", 0),
-    "teacher_checkpoint": ("teacher_checkpoint", "checkpoint_final.pth"),
+    "teacher_checkpoint": ("teacher_checkpoint", CHECKPOINT_FINAL),
     "method": ("method", "reco"),
     "method_options": ("kd_option", {}),
     "kd_weight": ("kd_weight", 0.01),
@@ -89,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                               "(default: checkpoint_final.pth)")
     t.add_argument("-t", type=int, default=2, help="width reduction exponent: widths / 2**t (default: 2)")
     t.add_argument("--c-min", type=int, default=4, help="minimum stage width (default: 4)")
-    t.add_argument("-tr", dest="trainer", choices=KD_TRAINERS, default=TRAINER_NAME,
+    t.add_argument("-tr", dest="trainer", choices=KD_TRAINERS, default=KD_TRAINER,
                    help="KD trainer: with nnU-Net's data augmentation (default) or without it "
                         "(nnUNetTrainerReCoKDNoDA, the KD counterpart of nnUNetTrainerNoDA)")
     t.add_argument("--seed", type=int, default=None,
@@ -148,10 +155,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="configuration (default: %(default)s)")
     p.add_argument("-f", dest="folds", nargs="+", default=None,
                    help="folds to ensemble (default: every fold with the checkpoint)")
-    p.add_argument("-tr", dest="trainer", default=TRAINER_NAME, help="trainer class (default: %(default)s)")
+    p.add_argument("-tr", dest="trainer", default=KD_TRAINER, help="trainer class (default: %(default)s)")
     p.add_argument("-p", dest="plans", default=None,
                    help="plans identifier (default: the only one trained with this trainer/configuration)")
-    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth",
+    p.add_argument("-chk", dest="checkpoint", default=CHECKPOINT_FINAL,
                    help="checkpoint file name (default: %(default)s)")
     _add_device(p)
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
@@ -194,18 +201,6 @@ def _require_env(name: str) -> Path:
     return Path(value)
 
 
-def _parse_fold(text: str) -> int | str:
-    if text == "all":
-        return text
-    try:
-        fold = int(text)
-    except ValueError:
-        fold = -1
-    if fold < 0:
-        raise UserError(f"FOLD must be a non-negative integer or 'all', got {text!r}")
-    return fold
-
-
 def _device(name: str, num_gpus: int = 1):
     import torch
 
@@ -238,10 +233,10 @@ def _set_threads(device) -> None:
 
 
 def fold_folder(dataset_name: str, student_plans: str, configuration: str, fold: int | str,
-                trainer: str = TRAINER_NAME) -> Path:
+                trainer: str = KD_TRAINER) -> Path:
     """``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>``."""
     results = _require_env("nnUNet_results")
-    return results / dataset_name / f"{trainer}__{student_plans}__{configuration}" / f"fold_{fold}"
+    return model_folder(results, dataset_name, trainer, student_plans, configuration) / fold_folder_name(fold)
 
 
 def _explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -331,7 +326,7 @@ def train_resume_command(args: argparse.Namespace) -> str:
         parts += ["-p", args.p]
     if args.c_min != 4:
         parts += ["--c-min", str(args.c_min)]
-    if args.trainer != TRAINER_NAME:
+    if args.trainer != KD_TRAINER:
         parts += ["-tr", args.trainer]
     if args.seed is not None:
         parts += ["--seed", str(args.seed)]
@@ -349,11 +344,11 @@ def _train(args: argparse.Namespace) -> int:
         student_plans_identifier,
         write_json_no_clobber,
     )
-    from recokd.nnunet.settings import SETTINGS_ENV, SETTINGS_FILE, read_settings, write_settings
+    from recokd.nnunet.settings import SETTINGS_FILE, read_settings, write_settings
 
     _require_env("nnUNet_preprocessed")
     _require_env("nnUNet_results")
-    fold = _parse_fold(args.fold)
+    fold = parse_fold(args.fold, "FOLD")
     device = _device(args.device, args.num_gpus)
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed must be an integer >= 0, got {args.seed}")
@@ -410,7 +405,6 @@ def _train(args: argparse.Namespace) -> int:
     from nnunetv2.run.run_training import run_training
 
     from recokd.environ import temporary_environ
-    from recokd.nnunet.seeding import SEED_ENV
 
     _set_threads(device)
     env = {SETTINGS_ENV: str(settings_path)}  # read by the trainer (and by every DDP worker)
@@ -427,7 +421,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"  export nnUNet_extTrainer={ext_trainer_dir()}")
     print(f"  nnUNetv2_predict -i INPUT -o OUTPUT -d {dataset_name} -c {args.configuration} -f {fold} "
           f"-tr {args.trainer} -p {student_id}")
-    tr = "" if args.trainer == TRAINER_NAME else f" -tr {args.trainer}"
+    tr = "" if args.trainer == KD_TRAINER else f" -tr {args.trainer}"
     print(f"or: recokd predict -i INPUT -o OUTPUT -d {dataset_name} -c {args.configuration} -f {fold} "
           f"-p {student_id}{tr}")
     return 0
@@ -437,9 +431,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _find_plans(dataset_folder: Path, trainer: str, configuration: str) -> str:
-    prefix, suffix = f"{trainer}__", f"__{configuration}"
-    found = sorted(p.name[len(prefix):-len(suffix)]
-                   for p in dataset_folder.glob(f"{prefix}*{suffix}") if p.is_dir())
+    names = [parse_model_folder_name(p.name) for p in dataset_folder.glob("*__*__*") if p.is_dir()]
+    found = sorted(n.plans for n in names if n and n.trainer == trainer and n.configuration == configuration)
     if len(found) == 1:
         return found[0]
     if not found:
@@ -459,15 +452,15 @@ def _predict(args: argparse.Namespace) -> int:
     dataset_name = resolve_dataset_name(args.dataset)
     dataset_folder = results / dataset_name
     plans = args.plans or _find_plans(dataset_folder, args.trainer, args.configuration)
-    model = dataset_folder / f"{args.trainer}__{plans}__{args.configuration}"
+    model = model_folder(results, dataset_name, args.trainer, plans, args.configuration)
     if not model.is_dir():
         raise UserError(f"model folder {model} does not exist")
     folds: list[int | str] | None = None
     if args.folds is not None:
-        folds = [_parse_fold(f) for f in args.folds]
+        folds = [parse_fold(f, "-f") for f in args.folds]
         for f in folds:
-            if not (model / f"fold_{f}" / args.checkpoint).is_file():
-                raise UserError(f"-f {f}: {model / f'fold_{f}' / args.checkpoint} does not exist")
+            if not (model / fold_folder_name(f) / args.checkpoint).is_file():
+                raise UserError(f"-f {f}: {model / fold_folder_name(f) / args.checkpoint} does not exist")
     elif not any(model.glob(f"fold_*/{args.checkpoint}")):
         raise UserError(f"no fold of {model} has {args.checkpoint}")
     if args.overwrite and args.continue_prediction:
@@ -566,7 +559,7 @@ def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | st
 
     backend = args.backend
     first = sorted(model.glob(f"fold_*/{args.checkpoint}"))[0].parent.name.removeprefix("fold_")
-    fold = folds[0] if folds else _parse_fold(first)
+    fold = folds[0] if folds else parse_fold(first)
     kwargs = dict(model_dir=model, step_size=args.step_size, mirroring=not args.disable_tta,
                   threads=args.threads, overwrite=args.overwrite,
                   continue_prediction=args.continue_prediction,

@@ -34,7 +34,6 @@ OPTIMIZER_NAMES = ("sgd", "adam")
 #: how tables and logs name them
 OPTIMIZER_TEXT = {"sgd": "SGD (nnU-Net's default)", "adam": "AdamW (nnU-Net's nnUNetTrainerAdam)"}
 #: environment variable of the short trainers' optimiser
-SHORT_OPTIMIZER_ENV = "RECOKD_SHORT_OPTIMIZER"
 
 
 def check_optimizer_name(name: object, where: str) -> str:

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from recokd.errors import UserError
 from recokd.json_files import read_json
 from recokd.kd.widths import scale_width, scale_widths
+from recokd.nnunet.layout import data_identifier
 
 if TYPE_CHECKING:
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -546,7 +547,7 @@ def make_student_plans(
         written = False
     else:
         written = write_json_no_clobber(out_file, student, overwrite=overwrite)
-    data_identifier = _resolved_data_identifier(student, configuration)
+    identifier = data_identifier(student, configuration)
     return StudentPlans(
         path=out_file,
         identifier=new_identifier,
@@ -561,20 +562,7 @@ def make_student_plans(
         teacher_widths=get_widths(plans, configuration),
         student_widths=get_widths(student, configuration),
         scaled_configurations=configurations_sharing_architecture(student, configuration),
-        preprocessed_data=folder / data_identifier if data_identifier else folder,
+        preprocessed_data=folder / identifier if identifier else folder,
         written=written,
         plans=student,
     )
-
-
-def _resolved_data_identifier(plans: dict, configuration: str) -> str | None:
-    """``data_identifier`` of the configuration after resolving ``inherits_from``."""
-    configs = plans["configurations"]
-    name, seen = configuration, set()
-    while name in configs and name not in seen:
-        seen.add(name)
-        if "data_identifier" in configs[name]:
-            return configs[name]["data_identifier"]
-        name = configs[name].get("inherits_from")
-    return None
-

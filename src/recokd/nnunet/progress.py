@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-PROGRESS_ENV = "RECOKD_PROGRESS"
-PROGRESS_DESC_ENV = "RECOKD_PROGRESS_DESC"
+from recokd.nnunet.layout import PROGRESS_DESC_ENV, PROGRESS_ENV
 
 
 class TrainingProgress:

@@ -30,9 +30,9 @@ import random
 from collections.abc import Iterator
 
 from recokd.errors import UserError
+from recokd.nnunet.layout import SEED_ENV
 
 #: environment variable holding the run's seed (read when the trainer is initialised)
-SEED_ENV = "RECOKD_SEED"
 #: offset between a run's seed and the seed of its KD method's initialisation
 _KD_SEED_OFFSET = 7919
 

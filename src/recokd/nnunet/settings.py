@@ -29,10 +29,10 @@ from typing import Any
 
 from recokd.errors import UserError
 from recokd.json_files import read_json
+from recokd.nnunet.layout import CHECKPOINT_FINAL, SETTINGS_ENV, parse_fold
 from recokd.nnunet.optim import OPTIMIZER_NAMES
 
 #: environment variable naming the settings file of a fresh training
-SETTINGS_ENV = "RECOKD_SETTINGS"
 #: name of the settings file in a fold folder
 SETTINGS_FILE = "recokd_settings.json"
 #: version of the settings format
@@ -52,7 +52,7 @@ class KDSettings:
     #: teacher: an nnU-Net results folder ``Trainer__Plans__Config``, a ``fold_X`` folder or a ``.pth``
     teacher: str
     teacher_fold: int | str = 0
-    teacher_checkpoint: str = "checkpoint_final.pth"
+    teacher_checkpoint: str = CHECKPOINT_FINAL
     #: KD method spec for :func:`recokd.kd.registry.build_kd_method` (e.g. ``"reco"``)
     method: str = "reco"
     #: keyword options for the KD method (routed by the registry)
@@ -112,9 +112,10 @@ class KDSettings:
 
         if not isinstance(self.teacher, str) or not self.teacher:
             raise bad("teacher", "a non-empty path")
-        fold = self.teacher_fold
-        if not ((is_int(fold) and fold >= 0) or fold == "all" or (isinstance(fold, str) and fold.isdigit())):
-            raise bad("teacher_fold", "a non-negative integer or 'all'")
+        try:
+            fold = parse_fold(self.teacher_fold)
+        except UserError:
+            raise bad("teacher_fold", "a non-negative integer or 'all'") from None
         if not isinstance(self.teacher_checkpoint, str) or not self.teacher_checkpoint:
             raise bad("teacher_checkpoint", "a checkpoint file name such as checkpoint_final.pth")
         if not isinstance(self.method, str) or not self.method.strip():
@@ -143,8 +144,7 @@ class KDSettings:
         if self.version != SETTINGS_VERSION:
             raise bad("version", f"{SETTINGS_VERSION} (this reco-kd reads settings format "
                                  f"{SETTINGS_VERSION})")
-        if isinstance(fold, str) and fold.isdigit():
-            self.teacher_fold = int(fold)
+        self.teacher_fold = fold
 
 
 def read_settings(path: str | Path) -> KDSettings:

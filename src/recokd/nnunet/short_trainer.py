@@ -38,15 +38,16 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoD
 
 from recokd.errors import UserError
 from recokd.nnunet.guards import FiniteLossGuard, ReadableCheckpoints
-from recokd.nnunet.optim import SHORT_OPTIMIZER_ENV, build_optimizer, check_optimizer_name
+from recokd.nnunet.layout import SHORT_EPOCHS_ENV, SHORT_ITERS_ENV, SHORT_OPTIMIZER_ENV, SHORT_VAL_ITERS_ENV
+from recokd.nnunet.optim import build_optimizer, check_optimizer_name
 from recokd.nnunet.progress import TrainingProgress
 from recokd.nnunet.seeding import SeededInitialization
 
 #: environment variable -> (trainer attribute, default)
 SHORT_SCHEDULE_ENV = {
-    "RECOKD_SHORT_EPOCHS": ("num_epochs", 2),
-    "RECOKD_SHORT_ITERS": ("num_iterations_per_epoch", 10),
-    "RECOKD_SHORT_VAL_ITERS": ("num_val_iterations_per_epoch", 2),
+    SHORT_EPOCHS_ENV: ("num_epochs", 2),
+    SHORT_ITERS_ENV: ("num_iterations_per_epoch", 10),
+    SHORT_VAL_ITERS_ENV: ("num_val_iterations_per_epoch", 2),
 }
 
 

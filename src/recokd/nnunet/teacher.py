@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from recokd.errors import UserError
+from recokd.nnunet.layout import CHECKPOINT_FINAL, fold_folder_name, parse_fold
 
 if TYPE_CHECKING:
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
@@ -53,26 +54,13 @@ class LoadedTeacher:
     fold: int | str | None  #: ``init_args["fold"]`` (``None`` if the checkpoint does not say)
 
 
-def _normalise_fold(fold: int | str) -> int | str:
-    if isinstance(fold, bool):
-        raise UserError(f"fold must be an integer or 'all', got {fold!r}")
-    if isinstance(fold, int) and fold >= 0:
-        return fold
-    if isinstance(fold, str):
-        if fold == "all":
-            return fold
-        if fold.isdigit():
-            return int(fold)
-    raise UserError(f"fold must be a non-negative integer or 'all', got {fold!r}")
-
-
 def _listing(folder: Path, pattern: str) -> str:
     names = sorted(p.name for p in folder.glob(pattern))
     return ", ".join(names) if names else "(none)"
 
 
 def resolve_checkpoint(
-    path: str | Path, fold: int | str = 0, checkpoint: str = "checkpoint_final.pth", role: str = "teacher"
+    path: str | Path, fold: int | str = 0, checkpoint: str = CHECKPOINT_FINAL, role: str = "teacher"
 ) -> Path:
     """The checkpoint file ``path`` designates.
 
@@ -91,7 +79,7 @@ def resolve_checkpoint(
     if re.fullmatch(r"fold_(\d+|all)", path.name) and not any(path.glob("fold_*")):
         fold_dir = path
     else:
-        fold_dir = path / f"fold_{_normalise_fold(fold)}"
+        fold_dir = path / fold_folder_name(parse_fold(fold))
         if not fold_dir.is_dir():
             raise UserError(
                 f"{role} folder {path} has no {fold_dir.name}/ (expected an nnU-Net results folder "
@@ -190,7 +178,7 @@ def build_trainer_network(
 def load_teacher(
     path: str | Path,
     fold: int | str = 0,
-    checkpoint: str = "checkpoint_final.pth",
+    checkpoint: str = CHECKPOINT_FINAL,
     device: torch.device | str = "cpu",
     role: str = "teacher",
 ) -> LoadedTeacher:

@@ -70,10 +70,11 @@ from recokd.errors import UserError
 from recokd.kd.ema import unwrap
 from recokd.nnunet.ddp import all_reduce_mean_grads
 from recokd.nnunet.guards import FiniteLossGuard, read_checkpoint
+from recokd.nnunet.layout import SETTINGS_ENV
 from recokd.nnunet.optim import build_optimizer
 from recokd.nnunet.progress import TrainingProgress
 from recokd.nnunet.seeding import SeededInitialization, isolated_rng, kd_module_seed, seed_from_env
-from recokd.nnunet.settings import SETTINGS_ENV, SETTINGS_FILE, KDSettings, resolve_settings, write_settings
+from recokd.nnunet.settings import SETTINGS_FILE, KDSettings, resolve_settings, write_settings
 
 #: key of the KD extras in a checkpoint
 CHECKPOINT_KEY = "recokd"
