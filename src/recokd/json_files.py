@@ -1,8 +1,12 @@
-"""Reading the JSON files users hand us (plans, dataset.json, settings, evaluation summaries)."""
+"""JSON files in and out: reading the files users hand us (plans, dataset.json, settings, evaluation
+summaries) with clear errors, writing ours atomically, and turning values into plain JSON types."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,3 +23,38 @@ def read_json(path: str | Path, what: str) -> Any:
         raise UserError(f"{what} {path} does not exist") from e
     except (OSError, ValueError) as e:
         raise UserError(f"{what} {path} could not be read as JSON: {e}") from e
+
+
+def write_json_atomic(path: str | Path, data: Any, *, indent: int = 2) -> Path:
+    """Write ``data`` (made :func:`json_ready`) as JSON to ``path``: a temporary file in the same folder,
+    then an atomic rename, so that a reader never sees half a file and a crash leaves the old one.
+    Creates the folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(json_ready(data), f, indent=indent, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def json_ready(value: Any, fallback: Callable[[Any], Any] = str) -> Any:
+    """``value`` in plain JSON types: mappings -> dicts with string keys, lists and tuples -> lists,
+    numpy arrays and scalars -> Python values (``tolist``), non-finite floats -> None (JSON has no
+    NaN), anything else -> ``fallback(value)`` (``str`` by default; pass ``lambda v: v`` to keep it)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v, fallback) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v, fallback) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return json_ready(value.tolist(), fallback)
+    return fallback(value)

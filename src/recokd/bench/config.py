@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from recokd.errors import UserError
+from recokd.json_files import write_json_atomic
 from recokd.nnunet.layout import KD_TRAINER, KD_TRAINER_NO_DA, SHORT_TRAINER, SHORT_TRAINER_NO_DA
 from recokd.nnunet.optim import OPTIMIZER_TEXT, check_optimizer_name
 
@@ -309,11 +309,5 @@ def check_or_write_config(out: Path, study: Study, selection: Selection) -> bool
         )
     history.append(asdict(selection))
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(
-        json.dumps({"reco_kd_bench": CONFIG_FORMAT, "study": current, "selections": history}, indent=2)
-        + "\n",
-        encoding="utf-8",
-    )
-    os.replace(tmp, path)
+    write_json_atomic(path, {"reco_kd_bench": CONFIG_FORMAT, "study": current, "selections": history})
     return resumed

@@ -41,9 +41,10 @@ from recokd.bench.config import (
     Study,
     plan_runs,
 )
-from recokd.bench.worker import command, write_json_atomic
+from recokd.bench.worker import command
 from recokd.environ import temporary_environ
 from recokd.errors import UserError
+from recokd.json_files import write_json_atomic
 from recokd.nnunet.layout import (
     CHECKPOINT_FINAL,
     SEED_ENV,

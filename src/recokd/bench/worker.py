@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from recokd.errors import UserError
+from recokd.json_files import write_json_atomic
 from recokd.nnunet.layout import CHECKPOINT_FINAL, SHORT_ENV
 
 
@@ -33,13 +34,6 @@ def command(job_file: Path) -> list[str]:
     """The command line that runs ``job_file`` in a fresh interpreter (this Python)."""
     code = "import sys; from recokd.bench.worker import main; sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-c", code, str(job_file)]
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def seed_everything(seed: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recokd.errors import UserError
+from recokd.json_files import json_ready
 from recokd.nnunet.layout import CHECKPOINT_FINAL
 
 if TYPE_CHECKING:
@@ -105,11 +106,6 @@ def load_inference_model(
     return InferenceModel(loaded=loaded, mirror_axes=read_mirror_axes(loaded.checkpoint_path))
 
 
-def json_safe(value: Any) -> Any:
-    """Plans/dataset.json as loaded from a checkpoint may hold tuples or numpy scalars."""
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
 def model_description(model: InferenceModel) -> dict[str, Any]:
     """The backend-independent part of a sidecar: where the network came from and everything
     nnU-Net's predictor needs to run it (plans, dataset.json, configuration, mirroring axes)."""
@@ -128,8 +124,8 @@ def model_description(model: InferenceModel) -> dict[str, Any]:
         "num_input_channels": model.num_input_channels,
         "inference_allowed_mirroring_axes": None if model.mirror_axes is None else list(model.mirror_axes),
         "deep_supervision": False,
-        "plans": json_safe(loaded.plans_manager.plans),
-        "dataset_json": json_safe(loaded.dataset_json),
+        "plans": json_ready(loaded.plans_manager.plans),  # as loaded: tuples, numpy scalars
+        "dataset_json": json_ready(loaded.dataset_json),
     }
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from recokd.evaluation.metrics import (
     compute_case_metrics,
     resolve_tolerances,
 )
+from recokd.json_files import write_json_atomic
 
 __all__ = [
     "BOXPLOT_NAME",
@@ -273,11 +273,6 @@ def _read_with_world(reader: Any, path: Path) -> tuple[np.ndarray, tuple[float, 
 # result
 
 
-def _clean(x: float) -> float | None:
-    """NaN -> None (JSON has no NaN)."""
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-
 def _stats(values: Sequence[float]) -> dict[str, Any]:
     arr = np.asarray(values, dtype=float)
     finite = arr[~np.isnan(arr)]
@@ -392,8 +387,7 @@ class EvaluationResult:
         paths = {"summary": out / SUMMARY_NAME, "per_case": out / PER_CASE_NAME}
         check_writable(paths.values(), overwrite)
         out.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(_json_ready(self.summary()), indent=2, allow_nan=False)
-        paths["summary"].write_text(text + "\n")
+        write_json_atomic(paths["summary"], self.summary())
         with paths["per_case"].open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
             writer.writeheader()
@@ -410,16 +404,6 @@ def check_writable(paths: Any, overwrite: bool) -> None:
     for p in existing:
         if Path(p).is_dir():
             raise UserError(f"output: {p} is a directory, expected a file path")
-
-
-def _json_ready(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return _clean(obj)
-    if isinstance(obj, Mapping):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    return obj
 
 
 def _versions(reco_kd: str) -> dict[str, str]:

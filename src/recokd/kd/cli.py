@@ -7,6 +7,8 @@ import json
 import textwrap
 from typing import Any
 
+from recokd.json_files import json_ready
+
 _DESCRIPTION = """\
 List every registered KD method with its one-line description and its options (with defaults).
 Methods combine with weights as NAME[:WEIGHT][+NAME[:WEIGHT]...], e.g. reco+logits:0.5. Options are
@@ -39,7 +41,7 @@ def method_table() -> dict[str, dict[str, Any]]:
     return {
         name: {
             "description": info.description,
-            "options": {k: _jsonable(v) for k, v in info.options().items()},
+            "options": json_ready(info.options(), fallback=repr),
         }
         for name, info in available_methods().items()
     }
@@ -61,16 +63,6 @@ def run(args: argparse.Namespace) -> int:
     print("combine: NAME[:WEIGHT]+NAME[:WEIGHT] (e.g. reco+logits:0.5); options: --kd-option KEY=VALUE "
           "or METHOD.KEY=VALUE")
     return 0
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
 
 
 def _format(value: Any) -> str:

@@ -14,6 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from recokd.errors import UserError
+from recokd.json_files import json_ready
 
 if TYPE_CHECKING:
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -23,13 +24,7 @@ if TYPE_CHECKING:
 
 def _plain(value: Any) -> Any:
     """Nested tuples/lists -> nested lists, numpy scalars -> python, for comparing and printing."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if hasattr(value, "tolist"):  # numpy arrays/scalars
-        return _plain(value.tolist())
-    return value
+    return json_ready(value, fallback=lambda v: v)
 
 
 def _close(a: Any, b: Any, rel: float = 1e-6) -> bool:

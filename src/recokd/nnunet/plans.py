@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recokd.errors import UserError
-from recokd.json_files import read_json
+from recokd.json_files import read_json, write_json_atomic
 from recokd.kd.widths import scale_width, scale_widths
 from recokd.nnunet.layout import data_identifier
 
@@ -437,15 +437,7 @@ def write_json_no_clobber(path: Path, data: Any, overwrite: bool = False) -> boo
     """
     if not check_json_no_clobber(path, data, overwrite):
         return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=4, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_json_atomic(path, data, indent=4)
     return True
 
 

@@ -20,7 +20,6 @@ nnUNetTrainerReCoKD -p <student plans>`` directly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from recokd.errors import UserError
-from recokd.json_files import read_json
+from recokd.json_files import read_json, write_json_atomic
 from recokd.nnunet.layout import CHECKPOINT_FINAL, SETTINGS_ENV, parse_fold
 from recokd.nnunet.optim import OPTIMIZER_NAMES
 
@@ -157,17 +156,7 @@ def read_settings(path: str | Path) -> KDSettings:
 def write_settings(settings: KDSettings, path: str | Path) -> Path:
     """Write ``settings`` as JSON (atomically: temporary file + rename); returns the path."""
     settings.validate(where="KD settings")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(settings.to_dict(), f, indent=4)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    path = write_json_atomic(path, settings.to_dict(), indent=4)
     return path
 
 
