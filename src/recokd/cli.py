@@ -24,7 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recokd.nnunet.plans_cli",
     "recokd.nnunet.cli",
     "recokd.evaluation.cli",
-    "recokd.kd.cli",
+    "recokd.methods_cli",
     "recokd.evaluation.profile_cli",
     "recokd.deploy.cli",
 )

@@ -22,6 +22,7 @@ from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
 from recokd.nnunet.layout import KD_TRAINER_NO_DA, SHORT_TRAINER_NO_DA, parse_fold
 from recokd.nnunet.optim import OPTIMIZER_NAMES
+from recokd.nnunet.settings import SCHEDULE_NAMES
 
 _PHANTOM_ARGS = (
     "phantom_cases", "phantom_test_cases", "phantom_shape", "phantom_seed", "phantom_small_scale"
@@ -127,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--schedule",
-        choices=("constant", "linear", "cosine"),
+        choices=SCHEDULE_NAMES,
         default=d.schedule,
         help="KD weight schedule of every KD run (default: %(default)s)",
     )

@@ -34,23 +34,27 @@ from recokd.nnunet.layout import (
     parse_model_folder_name,
 )
 from recokd.nnunet.optim import OPTIMIZER_NAMES
+from recokd.nnunet.settings import SCHEDULE_NAMES, settings_defaults
 
-#: settings field -> (argparse dest, default for a fresh start); ``None`` dest defaults mean "not given"
-_SETTINGS_ARGS: dict[str, tuple[str, Any]] = {
-    "teacher_fold": ("teacher_fold", 0),
-    "teacher_checkpoint": ("teacher_checkpoint", CHECKPOINT_FINAL),
-    "method": ("method", "reco"),
-    "method_options": ("kd_option", {}),
-    "kd_weight": ("kd_weight", 0.01),
-    "schedule": ("schedule", "linear"),
-    "warmup": ("warmup", 0.6),
-    "ema_decay": ("ema", None),
-    "epochs": ("epochs", 1000),
-    "iters_per_epoch": ("iters_per_epoch", 250),
-    "val_iters": ("val_iters", 50),
-    "save_every": ("save_every", 50),
-    "optimizer": ("optimizer", "sgd"),
+#: settings field -> argparse dest; the defaults of a fresh start are :class:`KDSettings`' own (a flag left
+#: at ``None`` means "not given", so that ``--c`` can tell a changed flag from the saved value)
+_SETTINGS_ARGS: dict[str, str] = {
+    "teacher_fold": "teacher_fold",
+    "teacher_checkpoint": "teacher_checkpoint",
+    "method": "method",
+    "method_options": "kd_option",
+    "kd_weight": "kd_weight",
+    "schedule": "schedule",
+    "warmup": "warmup",
+    "ema_decay": "ema",
+    "epochs": "epochs",
+    "iters_per_epoch": "iters_per_epoch",
+    "val_iters": "val_iters",
+    "save_every": "save_every",
+    "optimizer": "optimizer",
 }
+#: KDSettings' defaults, for a fresh start and the --help texts
+_DEFAULTS: dict[str, Any] = settings_defaults()
 
 
 # ---------------------------------------------------------------------------- argument parsing
@@ -91,9 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--teacher", default=None,
                    help="trained teacher: nnU-Net results folder Trainer__Plans__Config, a fold_X folder "
                         "or a .pth checkpoint (required unless --c)")
-    t.add_argument("--teacher-fold", default=None, help="teacher fold (default: 0)")
-    t.add_argument("--teacher-checkpoint", default=None, help="teacher checkpoint file name "
-                                                              "(default: checkpoint_final.pth)")
+    t.add_argument("--teacher-fold", default=None,
+                   help=f"teacher fold (default: {_DEFAULTS['teacher_fold']})")
+    t.add_argument("--teacher-checkpoint", default=None,
+                   help=f"teacher checkpoint file name (default: {_DEFAULTS['teacher_checkpoint']})")
     t.add_argument("-t", type=int, default=2, help="width reduction exponent: widths / 2**t (default: 2)")
     t.add_argument("--c-min", type=int, default=4, help="minimum stage width (default: 4)")
     t.add_argument("-tr", dest="trainer", choices=KD_TRAINERS, default=KD_TRAINER,
@@ -106,25 +111,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("-p", default="nnUNetPlans",
                    help="the teacher's plans identifier the student plans derive from (default: %(default)s)")
     t.add_argument("--method", default=None,
-                   help="KD method spec, e.g. reco, reco-sard, reco+logits:0.5 (default: reco)")
+                   help="KD method spec, e.g. reco, reco-sard, reco+logits:0.5 "
+                        f"(default: {_DEFAULTS['method']})")
     t.add_argument("--kd-option", type=_kd_option, action="append", default=None, metavar="KEY=VALUE",
                    help="KD method option (JSON value), repeatable, e.g. --kd-option alpha=0.5")
     t.add_argument("--kd-weight", type=float, default=None,
-                   help="lambda_max of the KD weight (default: 0.01)")
-    t.add_argument("--schedule", choices=("constant", "linear", "cosine"), default=None,
-                   help="KD weight schedule (default: linear)")
+                   help=f"lambda_max of the KD weight (default: {_DEFAULTS['kd_weight']})")
+    t.add_argument("--schedule", choices=SCHEDULE_NAMES, default=None,
+                   help=f"KD weight schedule (default: {_DEFAULTS['schedule']})")
     t.add_argument("--warmup", type=float, default=None,
-                   help="fraction of the epochs over which lambda ramps up (default: 0.6)")
+                   help=f"fraction of the epochs over which lambda ramps up (default: {_DEFAULTS['warmup']})")
     t.add_argument("--ema", type=float, nargs="?", const=0.999, default=None, metavar="DECAY",
                    help="keep an EMA of the student weights (decay 0.999 if no value) for validation and the "
                         "final checkpoint")
-    t.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: 1000)")
+    t.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"epochs (default: {_DEFAULTS['epochs']})")
     t.add_argument("--iters-per-epoch", type=_positive_int, default=None,
-                   help="training iterations per epoch (default: 250)")
+                   help=f"training iterations per epoch (default: {_DEFAULTS['iters_per_epoch']})")
     t.add_argument("--val-iters", type=_positive_int, default=None,
-                   help="validation iterations per epoch (default: 50)")
+                   help=f"validation iterations per epoch (default: {_DEFAULTS['val_iters']})")
     t.add_argument("--save-every", type=_positive_int, default=None,
-                   help="write checkpoint_latest.pth every N epochs (default: 50)")
+                   help=f"write checkpoint_latest.pth every N epochs (default: {_DEFAULTS['save_every']})")
     t.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=None,
                    help="the student's optimiser: nnU-Net's SGD (default) or AdamW with AMSGrad as nnU-Net's "
                         "nnUNetTrainerAdam (same learning rate, weight decay and poly schedule); the CPU "
@@ -242,7 +249,7 @@ def fold_folder(dataset_name: str, student_plans: str, configuration: str, fold:
 def _explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Settings fields given on the command line (not left at their 'not given' value)."""
     given: dict[str, Any] = {}
-    for field, (dest, _default) in _SETTINGS_ARGS.items():
+    for field, dest in _SETTINGS_ARGS.items():
         value = getattr(args, dest)
         if value is None:
             continue
@@ -259,7 +266,7 @@ def _fresh_settings(args: argparse.Namespace, given: dict[str, Any]):
 
     if not args.teacher:
         raise UserError("--teacher is required to start a training (it may only be left out with --c)")
-    values = {field: default for field, (_dest, default) in _SETTINGS_ARGS.items()}
+    values = {field: _DEFAULTS[field] for field in _SETTINGS_ARGS}
     values.update(given)
     settings = KDSettings(teacher=str(Path(args.teacher).expanduser().resolve()), t=args.t, c_min=args.c_min,
                           teacher_plans=args.p, **values)

@@ -37,6 +37,7 @@ SETTINGS_FILE = "recokd_settings.json"
 #: version of the settings format
 SETTINGS_VERSION = 1
 #: KD weight schedules (see :mod:`recokd.kd.schedules`)
+#: the KD weight schedules (recokd.kd.schedules.SCHEDULES; spelled here so that the CLI need not import torch)
 SCHEDULE_NAMES = ("constant", "linear", "cosine")
 
 
@@ -144,6 +145,17 @@ class KDSettings:
             raise bad("version", f"{SETTINGS_VERSION} (this reco-kd reads settings format "
                                  f"{SETTINGS_VERSION})")
         self.teacher_fold = fold
+
+
+def settings_defaults() -> dict[str, Any]:
+    """``{field: default}`` of every :class:`KDSettings` field that has one (the command lines' defaults)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(KDSettings):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def read_settings(path: str | Path) -> KDSettings:
