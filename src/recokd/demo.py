@@ -58,6 +58,7 @@ from recokd.nnunet.layout import (
     parse_model_folder_name,
 )
 from recokd.nnunet.optim import OPTIMIZER_NAMES, OPTIMIZER_TEXT, check_optimizer_name
+from recokd.nnunet.preprocess import plan_and_preprocess
 
 DATASET_ID = 990
 DATASET_NAME = "DemoPhantoms"
@@ -205,27 +206,6 @@ def _set_environment(out: Path, cfg: DemoConfig) -> dict[str, Path]:
     return dirs
 
 
-def _plan_and_preprocess(dataset_id: int = DATASET_ID, configuration: str = CONFIGURATION) -> None:
-    """nnU-Net fingerprint, planning and preprocessing in this process (one worker process each)."""
-    import torch
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints,
-        plan_experiments,
-        preprocess,
-    )
-
-    threads = torch.get_num_threads()
-    da = os.environ.get("nnUNet_n_proc_DA")
-    os.environ["nnUNet_n_proc_DA"] = "1"  # the planner sets torch threads from it; 0 is refused
-    try:
-        extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True)
-        plan_experiments([dataset_id])
-        preprocess([dataset_id], configurations=(configuration,), num_processes=(1,))
-    finally:
-        os.environ["nnUNet_n_proc_DA"] = da if da is not None else "0"
-        torch.set_num_threads(threads)
-
-
 def _train_stock(plans: str, epochs: int, cfg: DemoConfig) -> None:
     import torch
     from nnunetv2.run.run_training import run_training
@@ -295,7 +275,8 @@ def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
             progress=True,
         ),
     )
-    stage("nnU-Net planning and preprocessing (3d_fullres)", _plan_and_preprocess)
+    stage("nnU-Net planning and preprocessing (3d_fullres)",
+          lambda: plan_and_preprocess(DATASET_ID, CONFIGURATION))
     if cfg.teacher:
         stage(f"reusing the teacher {cfg.teacher}", lambda: _copy_teacher(Path(cfg.teacher), results))
     else:

@@ -55,6 +55,7 @@ from recokd.nnunet.layout import (
     SHORT_OPTIMIZER_ENV,
     SHORT_VAL_ITERS_ENV,
     data_identifier,
+    env_folder,
     fold_folder_name,
     model_folder,
     parse_model_folder_name,
@@ -91,24 +92,15 @@ class Layout:
         return p if p.is_file() else None
 
 
-def _require_env_dir(name: str) -> Path:
-    value = os.environ.get(name)
-    if not value:
-        raise UserError(
-            f"--dataset: environment variable {name} is not set (nnU-Net's folders, see nnU-Net's "
-            "documentation/setting_up_paths.md); or use --phantoms for a generated dataset"
-        )
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise UserError(f"{name}={value} is not a directory")
-    return path
+#: what the bench suggests when nnU-Net's folders are missing
+_DATASET_HINT = "--dataset needs them; or use --phantoms for a generated dataset"
 
 
 def resolve_user_dataset(dataset: str, plans: str, configuration: str) -> tuple[str, Path, Path]:
     """``(DatasetXXX_Name, nnUNet_raw, nnUNet_preprocessed)`` of ``--dataset``, checked to be planned and
     preprocessed for ``configuration``."""
-    raw = _require_env_dir("nnUNet_raw")
-    pre = _require_env_dir("nnUNet_preprocessed")
+    raw = env_folder("nnUNet_raw", _DATASET_HINT)
+    pre = env_folder("nnUNet_preprocessed", _DATASET_HINT)
     from recokd.nnunet.plans import resolve_dataset_name
 
     with temporary_environ(nnUNet_results=None):  # the user's trained models play no part
@@ -306,7 +298,8 @@ class BenchRunner:
                     raise UserError(f"preparing the phantom dataset failed (exit code {rc}); see {log}")
                 self.echo(f"dataset ready in {time.perf_counter() - t0:.0f} s")
         else:
-            raw, pre = _require_env_dir("nnUNet_raw"), _require_env_dir("nnUNet_preprocessed")
+            raw = env_folder("nnUNet_raw", _DATASET_HINT)
+            pre = env_folder("nnUNet_preprocessed", _DATASET_HINT)
         images = Path(study.test_images) if study.test_images else raw / study.dataset / "imagesTs"
         labels = Path(study.test_labels) if study.test_labels else raw / study.dataset / "labelsTs"
         check_test_folders(images, labels, study.test_images is not None)

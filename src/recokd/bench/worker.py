@@ -61,7 +61,7 @@ def _cli(argv: list[str]) -> None:
 
 def _prepare(job: dict[str, Any]) -> None:
     from recokd.data.phantoms import write_phantom_dataset
-    from recokd.demo import _plan_and_preprocess
+    from recokd.nnunet.preprocess import plan_and_preprocess
 
     spec = job["phantoms"]
     pre = Path(job["preprocessed_folder"])
@@ -79,7 +79,7 @@ def _prepare(job: dict[str, Any]) -> None:
         overwrite=True,
     )
     print(f"wrote {folder}", flush=True)
-    _plan_and_preprocess(job["dataset_id"], job["configuration"])
+    plan_and_preprocess(job["dataset_id"], job["configuration"])
     write_json_atomic(Path(job["marker"]), {"dataset": folder.name, "phantoms": spec})
 
 

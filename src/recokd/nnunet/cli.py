@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from recokd.nnunet.layout import (
     KD_TRAINERS,
     SEED_ENV,
     SETTINGS_ENV,
+    env_folder,
     fold_folder_name,
     model_folder,
     parse_fold,
@@ -200,14 +200,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _require_env(name: str) -> Path:
-    value = os.environ.get(name)
-    if not value:
-        raise UserError(f"environment variable {name} is not set "
-                        "(see nnU-Net's documentation/setting_up_paths.md)")
-    return Path(value)
-
-
 def _device(name: str, num_gpus: int = 1):
     import torch
 
@@ -242,7 +234,7 @@ def _set_threads(device) -> None:
 def fold_folder(dataset_name: str, student_plans: str, configuration: str, fold: int | str,
                 trainer: str = KD_TRAINER) -> Path:
     """``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>``."""
-    results = _require_env("nnUNet_results")
+    results = env_folder("nnUNet_results", must_exist=False)
     return model_folder(results, dataset_name, trainer, student_plans, configuration) / fold_folder_name(fold)
 
 
@@ -353,8 +345,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     from recokd.nnunet.settings import SETTINGS_FILE, read_settings, write_settings
 
-    _require_env("nnUNet_preprocessed")
-    _require_env("nnUNet_results")
+    env_folder("nnUNet_preprocessed", must_exist=False)
+    env_folder("nnUNet_results", must_exist=False)
     fold = parse_fold(args.fold, "FOLD")
     device = _device(args.device, args.num_gpus)
     if args.seed is not None and args.seed < 0:
@@ -455,7 +447,7 @@ def _predict(args: argparse.Namespace) -> int:
     from recokd.nnunet import add_ext_trainer_dir_to_env
     from recokd.nnunet.plans import resolve_dataset_name
 
-    results = _require_env("nnUNet_results")
+    results = env_folder("nnUNet_results", must_exist=False)
     dataset_name = resolve_dataset_name(args.dataset)
     dataset_folder = results / dataset_name
     plans = args.plans or _find_plans(dataset_folder, args.trainer, args.configuration)

@@ -8,6 +8,7 @@ else in the package spells these names out.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -53,6 +54,25 @@ SHORT_OPTIMIZER_ENV = "RECOKD_SHORT_OPTIMIZER"
 SHORT_ENV = (SHORT_EPOCHS_ENV, SHORT_ITERS_ENV, SHORT_VAL_ITERS_ENV, SHORT_OPTIMIZER_ENV)
 
 # ---- folders
+
+#: nnU-Net's three folders, as environment variables
+NNUNET_FOLDER_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def env_folder(name: str, hint: str = "", must_exist: bool = True) -> Path:
+    """The folder an nnU-Net environment variable (``nnUNet_raw``, ...) names, read now; a
+    :class:`~recokd.errors.UserError` naming the variable if it is unset (or, with ``must_exist``, not a
+    directory). ``hint`` (e.g. "or use --phantoms") is appended to the message."""
+    value = os.environ.get(name)
+    more = f"; {hint}" if hint else ""
+    if not value:
+        raise UserError(f"environment variable {name} is not set: it must point to nnU-Net's {name[7:]} "
+                        f"folder (see nnU-Net's documentation/setting_up_paths.md){more}")
+    path = Path(value).expanduser()
+    if must_exist and not path.is_dir():
+        raise UserError(f"{name}={value} is not a directory{more}")
+    return path
+
 
 
 class ModelFolderName(NamedTuple):

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from recokd.errors import UserError
 from recokd.json_files import read_json, write_json_atomic
 from recokd.kd.widths import scale_width, scale_widths
-from recokd.nnunet.layout import data_identifier
+from recokd.nnunet.layout import data_identifier, env_folder
 
 if TYPE_CHECKING:
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -377,16 +377,7 @@ def resolve_dataset_name(dataset: str | int) -> str:
 
 def preprocessed_root() -> Path:
     """``$nnUNet_preprocessed`` as read from the environment now."""
-    root = os.environ.get("nnUNet_preprocessed")
-    if not root:
-        raise UserError(
-            "environment variable nnUNet_preprocessed is not set; it must point to nnU-Net's "
-            "preprocessed data folder (see nnU-Net's documentation/setting_up_paths.md)"
-        )
-    path = Path(root)
-    if not path.is_dir():
-        raise UserError(f"nnUNet_preprocessed={root} is not a directory")
-    return path
+    return env_folder("nnUNet_preprocessed")
 
 
 def preprocessed_dataset_folder(dataset: str | int) -> Path:
