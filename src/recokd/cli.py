@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recokd.data.cli",
     "recokd.nnunet.plans_cli",
     "recokd.nnunet.cli",
+    "recokd.deploy.predict_cli",
     "recokd.evaluation.cli",
     "recokd.methods_cli",
     "recokd.evaluation.profile_cli",

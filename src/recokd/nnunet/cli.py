@@ -1,4 +1,4 @@
-"""``recokd train`` and ``recokd predict``: ReCo-KD training and inference on nnU-Net's own machinery.
+"""``recokd train``: ReCo-KD training on nnU-Net's own machinery.
 
 ``recokd train`` creates the student plans if needed, checks teacher and student, writes the KD
 settings into the fold folder and calls nnU-Net's ``run_training`` with
@@ -6,8 +6,8 @@ settings into the fold folder and calls nnU-Net's ``run_training`` with
 land where nnU-Net puts them:
 ``$nnUNet_results/DatasetXXX_Name/nnUNetTrainerReCoKD__<student plans>__<configuration>/fold_X``.
 
-``recokd predict`` is ``nnUNetv2_predict`` for such a model (nnU-Net's ``nnUNetPredictor``) that sets
-``nnUNet_extTrainer`` itself; stock ``nnUNetv2_predict`` works too once it is exported.
+Such a model is predicted by ``recokd predict`` (:mod:`recokd.deploy.predict_cli`), or by stock
+``nnUNetv2_predict`` once ``nnUNet_extTrainer`` is exported.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
+from recokd.nnunet.devices import add_device_argument, set_nnunet_threads, torch_device
 from recokd.nnunet.layout import (
-    CHECKPOINT_FINAL,
     CHECKPOINT_NAMES,
     KD_TRAINER,
     KD_TRAINERS,
@@ -31,7 +31,6 @@ from recokd.nnunet.layout import (
     fold_folder_name,
     model_folder,
     parse_fold,
-    parse_model_folder_name,
 )
 from recokd.nnunet.optim import OPTIMIZER_NAMES
 from recokd.nnunet.settings import SCHEDULE_NAMES, settings_defaults
@@ -71,14 +70,8 @@ def _kd_option(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", "-device", choices=("cuda", "cpu", "mps"), default="cuda",
-                   help="device, as nnU-Net's -device (default: %(default)s; pick the GPU with "
-                        "CUDA_VISIBLE_DEVICES)")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``train`` and ``predict`` sub-commands."""
+    """Add the ``train`` sub-command."""
     t = subparsers.add_parser(
         "train",
         help="distil a trained nnU-Net teacher into a width-reduced student (nnU-Net training + KD)",
@@ -136,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the student's optimiser: nnU-Net's SGD (default) or AdamW with AMSGrad as nnU-Net's "
                         "nnUNetTrainerAdam (same learning rate, weight decay and poly schedule); the CPU "
                         "regime's students learn far faster with adam (benchmarks/RESULTS.md)")
-    _add_device(t)
+    add_device_argument(t)
     t.add_argument("--num-gpus", "-num_gpus", type=_positive_int, default=1,
                    help="GPUs for DDP training (nnU-Net's -num_gpus)")
     t.add_argument("--c", action="store_true",
@@ -147,88 +140,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "start over")
     t.set_defaults(func=_train, resume_command=train_resume_command)
 
-    p = subparsers.add_parser(
-        "predict",
-        help="predict with a trained student (nnU-Net's predictor)",
-        description=(
-            "Run nnU-Net's nnUNetPredictor on a folder of images (nnU-Net naming: CASE_0000.nii.gz) with a "
-            "model in $nnUNet_results. Equivalent to nnUNetv2_predict with nnUNet_extTrainer set."
-        ),
-    )
-    p.add_argument("-i", dest="input", required=True, help="input folder (nnU-Net file naming)")
-    p.add_argument("-o", dest="output", required=True, help="output folder")
-    p.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
-    p.add_argument("-c", dest="configuration", default="3d_fullres",
-                   help="configuration (default: %(default)s)")
-    p.add_argument("-f", dest="folds", nargs="+", default=None,
-                   help="folds to ensemble (default: every fold with the checkpoint)")
-    p.add_argument("-tr", dest="trainer", default=KD_TRAINER, help="trainer class (default: %(default)s)")
-    p.add_argument("-p", dest="plans", default=None,
-                   help="plans identifier (default: the only one trained with this trainer/configuration)")
-    p.add_argument("-chk", dest="checkpoint", default=CHECKPOINT_FINAL,
-                   help="checkpoint file name (default: %(default)s)")
-    _add_device(p)
-    p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
-    p.add_argument("--step-size", type=float, default=0.5, help="sliding window step size (default: 0.5)")
-    p.add_argument("-npp", type=int, default=3,
-                   help="preprocessing processes (default: 3; -npp 0 -nps 0: no worker processes)")
-    p.add_argument("-nps", type=int, default=3, help="segmentation export processes (default: 3)")
-    p.add_argument("--save-probabilities", action="store_true", help="also save probabilities (.npz)")
-    p.add_argument("--continue-prediction", action="store_true",
-                   help="skip cases whose output exists already")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--stock-cpu-convs", action="store_true",
-                   help="CPU: keep PyTorch's default 3D convolution kernels (by default each layer uses "
-                        "oneDNN where that is faster: recokd.deploy.cpu_conv)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
-                   help="who runs the network: torch (nnU-Net's predictor, default), onnxruntime or openvino "
-                        "(CPU; nnU-Net's preprocessing, sliding window and export with the network call on "
-                        "ONNX Runtime / OpenVINO; one fold)")
-    p.add_argument("--onnx", default=None, metavar="FILE.onnx",
-                   help="with --backend onnxruntime: a model exported by 'recokd export --onnx' (default: "
-                        "export the fold's checkpoint to a temporary file first)")
-    p.add_argument("--openvino", default=None, metavar="DIR",
-                   help="with --backend openvino: a model folder written by 'recokd export --openvino' "
-                        "(fp32) or 'recokd quantize' (int8) (default: convert the fold's checkpoint to fp32 "
-                        "first)")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="with --backend onnxruntime/openvino: the runtime's threads and torch threads "
-                        "(default: the libraries' defaults)")
-    p.set_defaults(func=_predict)
-
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _device(name: str, num_gpus: int = 1):
-    import torch
-
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: CUDA is not available on this machine; use --device cpu (or mps)")
-        if num_gpus > torch.cuda.device_count():
-            raise UserError(f"--num-gpus {num_gpus}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif num_gpus > 1:
-        raise UserError(f"--num-gpus {num_gpus} needs --device cuda (nnU-Net's DDP is CUDA only)")
-    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UserError("--device mps: MPS is not available on this machine")
-    return torch.device(name)
-
-
-def _set_threads(device) -> None:
-    """Torch threads as nnU-Net's entry points set them."""
-    import multiprocessing
-
-    import torch
-
-    if device.type == "cpu":
-        torch.set_num_threads(multiprocessing.cpu_count())
-    elif device.type == "cuda":
-        torch.set_num_threads(1)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # can only be set once per process
-            pass
 
 
 def fold_folder(dataset_name: str, student_plans: str, configuration: str, fold: int | str,
@@ -348,7 +261,7 @@ def _train(args: argparse.Namespace) -> int:
     env_folder("nnUNet_preprocessed", must_exist=False)
     env_folder("nnUNet_results", must_exist=False)
     fold = parse_fold(args.fold, "FOLD")
-    device = _device(args.device, args.num_gpus)
+    device = torch_device(args.device, args.num_gpus)
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed must be an integer >= 0, got {args.seed}")
     if args.c and args.overwrite:
@@ -405,7 +318,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from recokd.environ import temporary_environ
 
-    _set_threads(device)
+    set_nnunet_threads(device)
     env = {SETTINGS_ENV: str(settings_path)}  # read by the trainer (and by every DDP worker)
     if args.seed is not None:
         env[SEED_ENV] = str(args.seed)
@@ -423,172 +336,4 @@ def _train(args: argparse.Namespace) -> int:
     tr = "" if args.trainer == KD_TRAINER else f" -tr {args.trainer}"
     print(f"or: recokd predict -i INPUT -o OUTPUT -d {dataset_name} -c {args.configuration} -f {fold} "
           f"-p {student_id}{tr}")
-    return 0
-
-
-# ---------------------------------------------------------------------------- predict
-
-
-def _find_plans(dataset_folder: Path, trainer: str, configuration: str) -> str:
-    names = [parse_model_folder_name(p.name) for p in dataset_folder.glob("*__*__*") if p.is_dir()]
-    found = sorted(n.plans for n in names if n and n.trainer == trainer and n.configuration == configuration)
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        present = sorted(p.name for p in dataset_folder.iterdir() if p.is_dir()) if dataset_folder.is_dir() \
-            else []
-        raise UserError(f"no model trained with {trainer} and configuration {configuration} in "
-                        f"{dataset_folder} (present: {', '.join(present) or 'none'})")
-    raise UserError(f"several plans trained with {trainer}/{configuration} in {dataset_folder}: "
-                    f"{', '.join(found)}; choose one with -p")
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from recokd.nnunet import add_ext_trainer_dir_to_env
-    from recokd.nnunet.plans import resolve_dataset_name
-
-    results = env_folder("nnUNet_results", must_exist=False)
-    dataset_name = resolve_dataset_name(args.dataset)
-    dataset_folder = results / dataset_name
-    plans = args.plans or _find_plans(dataset_folder, args.trainer, args.configuration)
-    model = model_folder(results, dataset_name, args.trainer, plans, args.configuration)
-    if not model.is_dir():
-        raise UserError(f"model folder {model} does not exist")
-    folds: list[int | str] | None = None
-    if args.folds is not None:
-        folds = [parse_fold(f, "-f") for f in args.folds]
-        for f in folds:
-            if not (model / fold_folder_name(f) / args.checkpoint).is_file():
-                raise UserError(f"-f {f}: {model / fold_folder_name(f) / args.checkpoint} does not exist")
-    elif not any(model.glob(f"fold_*/{args.checkpoint}")):
-        raise UserError(f"no fold of {model} has {args.checkpoint}")
-    if args.overwrite and args.continue_prediction:
-        raise UserError("--overwrite and --continue-prediction exclude each other")
-    if args.npp < 0 or args.nps < 0:
-        raise UserError("-npp and -nps must be >= 0")
-    if not 0 < args.step_size <= 1:
-        raise UserError(f"--step-size must be in (0, 1], got {args.step_size}")
-
-    from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
-
-    in_dir, out_dir = Path(args.input), Path(args.output)
-    from recokd.json_files import read_json
-
-    dataset_json = read_json(model / "dataset.json", "dataset.json")
-    for key in ("file_ending", "channel_names"):
-        if key not in dataset_json:
-            raise UserError(f"{model / 'dataset.json'} has no {key!r} entry (it is nnU-Net's dataset.json "
-                            "of the model's dataset)")
-    file_ending = dataset_json["file_ending"]
-    cases = prediction_cases(in_dir, file_ending, dataset_json["channel_names"])
-    existing = [c for c in cases if (out_dir / f"{c}{file_ending}").exists()]
-    if existing and not (args.overwrite or args.continue_prediction):
-        raise UserError(f"{out_dir} already holds predictions for {len(existing)} case(s) (e.g. "
-                        f"{existing[0]}{file_ending}); pass --overwrite to replace them or "
-                        "--continue-prediction to skip them")
-    if args.backend != "torch":
-        _check_runtime_flags(args)
-        if folds is not None and len(folds) != 1:
-            raise UserError(f"--backend {args.backend} runs one network: give one fold with -f, got {folds}")
-    else:
-        runtime_only = (("--onnx", args.onnx, "onnxruntime"), ("--openvino", args.openvino, "openvino"),
-                        ("--threads", args.threads, "onnxruntime or openvino"))
-        for flag, value, needs in runtime_only:
-            if value is not None:
-                raise UserError(f"{flag} needs --backend {needs}")
-    check_output_folder_writable(out_dir)
-
-    if args.backend != "torch":
-        return _predict_runtime(args, model, folds, in_dir, out_dir, len(cases))
-
-    add_ext_trainer_dir_to_env()
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    device = _device(args.device)
-    _set_threads(device)
-    predictor = nnUNetPredictor(tile_step_size=args.step_size, use_gaussian=True,
-                                use_mirroring=not args.disable_tta,
-                                perform_everything_on_device=device.type == "cuda",
-                                device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=args.checkpoint)
-    if device.type == "cpu" and not args.stock_cpu_convs:
-        import torch
-
-        from recokd.deploy.cpu_conv import use_fastest_cpu_conv3d
-
-        patch = tuple(predictor.configuration_manager.patch_size)
-        channels = len(predictor.dataset_json["channel_names"])
-        use_fastest_cpu_conv3d(predictor.network, torch.zeros(1, channels, *patch))
-    if args.npp == 0 and args.nps == 0:  # as nnUNetv2_predict: everything in this process
-        predictor.predict_from_files_sequential(str(in_dir), str(out_dir),
-                                                save_probabilities=args.save_probabilities,
-                                                overwrite=not args.continue_prediction)
-    else:
-        predictor.predict_from_files(str(in_dir), str(out_dir), save_probabilities=args.save_probabilities,
-                                     overwrite=not args.continue_prediction,
-                                     num_processes_preprocessing=max(1, args.npp),
-                                     num_processes_segmentation_export=max(1, args.nps))
-    print(f"predicted {len(cases)} case(s) with {model} into {out_dir}")
-    return 0
-
-
-def _check_runtime_flags(args: argparse.Namespace) -> None:
-    """The options of ``--backend onnxruntime|openvino``, checked before anything is written."""
-    backend = args.backend
-    own_flag, other_flag = ("--onnx", "--openvino") if backend == "onnxruntime" else ("--openvino", "--onnx")
-    if getattr(args, other_flag.removeprefix("--")) is not None:
-        other = "openvino" if other_flag == "--openvino" else "onnxruntime"
-        raise UserError(f"{other_flag} needs --backend {other}, not --backend {backend}")
-    if args.stock_cpu_convs:
-        raise UserError(f"--stock-cpu-convs chooses PyTorch's kernels: it applies to --backend torch, not "
-                        f"--backend {backend}")
-    if args.device != "cpu":
-        raise UserError(f"--backend {backend} runs on the CPU: pass --device cpu")
-    given = getattr(args, own_flag.removeprefix("--"))
-    if given is not None and not Path(given).exists():
-        raise UserError(f"{own_flag} {given} does not exist (write it with 'recokd export {own_flag}')")
-
-
-def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | str] | None, in_dir: Path,
-                     out_dir: Path, num_cases: int) -> int:
-    """``recokd predict --backend onnxruntime|openvino``: nnU-Net's predictor with the network call on
-    the runtime, from ``--onnx``/``--openvino`` or a fresh export of the fold's checkpoint (checked
-    against PyTorch)."""
-    import tempfile
-
-    backend = args.backend
-    first = sorted(model.glob(f"fold_*/{args.checkpoint}"))[0].parent.name.removeprefix("fold_")
-    fold = folds[0] if folds else parse_fold(first)
-    kwargs = dict(model_dir=model, step_size=args.step_size, mirroring=not args.disable_tta,
-                  threads=args.threads, overwrite=args.overwrite,
-                  continue_prediction=args.continue_prediction,
-                  num_processes_preprocessing=max(1, args.npp), num_processes_export=max(1, args.nps),
-                  sequential=args.npp == 0 and args.nps == 0, save_probabilities=args.save_probabilities)
-    if backend == "onnxruntime":
-        from recokd.deploy.onnx_export import export_onnx as export
-        from recokd.deploy.onnx_predictor import predict_folder
-
-        given, runtime = args.onnx, "ONNX Runtime"
-    else:
-        from recokd.deploy.openvino_backend import SIDECAR_FILE, predict_folder
-        from recokd.deploy.openvino_backend import export_openvino as export
-
-        given, runtime = args.openvino, "OpenVINO"
-    if given is not None:
-        exported = Path(given)
-        predict_folder(in_dir, out_dir, exported, **kwargs)
-        if backend == "openvino":  # the folder was read and checked by the prediction: only its label here
-            from recokd.json_files import read_json
-
-            sidecar = read_json(exported / SIDECAR_FILE, "OpenVINO model sidecar")
-            runtime += f" {sidecar.get('precision', 'fp32')}"
-    else:
-        with tempfile.TemporaryDirectory(prefix=f"recokd_{backend}_") as tmp:
-            exported = Path(tmp) / ("model.onnx" if backend == "onnxruntime" else "model")
-            result = export(model, exported, fold=fold, checkpoint=args.checkpoint)
-            print(f"exported fold {fold} for {runtime} (max |{backend} - torch| = {result.max_abs_diff:.3g})")
-            predict_folder(in_dir, out_dir, exported, **kwargs)
-        if backend == "openvino":
-            runtime += " fp32"
-    print(f"predicted {num_cases} case(s) with {model} (fold {fold}, {runtime}, CPU) into {out_dir}")
     return 0
