@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from recokd.bench.report import gap_recovered
+from recokd.bench.stats import gap_recovered
 from recokd.errors import UserError
 from recokd.nnunet.layout import (
     CHECKPOINT_FINAL,

@@ -15,19 +15,14 @@ from scipy.stats import wilcoxon
 
 from recokd.bench.report import (
     RunResult,
-    Stat,
-    gap_recovered,
-    holm,
     load_run_result,
     main_table,
-    mean_sd,
-    paired_pairs,
-    paired_test,
     results_markdown,
     runs_csv,
     summarize,
     summary_csv,
 )
+from recokd.bench.stats import Stat, gap_recovered, holm, mean_sd, paired_pairs, paired_test
 
 CLASSES = ("organ", "vessel")
 

@@ -10,7 +10,7 @@ import pytest
 from recokd.errors import UserError
 from recokd.nnunet.compat import check_teacher_student_compatible, describe_mismatches
 from recokd.nnunet.plans import scale_plans
-from recokd.nnunet.teacher import LoadedTeacher
+from recokd.nnunet.trained_model import LoadedModel
 from tests.nnunet._tiny import (
     RESENC_PLANS,
     load_tiny_dataset_json,
@@ -28,15 +28,15 @@ def tiny(tmp_path_factory):
         yield dirs
 
 
-def make_teacher(plans: dict, dataset_json: dict, configuration: str = "3d_fullres") -> LoadedTeacher:
-    """A LoadedTeacher as load_teacher returns it, minus the checkpoint (compat never reads weights)."""
+def make_teacher(plans: dict, dataset_json: dict, configuration: str = "3d_fullres") -> LoadedModel:
+    """A LoadedModel as load_trained_model returns it, minus the checkpoint (compat never reads weights)."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from torch import nn
 
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
-    return LoadedTeacher(
+    return LoadedModel(
         network=nn.Identity(), plans_manager=pm, configuration_manager=cm,
         configuration_name=configuration, dataset_json=dataset_json, trainer_name="nnUNetTrainer",
         checkpoint_path=Path("teacher/fold_0/checkpoint_final.pth"),

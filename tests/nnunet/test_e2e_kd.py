@@ -123,7 +123,7 @@ def _modified_teacher(teacher: Path, tmp_path: Path, kind: str) -> Path:
         ("labels", "labels: teacher"),
         ("patch size", "patch size: teacher [16, 16, 16], student [32, 32, 32]"),
         ("dataset", "foreground intensity properties"),
-        ("configuration", "do not fit"),  # a 2d network: load_teacher already refuses it
+        ("configuration", "do not fit"),  # a 2d network: load_trained_model already refuses it
     ],
 )
 def test_incompatible_teacher_is_refused(kd_env, teacher: Path, tmp_path: Path, kind: str, expected: str,

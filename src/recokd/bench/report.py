@@ -1,4 +1,5 @@
-"""Aggregation of finished bench runs: tables (CSV, Markdown), paired tests and charts.
+"""Aggregation of finished bench runs: tables (CSV, Markdown) and charts; the statistics they report are
+:mod:`recokd.bench.stats`'.
 
 Conventions (also written into ``results.md``):
 
@@ -23,15 +24,13 @@ import csv
 import io
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recokd.bench.config import NOKD, RESULT_FILE, TEACHER
-
-GAP_EPS = 1e-9
+from recokd.bench.stats import PairedTest, Stat, gap_recovered, holm, mean_sd, paired_test
 
 
 @dataclass
@@ -50,22 +49,6 @@ class RunResult:
     wall_s: float | None = None
     device: str | None = None
     folder: str | None = None
-
-
-@dataclass(frozen=True)
-class Stat:
-    mean: float | None
-    sd: float | None
-    n: int
-
-
-@dataclass(frozen=True)
-class PairedTest:
-    n_pairs: int
-    mean_difference: float | None  #: mean of (method - nokd) over the pairs
-    statistic: float | None
-    p_value: float | None
-    note: str = ""
 
 
 @dataclass
@@ -125,72 +108,6 @@ def load_run_result(folder: Path) -> RunResult:
         device=record.get("device"),
         folder=str(folder),
     )
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-def mean_sd(values: Sequence[float | None]) -> Stat:
-    """Mean and sample sd (n-1; None below 2 values) of the values that are not None/NaN."""
-    kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    n = len(kept)
-    if n == 0:
-        return Stat(None, None, 0)
-    mean = sum(kept) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in kept) / (n - 1)) if n >= 2 else None
-    return Stat(mean, sd, n)
-
-
-def paired_pairs(
-    method_runs: Sequence[RunResult], nokd_runs: Sequence[RunResult]
-) -> list[tuple[float, float]]:
-    """(method, nokd) case mean Dice per (seed, case) present in both, ordered by seed then case."""
-    baseline = {r.seed: r for r in nokd_runs}
-    pairs = []
-    for run in sorted(method_runs, key=lambda r: (r.seed is None, r.seed)):
-        base = baseline.get(run.seed)
-        if base is None:
-            continue
-        for case in sorted(run.case_dice):
-            if case in base.case_dice:
-                pairs.append((run.case_dice[case], base.case_dice[case]))
-    return pairs
-
-
-def paired_test(method_runs: Sequence[RunResult], nokd_runs: Sequence[RunResult]) -> PairedTest:
-    """Two-sided Wilcoxon signed-rank test of the (seed, case) pairs against the no-KD student."""
-    pairs = paired_pairs(method_runs, nokd_runs)
-    if not pairs:
-        return PairedTest(0, None, None, None, "no (seed, case) pairs with the no-KD student")
-    diffs = [a - b for a, b in pairs]
-    delta = sum(diffs) / len(diffs)
-    if all(d == 0 for d in diffs):
-        return PairedTest(len(pairs), delta, None, None, "all paired differences are zero")
-    from scipy.stats import wilcoxon
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy's small-sample notes
-        res = wilcoxon([a for a, _ in pairs], [b for _, b in pairs], alternative="two-sided")
-    return PairedTest(len(pairs), delta, float(res.statistic), float(res.pvalue))
-
-
-def holm(p_values: Sequence[float | None]) -> list[float | None]:
-    """Holm-Bonferroni adjusted p-values (None entries are not tests and stay None)."""
-    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    m = len(order)
-    out: list[float | None] = [None] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p))
-        out[i] = running
-    return out
-
-
-def gap_recovered(method: float | None, nokd: float | None, teacher: float | None) -> float | None:
-    """``(method - nokd) / (teacher - nokd)``; None when a value is missing or the teacher is not better."""
-    if method is None or nokd is None or teacher is None or teacher - nokd <= GAP_EPS:
-        return None
-    return (method - nokd) / (teacher - nokd)
 
 
 def class_names(results: Sequence[RunResult]) -> list[str]:

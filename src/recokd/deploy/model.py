@@ -22,7 +22,7 @@ from recokd.nnunet.layout import CHECKPOINT_FINAL
 if TYPE_CHECKING:
     from torch import nn
 
-    from recokd.nnunet.teacher import LoadedTeacher
+    from recokd.nnunet.trained_model import LoadedModel
 
 #: sidecar format version (shared by every backend's sidecar)
 SIDECAR_FORMAT = 1
@@ -35,7 +35,7 @@ SIDECAR_REQUIRED = ("plans", "dataset_json", "configuration", "patch_size", "num
 class InferenceModel:
     """A trained network ready for inference, and what nnU-Net's predictor needs to run it."""
 
-    loaded: LoadedTeacher  #: network with deep supervision switched off
+    loaded: LoadedModel  #: network with deep supervision switched off
     mirror_axes: tuple[int, ...] | None  #: ``inference_allowed_mirroring_axes`` of the checkpoint
 
     @property
@@ -92,16 +92,16 @@ def load_inference_model(
 ) -> InferenceModel:
     """Load a trained nnU-Net model (results folder, ``fold_X`` folder or ``.pth``) for inference.
 
-    Uses :func:`recokd.nnunet.teacher.load_teacher` (the trainer's own network builder, strict
+    Uses :func:`recokd.nnunet.trained_model.load_trained_model` (the trainer's own network builder, strict
     weight loading, eval mode, no gradients) after adding reco-kd's trainer folder to
     ``nnUNet_extTrainer`` so that ReCo-KD students are built by their own trainer class; then turns
     deep supervision off, as nnU-Net's predictor does.
     """
     from recokd.nnunet import add_ext_trainer_dir_to_env
-    from recokd.nnunet.teacher import load_teacher
+    from recokd.nnunet.trained_model import load_trained_model
 
     add_ext_trainer_dir_to_env()
-    loaded = load_teacher(path, fold=fold, checkpoint=checkpoint, device=device, role="model")
+    loaded = load_trained_model(path, fold=fold, checkpoint=checkpoint, device=device, role="model")
     disable_deep_supervision(loaded.network)
     return InferenceModel(loaded=loaded, mirror_axes=read_mirror_axes(loaded.checkpoint_path))
 

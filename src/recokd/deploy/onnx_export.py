@@ -34,7 +34,7 @@ import importlib.util
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,9 +287,3 @@ def sidecar_content(model: InferenceModel, result: ExportResult, tolerance: floa
 def read_sidecar(onnx_path: str | Path) -> dict[str, Any]:
     """The sidecar of an exported ONNX model; :class:`UserError` if missing or malformed."""
     return read_sidecar_file(sidecar_path_for(onnx_path), "'recokd export' next to the .onnx file")
-
-
-def export_summary(result: ExportResult) -> dict[str, Any]:
-    out = asdict(result)
-    out["onnx_path"], out["sidecar_path"] = str(result.onnx_path), str(result.sidecar_path)
-    return out

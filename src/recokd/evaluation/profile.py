@@ -79,7 +79,7 @@ MIRROR_MODES = ("off", "on")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to profile: ``path`` as :func:`recokd.nnunet.teacher.load_teacher` takes it."""
+    """A model to profile: ``path`` as :func:`recokd.nnunet.trained_model.load_trained_model` takes it."""
 
     path: str
     label: str = ""

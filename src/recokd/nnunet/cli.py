@@ -203,9 +203,9 @@ def _check_before_training(settings, student_plans: dict, configuration: str, da
     from recokd.nnunet.compat import check_teacher_student_compatible
     from recokd.nnunet.kd_setup import build_kd_for, kd_options
     from recokd.nnunet.plans import build_network
-    from recokd.nnunet.teacher import load_teacher
+    from recokd.nnunet.trained_model import load_trained_model
 
-    teacher = load_teacher(settings.teacher, fold=settings.teacher_fold,
+    teacher = load_trained_model(settings.teacher, fold=settings.teacher_fold,
                            checkpoint=settings.teacher_checkpoint, device="cpu")
     with open(dataset_folder / "dataset.json", encoding="utf-8") as f:
         dataset_json = json.load(f)

@@ -19,7 +19,7 @@ from recokd.json_files import json_ready
 if TYPE_CHECKING:
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-    from recokd.nnunet.teacher import LoadedTeacher
+    from recokd.nnunet.trained_model import LoadedModel
 
 
 def _plain(value: Any) -> Any:
@@ -65,7 +65,7 @@ def _n_stages(configuration_manager: ConfigurationManager) -> Any:
 
 
 def describe_mismatches(
-    teacher: LoadedTeacher,
+    teacher: LoadedModel,
     student_plans_manager: PlansManager,
     student_configuration_manager: ConfigurationManager,
     student_dataset_json: dict,
@@ -118,7 +118,7 @@ def describe_mismatches(
 
 
 def check_teacher_student_compatible(
-    teacher: LoadedTeacher,
+    teacher: LoadedModel,
     student_plans_manager: PlansManager,
     student_configuration_manager: ConfigurationManager,
     student_dataset_json: dict,

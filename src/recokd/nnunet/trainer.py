@@ -9,7 +9,7 @@ DDP, validation, checkpoints, the results folder layout -- is stock ``nnUNetTrai
   re-creates trainers by class name with a fixed signature (DDP workers, ``--c``,
   ``nnUNetv2_predict``). Without settings the class is a plain trainer of the student network,
   so ``nnUNetv2_predict`` and ``nnUNetv2_train --val`` never need the teacher.
-* **Teacher**: :func:`recokd.nnunet.teacher.load_teacher` on the training device, frozen (eval,
+* **Teacher**: :func:`recokd.nnunet.trained_model.load_trained_model` on the training device, frozen (eval,
   no gradients), checked against the student with
   :func:`recokd.nnunet.compat.check_teacher_student_compatible` before anything is trained.
 * **Loss**: ``loss = seg_loss + lambda(epoch) * kd["loss"]`` with a
@@ -105,7 +105,7 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
         self.kd_settings: KDSettings | None
         self.kd_settings_file: Path | None
         self.kd_settings, self.kd_settings_file = resolve_settings(self.output_folder, continue_training)
-        self.teacher = None  # LoadedTeacher, -> initialize()
+        self.teacher = None  # LoadedModel, -> initialize()
         self.kd_method = None  # KDMethod, -> configure_optimizers()
         self.distiller = None  # Distiller, -> initialize()
         self.weight_ema = None  # StudentEMA, -> initialize() (if enabled)
@@ -138,12 +138,12 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
 
     def _load_teacher(self) -> None:
         from recokd.nnunet.compat import check_teacher_student_compatible
-        from recokd.nnunet.teacher import load_teacher
+        from recokd.nnunet.trained_model import load_trained_model
 
         s = self.kd_settings
         assert s is not None
         with isolated_rng():  # building the teacher network must not shift the student's stream
-            teacher = load_teacher(
+            teacher = load_trained_model(
                 s.teacher, fold=s.teacher_fold, checkpoint=s.teacher_checkpoint, device=self.device
             )
         num_input_channels = determine_num_input_channels(

@@ -1,4 +1,4 @@
-"""Loading nnU-Net checkpoints as frozen teachers (recokd.nnunet.teacher)."""
+"""Loading nnU-Net checkpoints as frozen teachers (recokd.nnunet.trained_model)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recokd.errors import UserError
-from recokd.nnunet.teacher import load_teacher, resolve_checkpoint, strip_wrapper_prefixes
+from recokd.nnunet.trained_model import load_trained_model, resolve_checkpoint, strip_wrapper_prefixes
 from tests.nnunet._tiny import (
     TINY_NAME,
     load_tiny_dataset_json,
@@ -87,7 +87,7 @@ def _assert_frozen_teacher(teacher, weights):
 
 def test_load_teacher_from_results_folder(teacher_folder):
     folder, weights = teacher_folder
-    teacher = load_teacher(folder)
+    teacher = load_trained_model(folder)
     _assert_frozen_teacher(teacher, weights)
     assert teacher.checkpoint_path == folder / "fold_0" / "checkpoint_final.pth"
     assert teacher.configuration_name == "3d_fullres" and teacher.trainer_name == "nnUNetTrainer"
@@ -105,13 +105,13 @@ def test_load_teacher_from_results_folder(teacher_folder):
 
 def test_load_teacher_from_file_fold_dir_and_fold_all(teacher_folder):
     folder, weights = teacher_folder
-    by_file = load_teacher(folder / "fold_0" / "checkpoint_best.pth")
+    by_file = load_trained_model(folder / "fold_0" / "checkpoint_best.pth")
     _assert_frozen_teacher(by_file, weights)
     assert by_file.checkpoint_path.name == "checkpoint_best.pth"
-    assert load_teacher(folder, fold="0", checkpoint="checkpoint_best.pth").checkpoint_path == \
+    assert load_trained_model(folder, fold="0", checkpoint="checkpoint_best.pth").checkpoint_path == \
         folder / "fold_0" / "checkpoint_best.pth"
-    assert load_teacher(folder / "fold_0").checkpoint_path == folder / "fold_0" / "checkpoint_final.pth"
-    all_fold = load_teacher(folder, fold="all")
+    assert load_trained_model(folder / "fold_0").checkpoint_path == folder / "fold_0" / "checkpoint_final.pth"
+    all_fold = load_trained_model(folder, fold="all")
     assert all_fold.fold == "all"
     _assert_frozen_teacher(all_fold, weights)
 
@@ -123,23 +123,23 @@ def test_load_teacher_strips_wrapper_prefixes(teacher_folder, tmp_path):
     checkpoint["network_weights"] = wrapped
     checkpoint["init_args"]["plans"]["continue_training"] = True  # as get_trainer_from_args adds it
     torch.save(checkpoint, tmp_path / "wrapped.pth")
-    _assert_frozen_teacher(load_teacher(tmp_path / "wrapped.pth"), weights)
+    _assert_frozen_teacher(load_trained_model(tmp_path / "wrapped.pth"), weights)
     assert strip_wrapper_prefixes({"_orig_mod.module.a.b": 1, "c": 2}) == {"a.b": 1, "c": 2}
 
 
 def test_bad_paths_list_what_exists(teacher_folder, tmp_path):
     folder, _ = teacher_folder
     with pytest.raises(UserError, match="does not exist"):
-        load_teacher(tmp_path / "nope")
+        load_trained_model(tmp_path / "nope")
     with pytest.raises(UserError, match=r"no fold_3/.*folds present: fold_0, fold_all"):
-        load_teacher(folder, fold=3)
+        load_trained_model(folder, fold=3)
     with pytest.raises(UserError, match=r"checkpoint_latest\.pth does not exist.*"
                                         r"checkpoint_best\.pth, checkpoint_final\.pth"):
-        load_teacher(folder, checkpoint="checkpoint_latest.pth")
+        load_trained_model(folder, checkpoint="checkpoint_latest.pth")
     with pytest.raises(UserError, match="fold must be"):
         resolve_checkpoint(folder, fold="first")
     with pytest.raises(UserError, match="folds present: \\(none\\)"):
-        load_teacher(tmp_path)
+        load_trained_model(tmp_path)
 
 
 def test_files_that_are_not_nnunet_checkpoints(teacher_folder, tmp_path):
@@ -147,25 +147,25 @@ def test_files_that_are_not_nnunet_checkpoints(teacher_folder, tmp_path):
     torch.save({"state_dict": {}, "epoch": 3}, tmp_path / "lightning.pth")
     with pytest.raises(UserError, match=r"not an nnU-Net v2 checkpoint: missing network_weights, init_args, "
                                         r"trainer_name \(keys present: epoch, state_dict\)"):
-        load_teacher(tmp_path / "lightning.pth")
+        load_trained_model(tmp_path / "lightning.pth")
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(UserError, match="holds a Tensor"):
-        load_teacher(tmp_path / "tensor.pth")
+        load_trained_model(tmp_path / "tensor.pth")
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(UserError, match="could not be read by torch.load"):
-        load_teacher(tmp_path / "text.pth")
+        load_trained_model(tmp_path / "text.pth")
 
     checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
     del checkpoint["init_args"]["dataset_json"]
     torch.save(checkpoint, tmp_path / "no_ds.pth")
     with pytest.raises(UserError, match=r"missing init_args\.dataset_json"):
-        load_teacher(tmp_path / "no_ds.pth")
+        load_trained_model(tmp_path / "no_ds.pth")
 
     checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
     checkpoint["network_weights"].pop("decoder.seg_layers.0.weight")
     torch.save(checkpoint, tmp_path / "partial.pth")
     with pytest.raises(UserError, match=r"(?s)do not fit.*decoder\.seg_layers\.0\.weight"):
-        load_teacher(tmp_path / "partial.pth")
+        load_trained_model(tmp_path / "partial.pth")
 
 
 def test_unknown_trainer_falls_back_to_default_builder(teacher_folder, tmp_path):
@@ -181,7 +181,7 @@ def test_unknown_trainer_falls_back_to_default_builder(teacher_folder, tmp_path)
     with pytest.MonkeyPatch.context() as mp:  # skip nnU-Net's slow walk over all trainer modules
         mp.setattr(find_objects, "recursive_find_trainer_class_by_name", not_found)
         with pytest.warns(UserWarning, match="nnUNetTrainer_DoesNotExist"):
-            teacher = load_teacher(tmp_path / "custom.pth")
+            teacher = load_trained_model(tmp_path / "custom.pth")
     assert teacher.trainer_name == "nnUNetTrainer_DoesNotExist"
     _assert_frozen_teacher(teacher, weights)
 
@@ -190,4 +190,4 @@ def test_relative_path_and_str(teacher_folder, monkeypatch):
     folder, _ = teacher_folder
     monkeypatch.chdir(folder.parent)
     expected = Path(TRAINER_FOLDER) / "fold_0" / "checkpoint_final.pth"
-    assert load_teacher(TRAINER_FOLDER).checkpoint_path == expected
+    assert load_trained_model(TRAINER_FOLDER).checkpoint_path == expected

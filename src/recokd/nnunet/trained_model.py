@@ -1,4 +1,5 @@
-"""Load a trained nnU-Net v2 network as a frozen ReCo-KD teacher (spec section 1).
+"""Load a trained nnU-Net v2 network from its checkpoint: the frozen ReCo-KD teacher (docs/method.md
+section 1), and any trained model ``recokd export/quantize/profile/predict`` work on.
 
 nnU-Net checkpoints (``nnUNetTrainer.save_checkpoint``, nnunetv2 2.8) are dicts with
 ``network_weights`` (state dict of the un-wrapped network), ``init_args`` (the trainer's
@@ -39,7 +40,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass
-class LoadedTeacher:
+class LoadedModel:
     """A trained nnU-Net network, frozen, and everything nnU-Net knows about how it was trained."""
 
     network: nn.Module  #: eval mode, ``requires_grad=False``, on the requested device, deep supervision on
@@ -175,13 +176,13 @@ def build_trainer_network(
     )
 
 
-def load_teacher(
+def load_trained_model(
     path: str | Path,
     fold: int | str = 0,
     checkpoint: str = CHECKPOINT_FINAL,
     device: torch.device | str = "cpu",
     role: str = "teacher",
-) -> LoadedTeacher:
+) -> LoadedModel:
     """Load a trained nnU-Net v2 network, frozen, as a ReCo-KD teacher.
 
     ``path``: an nnU-Net results folder ``.../DatasetXXX_Name/Trainer__Plans__Configuration``
@@ -244,7 +245,7 @@ def load_teacher(
         raise UserError(f"device: cannot move the {role} to {device} ({e})") from e
     network.eval()
     network.requires_grad_(False)
-    return LoadedTeacher(
+    return LoadedModel(
         network=network,
         plans_manager=plans_manager,
         configuration_manager=configuration_manager,
