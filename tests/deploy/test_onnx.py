@@ -19,7 +19,7 @@ import torch
 
 from recokd.cli import main
 from recokd.errors import UserError
-from tests.nnunet.test_teacher import nnunet_checkpoint
+from tests.nnunet.test_trained_model import nnunet_checkpoint
 
 TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 TINY_DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},

@@ -11,15 +11,8 @@ import torch
 
 from recokd.cli import main
 from recokd.errors import UserError
-from recokd.evaluation.profile import (
-    FLOPS_UNIT,
-    ModelSpec,
-    ProfileSettings,
-    count_flops,
-    format_table,
-    profile_models,
-    read_mean_dice,
-)
+from recokd.evaluation.profile import FLOPS_UNIT, ModelSpec, ProfileSettings, count_flops, profile_models
+from recokd.evaluation.profile_report import format_table, read_mean_dice
 from recokd.nnunet.plans import scale_plans
 from tests.deploy.test_onnx import tiny_plans, write_results_folder
 

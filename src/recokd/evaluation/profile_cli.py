@@ -101,14 +101,8 @@ def _backends(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from recokd.evaluation.profile import (
-        ModelSpec,
-        ProfileSettings,
-        format_table,
-        profile_models,
-        read_mean_dice,
-        write_report,
-    )
+    from recokd.evaluation.profile import ModelSpec, ProfileSettings, profile_models
+    from recokd.evaluation.profile_report import format_table, read_mean_dice, write_report
 
     specs = [ModelSpec.parse(m) for m in args.models]
     eval_files = _parse_eval_json(args.eval_json, [s.label for s in specs], [s.path for s in specs])
@@ -127,7 +121,7 @@ def _profile(args: argparse.Namespace) -> int:
     if args.output is not None:  # refuse early, not after minutes of timing
         from pathlib import Path
 
-        from recokd.evaluation.profile import OUTPUT_FILES
+        from recokd.evaluation.profile_report import OUTPUT_FILES
 
         existing = [str(Path(args.output) / n) for k, n in OUTPUT_FILES.items()
                     if (k != "png" or dice) and (Path(args.output) / n).exists()]
