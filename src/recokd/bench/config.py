@@ -15,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from recokd.errors import UserError
+from recokd.errors import KDError, UserError
 from recokd.json_files import write_json_atomic
 from recokd.nnunet.layout import KD_TRAINER, KD_TRAINER_NO_DA, SHORT_TRAINER, SHORT_TRAINER_NO_DA
 from recokd.nnunet.optim import OPTIMIZER_TEXT, check_optimizer_name
@@ -77,7 +77,7 @@ def parse_methods(text: str | None, registered: list[str] | None = None) -> list
 
         try:
             terms = parse_method_spec(name)
-        except ValueError:
+        except KDError:
             return False
         return all(n in known and math.isfinite(w) and w > 0 for n, w in terms)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from recokd.errors import KDError
+
 
 def spatial_attention(g: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """``A_sp(v) = N * softmax_v(g / T)`` of the mean channel magnitude ``g`` (``B x N``) -> ``B x N``."""
@@ -24,7 +26,7 @@ def attention_maps(feat: torch.Tensor, temperature: float = 0.5) -> tuple[torch.
     Both maps average to 1. The softmaxes run in at least float32 (also under autocast).
     """
     if feat.dim() != 3:
-        raise ValueError(f"expected a flattened feature B x C x N, got shape {tuple(feat.shape)}")
+        raise KDError(f"expected a flattened feature B x C x N, got shape {tuple(feat.shape)}")
     dtype = torch.promote_types(feat.dtype, torch.float32)
     feat = feat.to(dtype)
     _, C, N = feat.shape

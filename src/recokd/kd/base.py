@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from recokd.errors import KDError
 from recokd.kd.levels import resolve_levels
 
 
@@ -109,7 +110,7 @@ class FeatureKD(KDMethod):
     ) -> dict[str, torch.Tensor | float]:
         n = self.num_levels
         if len(student_feats) != n or len(teacher_feats) != n:
-            raise ValueError(
+            raise KDError(
                 f"{type(self).__name__} was built for {n} levels but got {len(student_feats)} student and "
                 f"{len(teacher_feats)} teacher features"
             )
@@ -136,7 +137,7 @@ class FeatureKD(KDMethod):
         """Validate the target once per call: present if ``uses_target`` (methods that check its
         values extend this)."""
         if self.uses_target and target is None:
-            raise ValueError(f"{type(self).__name__} needs the ground-truth target (class masks)")
+            raise KDError(f"{type(self).__name__} needs the ground-truth target (class masks)")
 
     def level_losses(
         self,
@@ -152,12 +153,12 @@ class FeatureKD(KDMethod):
     def _check_pair(self, level: int, s: torch.Tensor, t: torch.Tensor) -> None:
         same_layout = s.dim() == t.dim() and s.shape[0] == t.shape[0] and s.shape[2:] == t.shape[2:]
         if s.dim() not in (4, 5) or not same_layout:
-            raise ValueError(
+            raise KDError(
                 f"level {level}: student feature {tuple(s.shape)} and teacher feature "
                 f"{tuple(t.shape)} must share batch and spatial size (B x C x D x H x W or B x C x H x W)"
             )
         if s.shape[1] != self.student_channels[level] or t.shape[1] != self.teacher_channels[level]:
-            raise ValueError(
+            raise KDError(
                 f"level {level}: expected {self.student_channels[level]} student / "
                 f"{self.teacher_channels[level]} teacher channels, got {s.shape[1]} / {t.shape[1]}"
             )

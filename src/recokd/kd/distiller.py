@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from recokd.errors import KDError
 from recokd.kd.base import KDMethod
 from recokd.kd.ema import unwrap
 from recokd.kd.partial import forward_features
@@ -48,7 +49,7 @@ class Distiller(nn.Module):
         super().__init__()
         teacher_taps = list(student_taps if teacher_taps is None else teacher_taps)
         if len(teacher_taps) != len(student_taps):
-            raise ValueError(
+            raise KDError(
                 f"{len(student_taps)} student taps but {len(teacher_taps)} teacher taps: one per level each"
             )
         self.teacher = teacher.eval().requires_grad_(False)

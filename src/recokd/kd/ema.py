@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from recokd.errors import KDError
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DistributedDataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)."""
@@ -29,7 +31,7 @@ class StudentEMA:
 
     def __init__(self, model: nn.Module, decay: float = 0.999):
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+            raise KDError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
         self.module = copy.deepcopy(unwrap(model)).eval()
         self.module.requires_grad_(False)

@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 
+from recokd.errors import KDError
+
 #: voxels per chunk: 32 channels x 16384 voxels x 4 bytes = 2 MiB per temporary
 DEFAULT_CHUNK = 16384
 
@@ -170,7 +172,7 @@ def sard_statistics(
         compiled: run the ``torch.compile``-d kernels (see the module docstring) instead.
     """
     if (weight is None) != (bias is None):
-        raise ValueError("adapter weight and bias must both be given or both be None")
+        raise KDError("adapter weight and bias must both be given or both be None")
     return SardStatistics(*_SardStatistics.apply(
         s.contiguous(), weight, bias, t.detach().contiguous(), a_ch.detach(), int(chunk), bool(compiled)
     ))

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from recokd.errors import KDError
+
 
 def resize_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Nearest-neighbour resize of a ``B x K x D x H x W`` label/region map to spatial ``size``.
@@ -34,7 +36,7 @@ def target_for_level(target: torch.Tensor | Sequence[torch.Tensor], size: Sequen
     if isinstance(target, torch.Tensor):
         return resize_target(target, size)
     if len(target) == 0:
-        raise ValueError("target list is empty: expected one label map per deep-supervision level")
+        raise KDError("target list is empty: expected one label map per deep-supervision level")
     for t in target:
         if tuple(t.shape[2:]) == tuple(size):
             return t
@@ -93,7 +95,7 @@ def region_weights(
             bg = bg & ~ignored
     else:
         if target.shape[1] != 1:
-            raise ValueError(
+            raise KDError(
                 f"integer label maps must have one channel (B x 1 x D x H x W), got shape "
                 f"{tuple(target.shape)}; pass regions=True for multi-channel region targets"
             )
@@ -117,7 +119,7 @@ def region_weights(
 
 
 def check_labels(target: torch.Tensor, num_classes: int, ignore_label: int | None) -> None:
-    """Raise a clear ``ValueError`` if an integer label map holds values outside ``0..K-1``.
+    """Raise a clear :class:`~recokd.errors.KDError` if an integer label map holds values outside ``0..K-1``.
 
     Only the range is checked (one ``min``/``max``), which catches the usual mistakes: a
     ``num_classes`` that forgot the background, or an ignore label that was not declared.
@@ -125,7 +127,7 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_label: int | Non
     lo, hi = int(target.min()), int(target.max())
     top = max(num_classes - 1, ignore_label if ignore_label is not None else -1)
     if lo < 0 or hi > top:
-        raise ValueError(
+        raise KDError(
             f"target holds label values in [{lo}, {hi}] but num_classes={num_classes}"
             + (f" and ignore_label={ignore_label}" if ignore_label is not None else "")
             + "; expected integer classes 0..num_classes-1 (0 = background) or the ignore label"

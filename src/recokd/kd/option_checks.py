@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from recokd.errors import KDError
+
 
 def _is_bool(v: Any) -> bool:
     return isinstance(v, bool)
@@ -82,10 +84,11 @@ def _rule_from_default(default: Any) -> tuple[Callable[[Any], bool], str] | None
 
 
 def check_option(method: str, name: str, value: Any, default: Any) -> None:
-    """Raise ``ValueError`` naming the method, the option and what is expected if ``value`` is bad."""
+    """Raise :class:`~recokd.errors.KDError` naming the method, the option and what is expected if
+    ``value`` is bad."""
     rule = OPTION_RULES.get(name) or _rule_from_default(default)
     if rule is None:
         return
     ok, expected = rule
     if not ok(value):
-        raise ValueError(f"option {name!r} of KD method {method!r} must be {expected}, got {value!r}")
+        raise KDError(f"option {name!r} of KD method {method!r} must be {expected}, got {value!r}")

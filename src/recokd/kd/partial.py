@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from recokd.errors import UserError
+from recokd.errors import KDError
 from recokd.kd.taps import FeatureTaps
 
 ENCODER = "encoder"
@@ -69,7 +69,7 @@ def forward_features(network: nn.Module, x: torch.Tensor, paths: Sequence[str]) 
     ``torch.no_grad()``.
 
     Raises:
-        UserError: an unknown path.
+        KDError: an unknown path.
         RuntimeError: a tapped module did not run during the forward (named in the message).
     """
     paths = list(paths)
@@ -106,11 +106,11 @@ def tap_channels(network: nn.Module, paths: Sequence[str], input_shape: Sequence
     no normalisation statistics are updated; every module's training flag is restored afterwards.
 
     Raises:
-        UserError: bad ``input_shape``, or the forward failed for that shape.
+        KDError: bad ``input_shape``, or the forward failed for that shape.
     """
     shape = tuple(int(s) for s in input_shape)
     if len(shape) < 3 or any(s < 1 for s in shape):
-        raise UserError(
+        raise KDError(
             f"input_shape must be (B, C_in, *spatial) with positive sizes, got {tuple(input_shape)}"
         )
     param = next(iter(network.parameters()), None)
@@ -124,7 +124,7 @@ def tap_channels(network: nn.Module, paths: Sequence[str], input_shape: Sequence
             try:
                 feats = forward_features(network, x, paths)
             except RuntimeError as e:
-                raise UserError(
+                raise KDError(
                     f"forward of a zero tensor of shape {shape} through {type(network).__name__} failed "
                     f"while probing tap channels: {e}. Check input_shape (B, C_in, *spatial): C_in must "
                     "match the network and the spatial size must suit its strides."
@@ -134,5 +134,5 @@ def tap_channels(network: nn.Module, paths: Sequence[str], input_shape: Sequence
             m.training = mode
     for p, f in zip(paths, feats, strict=True):
         if f.dim() < 2:
-            raise UserError(f"tap {p!r} produced a tensor of shape {tuple(f.shape)}; expected (B, C, ...)")
+            raise KDError(f"tap {p!r} produced a tensor of shape {tuple(f.shape)}; expected (B, C, ...)")
     return [int(f.shape[1]) for f in feats]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recokd.errors import KDError
 from recokd.kd.adapters import make_adapter
 from recokd.kd.attention import attention_maps, channel_attention, spatial_attention
 from recokd.kd.base import FeatureKD
@@ -79,9 +80,9 @@ class ReCoKD(FeatureKD):
     ):
         super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         if context not in ("gc", "affinity"):
-            raise ValueError(f"context must be 'gc' or 'affinity', got {context!r}")
+            raise KDError(f"context must be 'gc' or 'affinity', got {context!r}")
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise KDError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.tau = float(tau)
         self.coef = {"fg": float(fg), "bg": float(bg), "att": float(att), "ctx": float(ctx)}
@@ -109,7 +110,7 @@ class ReCoKD(FeatureKD):
         if not self.uses_sard:
             return
         if target is None:
-            raise ValueError("ReCoKD needs the ground-truth target for MS-SARD (fg/bg weights)")
+            raise KDError("ReCoKD needs the ground-truth target for MS-SARD (fg/bg weights)")
         if self.validate_targets and not self.regions:
             check_labels(target if isinstance(target, torch.Tensor) else target[0], self.num_classes,
                          self.ignore_label)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recokd.errors import KDError
 from recokd.kd.base import KDMethod
 from recokd.kd.option_checks import check_option
 
@@ -69,7 +70,7 @@ def register_kd_method(name: str, description: str, **defaults: Any) -> Callable
 
     def decorate(factory: Factory) -> Factory:
         if name in _REGISTRY:
-            raise ValueError(f"KD method {name!r} is already registered")
+            raise KDError(f"KD method {name!r} is already registered")
         _REGISTRY[name] = MethodInfo(name, factory, description, dict(defaults))
         return factory
 
@@ -82,7 +83,8 @@ def available_methods() -> dict[str, MethodInfo]:
 
 
 def accepted_options(spec: str) -> set[str]:
-    """Names of the options any term of ``spec`` accepts (raises ``ValueError`` on a bad spec)."""
+    """Names of the options any term of ``spec`` accepts (raises :class:`~recokd.errors.KDError` on a
+    bad spec)."""
     out: set[str] = set()
     for name, _ in parse_method_spec(spec):
         out |= set(_REGISTRY[name].options())
@@ -97,15 +99,15 @@ def parse_method_spec(spec: str) -> list[tuple[str, float]]:
         name, _, weight = raw.partition(":")
         name = name.strip()
         if name not in _REGISTRY:
-            raise ValueError(
+            raise KDError(
                 f"unknown KD method {name!r} in {spec!r}; available: {', '.join(sorted(_REGISTRY))}"
             )
         try:
             w = float(weight) if weight else 1.0
         except ValueError:
-            raise ValueError(f"bad weight {weight!r} for KD method {name!r} in {spec!r}") from None
+            raise KDError(f"bad weight {weight!r} for KD method {name!r} in {spec!r}") from None
         if any(n == name for n, _ in terms):
-            raise ValueError(f"KD method {name!r} appears twice in {spec!r}")
+            raise KDError(f"KD method {name!r} appears twice in {spec!r}")
         terms.append((name, w))
     return terms
 
@@ -153,14 +155,14 @@ def build_kd_method(
         target_name, dot, opt = key.partition(".")
         if dot:
             if target_name not in per_term:
-                raise ValueError(f"option {key!r} names KD method {target_name!r}, not in {spec!r}")
+                raise KDError(f"option {key!r} names KD method {target_name!r}, not in {spec!r}")
             if opt not in _REGISTRY[target_name].options():
-                raise ValueError(_unknown_option(target_name, opt))
+                raise KDError(_unknown_option(target_name, opt))
             per_term[target_name][opt] = value
             continue
         takers = [name for name in per_term if key in _REGISTRY[name].options()]
         if not takers:
-            raise ValueError(
+            raise KDError(
                 f"option {key!r} is not accepted by " + ", ".join(_unknown_option(n, key) for n in per_term)
             )
         for name in takers:

@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from recokd.errors import KDError
+
 SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -27,13 +29,13 @@ class KDSchedule:
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
-            raise ValueError(f"unknown KD schedule {self.name!r}; choose one of {', '.join(SCHEDULES)}")
+            raise KDError(f"unknown KD schedule {self.name!r}; choose one of {', '.join(SCHEDULES)}")
         if self.lambda_max < 0:
-            raise ValueError(f"lambda_max must be >= 0, got {self.lambda_max}")
+            raise KDError(f"lambda_max must be >= 0, got {self.lambda_max}")
         if not 0 <= self.warmup_fraction <= 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
+            raise KDError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
         if self.total_epochs < 1:
-            raise ValueError(f"total_epochs must be >= 1, got {self.total_epochs}")
+            raise KDError(f"total_epochs must be >= 1, got {self.total_epochs}")
 
     def progress(self, epoch: float) -> float:
         """Fraction of the warm-up done at ``epoch`` (1 when there is no warm-up)."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from recokd.errors import UserError
+from recokd.errors import KDError
 
 _MAX_LISTED = 20
 
@@ -38,11 +38,11 @@ def resolve_module(root: nn.Module, path: str) -> nn.Module:
     exactly like :meth:`torch.nn.Module.get_submodule`.
 
     Raises:
-        UserError: the path does not exist; the message names the path, the first component that
+        KDError: the path does not exist; the message names the path, the first component that
             failed, the module reached so far and the child names available there.
     """
     if not isinstance(path, str):
-        raise UserError(f"a tap path must be a dotted string such as 'encoder.stages.0', got {path!r}")
+        raise KDError(f"a tap path must be a dotted string such as 'encoder.stages.0', got {path!r}")
     if path == "":
         return root
     module = root
@@ -59,7 +59,7 @@ def resolve_module(root: nn.Module, path: str) -> nn.Module:
                     " The network looks wrapped (torch.compile / DistributedDataParallel): resolve taps on "
                     "the unwrapped module (recokd.kd.ema.unwrap)."
                 )
-            raise UserError(
+            raise KDError(
                 f"module path {path!r} does not exist in {type(root).__name__}: component {part!r} not found "
                 f"under {where} ({type(module).__name__}). "
                 f"Available there: {_list_names(list(children))}.{hint}"
@@ -77,7 +77,7 @@ def _first_tensor(output: Any, path: str) -> torch.Tensor:
         for item in output:
             if isinstance(item, torch.Tensor):
                 return item
-    raise UserError(
+    raise KDError(
         f"tap {path!r} returned {type(output).__name__}, not a tensor (or a tuple/list holding one); "
         "tap a submodule whose output is a feature tensor"
     )
@@ -101,7 +101,7 @@ class FeatureTaps:
           :meth:`clear` forgets all captures. Captures survive ``__exit__``/:meth:`remove`.
         - If a tapped module returns a tuple/list, its first tensor element is captured.
         - Nothing is detached or copied: gradients flow through captured features.
-        - Paths are resolved on construction (unknown path -> :class:`~recokd.errors.UserError`).
+        - Paths are resolved on construction (unknown path -> :class:`~recokd.errors.KDError`).
           An empty ``paths`` is allowed (no hooks, ``features()`` is ``[]``).
 
     Args:
@@ -118,7 +118,7 @@ class FeatureTaps:
         on_capture: Callable[[int], None] | None = None,
     ):
         if isinstance(paths, str):
-            raise UserError(f"tap paths must be a list of dotted paths, got the single string {paths!r}")
+            raise KDError(f"tap paths must be a list of dotted paths, got the single string {paths!r}")
         self.module = module
         self.paths = list(paths)
         self.modules = [resolve_module(module, p) for p in self.paths]
@@ -203,16 +203,16 @@ def default_nnunet_taps(network: nn.Module) -> list[str]:
     last (the bottleneck), highest resolution first.
 
     Raises:
-        UserError: the network has no ``encoder.stages`` with at least two stages.
+        KDError: the network has no ``encoder.stages`` with at least two stages.
     """
     stages = getattr(getattr(network, "encoder", None), "stages", None)
     if not isinstance(stages, nn.Sequential | nn.ModuleList):
-        raise UserError(
+        raise KDError(
             f"{type(network).__name__} is not an nnU-Net network: it has no 'encoder.stages' "
             "(nn.Sequential of resolution stages). Pass explicit tap paths instead."
         )
     if len(stages) < 2:
-        raise UserError(
+        raise KDError(
             f"{type(network).__name__}.encoder.stages has {len(stages)} stage(s); distillation taps every "
             "stage except the bottleneck, so at least 2 are needed"
         )
@@ -242,7 +242,7 @@ def default_taps(network: nn.Module) -> list[str]:
         - MONAI SegResNet (and subclasses): ``["down_layers.0", ..., "down_layers.{n-2}"]``.
 
     Raises:
-        UserError: unknown architecture; pass explicit tap paths.
+        KDError: unknown architecture; pass explicit tap paths.
     """
     if isinstance(getattr(getattr(network, "encoder", None), "stages", None), nn.Sequential | nn.ModuleList):
         return default_nnunet_taps(network)
@@ -252,9 +252,9 @@ def default_taps(network: nn.Module) -> list[str]:
     if _is_segresnet(network):
         down = network.down_layers
         if len(down) < 2:
-            raise UserError(f"{type(network).__name__} has {len(down)} down layer(s); at least 2 are needed")
+            raise KDError(f"{type(network).__name__} has {len(down)} down layer(s); at least 2 are needed")
         return [f"down_layers.{i}" for i in range(len(down) - 1)]
-    raise UserError(
+    raise KDError(
         f"no default feature taps for {type(network).__name__} (known: nnU-Net PlainConvUNet/"
         "ResidualEncoderUNet, MONAI DynUNet, SegResNet). Pass explicit tap paths, e.g. the dotted names "
         f"of its encoder stages; top-level modules: {_list_names(list(network._modules))}"

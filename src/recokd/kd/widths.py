@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from recokd.errors import KDError
+
 
 def scale_width(width: int, t: int, c_min: int = 4) -> int:
     """Return ``max(c_min, width // 2**t)`` (spec section 1: ``C'_i = max(C_min, C_i / 2**t)``).
@@ -13,11 +15,11 @@ def scale_width(width: int, t: int, c_min: int = 4) -> int:
     the teacher itself is narrower, in which case the teacher width is kept).
     """
     if not isinstance(t, int) or t < 0:
-        raise ValueError(f"width reduction exponent t must be a non-negative integer, got {t!r}")
+        raise KDError(f"width reduction exponent t must be a non-negative integer, got {t!r}")
     if c_min < 1:
-        raise ValueError(f"c_min must be >= 1, got {c_min!r}")
+        raise KDError(f"c_min must be >= 1, got {c_min!r}")
     if width < 1:
-        raise ValueError(f"widths must be positive integers, got {width!r}")
+        raise KDError(f"widths must be positive integers, got {width!r}")
     # a student is never wider than its teacher, even if the teacher is below the floor
     return min(width, max(c_min, width // (2**t)))
 

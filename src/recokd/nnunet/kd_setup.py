@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from recokd.errors import UserError
+from recokd.errors import KDError, UserError
 
 
 @dataclass
@@ -47,7 +47,7 @@ def kd_options(
 
     try:
         accepted = accepted_options(method)
-    except ValueError as e:
+    except KDError as e:
         raise UserError(f"{where}: field 'method': {e}") from e
     options = dict(method_options)
     if "ignore_label" in options and options["ignore_label"] != ignore_label:
@@ -87,7 +87,7 @@ def build_kd_for(
     teacher_channels = tap_channels(teacher, teacher_taps, input_shape)
     try:
         built = build_kd_method(method, student_channels, teacher_channels, num_classes, **options)
-    except (ValueError, TypeError) as e:
+    except (KDError, TypeError) as e:
         raise UserError(
             f"{where}: cannot build KD method {method!r} with options {options} for these networks "
             f"({len(student_taps)} tapped stages, student channels {student_channels}, teacher channels "

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from recokd.errors import KDError
 from recokd.kd.base import KDMethod
 from recokd.kd.baselines.logits import full_resolution_logits
 
@@ -73,12 +74,12 @@ class DISTKD(KDMethod):
     ):
         super().__init__()
         if not (tau > 0 and tau < float("inf")):
-            raise ValueError(f"tau must be finite and > 0, got {tau}")
+            raise KDError(f"tau must be finite and > 0, got {tau}")
         for name, value in (("beta", beta), ("gamma", gamma)):
             if not (value >= 0 and value < float("inf")):
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+                raise KDError(f"{name} must be finite and >= 0, got {value}")
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (DIST correlates over classes), got {num_classes}")
+            raise KDError(f"num_classes must be >= 2 (DIST correlates over classes), got {num_classes}")
         self.num_classes = int(num_classes)
         self.tau = float(tau)
         self.beta = float(beta)

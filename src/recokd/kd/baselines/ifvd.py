@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from recokd.errors import KDError
 from recokd.kd.base import FeatureKD
 from recokd.kd.baselines.common import EPS
 from recokd.kd.masks import check_labels, target_for_level
@@ -87,7 +88,7 @@ class IFVD(FeatureKD):
         """``B x 1 x ...`` label map -> (``B x N`` class ids with ignored voxels sent to the spare
         id ``K``, ``B x N`` validity mask)."""
         if y.shape[1] != 1:
-            raise ValueError(
+            raise KDError(
                 f"integer label maps must have one channel (B x 1 x D x H x W), got shape {tuple(y.shape)}; "
                 "pass regions=True for multi-channel region targets"
             )

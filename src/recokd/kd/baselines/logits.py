@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from recokd.errors import KDError
 from recokd.kd.base import KDMethod
 
 
@@ -45,9 +46,9 @@ class LogitKD(KDMethod):
     ):
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise KDError(f"temperature must be > 0, got {temperature}")
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise KDError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.temperature = float(temperature)
         self.regions = bool(regions)
@@ -86,18 +87,18 @@ def full_resolution_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The full-resolution ``B x K x D x H x W`` logits of student and teacher (a deep-supervision
     list gives its first entry), checked to exist, to have one shape and ``num_classes`` channels;
-    ValueError naming ``method`` otherwise."""
+    KDError naming ``method`` otherwise."""
     if student_logits is None or teacher_logits is None:
-        raise ValueError(f"{method} needs student_logits and teacher_logits (B x K x D x H x W)")
+        raise KDError(f"{method} needs student_logits and teacher_logits (B x K x D x H x W)")
     zs = student_logits if isinstance(student_logits, torch.Tensor) else student_logits[0]
     zt = teacher_logits if isinstance(teacher_logits, torch.Tensor) else teacher_logits[0]
     if zs.shape != zt.shape or zs.dim() < 3:
-        raise ValueError(
+        raise KDError(
             f"student logits {tuple(zs.shape)} and teacher logits {tuple(zt.shape)} must have the "
             "same shape B x K x D x H x W"
         )
     if zs.shape[1] != num_classes:
-        raise ValueError(f"{method} was built for {num_classes} classes, logits have {zs.shape[1]}")
+        raise KDError(f"{method} was built for {num_classes} classes, logits have {zs.shape[1]}")
     return zs, zt
 
 

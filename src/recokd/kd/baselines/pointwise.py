@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recokd.errors import KDError
 from recokd.kd.adapters import make_adapter
 from recokd.kd.base import FeatureKD
 from recokd.kd.baselines.common import l2_normalise
@@ -94,7 +95,7 @@ class ChannelWiseDistillation(FeatureKD):
     ):
         super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise KDError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.coef = {"cwd": 1.0}
         self.adapters = nn.ModuleList(

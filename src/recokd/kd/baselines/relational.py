@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from recokd.errors import KDError
 from recokd.kd.base import FeatureKD
 from recokd.kd.baselines.common import check_grid, l2_normalise, pool_to_grid
 
@@ -85,7 +86,7 @@ class CrossImageRelationalKD(FeatureKD):
         super().__init__(student_channels, teacher_channels, num_classes, **level_options)
         check_grid(grid, pool)
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise KDError(f"temperature must be > 0, got {temperature}")
         self.grid, self.pool, self.temperature = int(grid), pool, float(temperature)
         self.coef = {"cirkd": 1.0}
 
@@ -144,7 +145,7 @@ class RelationalKD(FeatureKD):
         check_grid(grid, pool)
         self.grid, self.pool, self.across_batch = int(grid), pool, bool(across_batch)
         if distance_weight == 0 and angle_weight == 0:
-            raise ValueError("RKD needs distance_weight or angle_weight != 0 (both are 0: nothing to distil)")
+            raise KDError("RKD needs distance_weight or angle_weight != 0 (both are 0: nothing to distil)")
         self.coef = {"dist": float(distance_weight), "angle": float(angle_weight)}
 
     def _points(self, f: torch.Tensor) -> torch.Tensor:
