@@ -1,4 +1,4 @@
-"""Channel adapters ``A_l`` (spec section 2)."""
+"""Channel adapters ``A_l`` (docs/method.md section 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MS-CA: multi-scale context alignment (spec section 4).
+"""MS-CA: multi-scale context alignment (docs/method.md section 4).
 
 Two variants:
 
@@ -15,7 +15,7 @@ from torch import nn
 
 
 class GlobalContextBlock(nn.Module):
-    """Global-context transform of spec section 4, computed as the additive per-channel term.
+    """Global-context transform of docs/method.md section 4, computed as the additive per-channel term.
 
     ``R(F) = F + delta(F)`` where ``delta(F) = W2 ReLU(GN(W1 ctx))`` is a ``B x C`` vector broadcast
     over voxels, so :meth:`delta` is all a loss needs (``R`` itself is :meth:`forward`).
@@ -104,7 +104,7 @@ def gc_alignment_loss(
 
 
 def affinity_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Voxel-affinity alignment ``||A_S - A_T||_F^2 / N^2`` with ``A = Z^T Z`` (spec section 4).
+    """Voxel-affinity alignment ``||A_S - A_T||_F^2 / N^2`` with ``A = Z^T Z`` (docs/method.md section 4).
 
     ``student`` is ``B x C_s x N``, ``teacher`` ``B x C_t x N`` (channel counts may differ); ``Z``
     is each feature L2-normalised over channels per voxel. Uses the exact identity

@@ -1,4 +1,4 @@
-"""Exponential moving average of the student's weights (spec section 5, optional)."""
+"""Exponential moving average of the student's weights (docs/method.md section 5, optional)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Memory-lean, chunked computation of the non-linear MS-SARD statistics (spec section 3).
+"""Memory-lean, chunked computation of the non-linear MS-SARD statistics (docs/method.md section 3).
 
 MS-SARD and the context loss need, per level, only a few reductions of the adapted student
 feature ``S~ = W S + b`` (``B x C x N``) against the teacher feature ``T``:

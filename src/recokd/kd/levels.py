@@ -1,5 +1,5 @@
 """Feature-level bookkeeping shared by every multi-level KD loss: channel lists and level weights
-(spec section 5)."""
+(docs/method.md section 5)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from recokd.errors import KDError
 
 
 def default_level_weights(num_levels: int, alpha: float = 0.4) -> list[float]:
-    """``w_l ∝ r**l`` with ``r = 2**(-3 alpha)``, normalised to sum 1 (spec section 5).
+    """``w_l ∝ r**l`` with ``r = 2**(-3 alpha)``, normalised to sum 1 (docs/method.md section 5).
 
     Level 0 is the highest resolution; with ``alpha > 0`` it dominates (a level with 8x fewer
     voxels weighs ``2**(-3 alpha)`` as much).

@@ -1,4 +1,4 @@
-"""Class-aware, size-normalised region weights for MS-SARD (spec section 3).
+"""Class-aware, size-normalised region weights for MS-SARD (docs/method.md section 3).
 
 Shapes: label maps are ``B x 1 x D x H x W`` (integer classes) or ``B x R x D x H x W``
 (binary region channels, nnU-Net's region-based training); weights are returned flattened,
@@ -58,7 +58,7 @@ def region_weights(
     tau: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground and background voxel weights ``(W_fg, W_bg)``, each ``B x N`` (spec section 3).
+    """Foreground and background voxel weights ``(W_fg, W_bg)``, each ``B x N`` (docs/method.md section 3).
 
     Integer label maps (``B x 1 x ...``, classes ``0..num_classes-1``, 0 = background)::
 

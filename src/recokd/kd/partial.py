@@ -1,6 +1,6 @@
 """The partial (cheap) teacher forward: run a network only as far as its feature taps need.
 
-ReCo-KD distils encoder features only (spec section 1), so the teacher's decoder never has to run.
+ReCo-KD distils encoder features only (docs/method.md section 1), so the teacher's decoder never has to run.
 :func:`forward_features` saves that cost in two ways:
 
 - ``"encoder"`` mode: every tap lies under ``network.encoder`` (nnU-Net nets): only

@@ -30,11 +30,11 @@ class ReCoKD(FeatureKD):
         alpha, level_weights: the level weights (docs/method.md section 5), as every
             :class:`~recokd.kd.base.FeatureKD`: ``alpha`` is ignored if ``level_weights`` is given
             (used as given, not renormalised).
-        temperature: ``T`` of the attention softmaxes (spec 3), default 0.5.
+        temperature: ``T`` of the attention softmaxes (docs/method.md section 3), default 0.5.
         tau: exponent on the size-normalised weights (1: every class weighs 1; 0: plain masks).
-        fg, bg, att, ctx: component coefficients (spec 5, all 1). A coefficient of 0 skips that
-            component's computation (MS-SARD-only: ``ctx=0``; MS-CA-only: ``fg=bg=att=0``).
-        context: ``"gc"`` (global-context blocks, default) or ``"affinity"`` (spec 4).
+        fg, bg, att, ctx: component coefficients (docs/method.md section 5, all 1). A coefficient of 0
+            skips that component's computation (MS-SARD-only: ``ctx=0``; MS-CA-only: ``fg=bg=att=0``).
+        context: ``"gc"`` (global-context blocks, default) or ``"affinity"`` (docs/method.md section 4).
         freeze_adapters: ablation: keep the adapters at their random initialisation.
         ignore_label: nnU-Net's ignore label, weight 0 in both region masks.
         regions: targets are multi-channel binary region maps (nnU-Net region training).
@@ -50,7 +50,7 @@ class ReCoKD(FeatureKD):
 
     ``L = sum_l w_l (c_fg L_fg + c_bg L_bg + c_att L_att + c_ctx L_ctx)``; the schedule weight
     ``lambda(e)`` is applied by the trainer. The computation runs outside autocast, in at least
-    float32; ``E`` (spec 3) is computed once per level and shared by ``L_fg`` and ``L_bg``.
+    float32; ``E`` (docs/method.md section 3) is computed once per level and shared by ``L_fg`` and ``L_bg``.
     """
 
     uses_features = True

@@ -1,4 +1,4 @@
-"""KD weight schedules ``lambda(e)`` over epochs (spec section 5)."""
+"""KD weight schedules ``lambda(e)`` over epochs (docs/method.md section 5)."""
 
 from __future__ import annotations
 

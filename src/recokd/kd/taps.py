@@ -2,7 +2,7 @@
 
 A *tap* is a dotted module path relative to a network, e.g. ``"encoder.stages.0"`` (integer
 components index ``nn.Sequential``/``nn.ModuleList``). The distilled levels of ReCo-KD are the
-outputs of every encoder stage except the bottleneck (spec section 1); :func:`default_taps` finds
+outputs of every encoder stage except the bottleneck (docs/method.md section 1); :func:`default_taps` finds
 them for nnU-Net and MONAI networks by duck typing (no nnunetv2/monai import).
 """
 

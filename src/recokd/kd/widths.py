@@ -1,4 +1,4 @@
-"""Channel-width scaling of a student (spec section 1)."""
+"""Channel-width scaling of a student (docs/method.md section 1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from recokd.errors import KDError
 
 
 def scale_width(width: int, t: int, c_min: int = 4) -> int:
-    """Return ``max(c_min, width // 2**t)`` (spec section 1: ``C'_i = max(C_min, C_i / 2**t)``).
+    """Return ``max(c_min, width // 2**t)`` (docs/method.md section 1: ``C'_i = max(C_min, C_i / 2**t)``).
 
     Widths that are not divisible by ``2**t`` are rounded down; the floor ``c_min`` is never
     exceeded downwards. ``t = 0`` returns ``width`` unchanged (but never below ``c_min``... unless
@@ -25,7 +25,7 @@ def scale_width(width: int, t: int, c_min: int = 4) -> int:
 
 
 def scale_widths(widths: Sequence[int], t: int, c_min: int = 4) -> list[int]:
-    """Scale every stage width: ``[max(c_min, C_i // 2**t) for C_i in widths]`` (spec section 1).
+    """Scale every stage width: ``[max(c_min, C_i // 2**t) for C_i in widths]`` (docs/method.md section 1).
 
     >>> scale_widths([32, 64, 128, 256, 320, 320], t=2)
     [8, 16, 32, 64, 80, 80]

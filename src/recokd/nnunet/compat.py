@@ -1,7 +1,7 @@
 """Check that a student nnU-Net setup can be distilled from a given teacher.
 
 ReCo-KD feeds the *same* batch to teacher and student and compares features level by level
-(spec sections 1 and 3), so both must see identically preprocessed data (spacing, orientation,
+(docs/method.md sections 1 and 3), so both must see identically preprocessed data (spacing, orientation,
 normalisation, channels), have the same number of stages and the same strides and kernels (the
 per-level feature maps must have the same spatial size), use the same patch size, and mean the same
 thing by each output channel (labels/regions, ignore label). Only the widths may differ; that is

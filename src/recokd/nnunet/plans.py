@@ -1,4 +1,4 @@
-"""Student plans: the teacher's nnU-Net plan with every stage width scaled (spec section 1).
+"""Student plans: the teacher's nnU-Net plan with every stage width scaled (docs/method.md section 1).
 
 A ReCo-KD student is the *same* nnU-Net plan as its teacher with every stage width scaled as
 ``C'_i = max(C_min, C_i // 2**t)`` (:func:`recokd.kd.widths.scale_widths`); depth, kernel sizes,
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
     from torch import nn
 
-#: C_min used when none is given (spec section 1 [choice])
+#: C_min used when none is given (docs/method.md section 1 [choice])
 DEFAULT_C_MIN = 4
 
 #: network class (last component of ``network_class_name``) -> ``arch_kwargs`` holding channel counts

@@ -1,4 +1,4 @@
-"""Helpers shared by the feature-based baseline KD methods (spec section 7): pooling to a grid of
+"""Helpers shared by the feature-based baseline KD methods (docs/method.md section 7): pooling to a grid of
 cells, option checks, L2 normalisation. Their per-level loop is :class:`recokd.kd.base.FeatureKD`'s."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DIST (Huang et al., NeurIPS 2022) on full-resolution segmentation logits (spec section 7)."""
+"""DIST (Huang et al., NeurIPS 2022) on full-resolution segmentation logits (docs/method.md section 7)."""
 
 from __future__ import annotations
 

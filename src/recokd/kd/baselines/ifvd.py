@@ -1,4 +1,4 @@
-"""IFVD: intra-class feature variation distillation (Wang et al. 2020), spec section 7."""
+"""IFVD: intra-class feature variation distillation (Wang et al. 2020), docs/method.md section 7."""
 
 from __future__ import annotations
 

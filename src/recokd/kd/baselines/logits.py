@@ -1,4 +1,4 @@
-"""Logit KD (Hinton et al. 2015) on full-resolution segmentation logits (spec section 7)."""
+"""Logit KD (Hinton et al. 2015) on full-resolution segmentation logits (docs/method.md section 7)."""
 
 from __future__ import annotations
 

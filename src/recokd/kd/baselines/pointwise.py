@@ -1,4 +1,4 @@
-"""Point-wise feature baselines of spec section 7: FitNet, attention transfer (AT), CWD."""
+"""Point-wise feature baselines of docs/method.md section 7: FitNet, attention transfer (AT), CWD."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class FitNet(FeatureKD):
     """FitNet (Romero et al. 2015): ``L_l = mean_{b,c,v} (A_l(S_l)[b,c,v] - T_l[b,c,v])**2``.
 
     ``A_l`` is the 1x1x1 regressor ``C'_l -> C_l`` with bias (trained with the student), the
-    identity where the channel counts already agree (as ReCo-KD's adapters, spec section 2).
+    identity where the channel counts already agree (as ReCo-KD's adapters, docs/method.md section 2).
     Features are not normalised. Levels are combined with ``alpha`` / ``level_weights`` as in
     :class:`~recokd.kd.baselines.common.FeatureKD`. Logs ``"fitnet/<l>"`` and ``"fitnet"``.
     """
@@ -43,7 +43,7 @@ class FitNet(FeatureKD):
 
 
 class AttentionTransfer(FeatureKD):
-    """Attention transfer (Zagoruyko & Komodakis 2017), spec section 7:
+    """Attention transfer (Zagoruyko & Komodakis 2017), docs/method.md section 7:
 
     ``a(F)[b] = vec(mean_c F[b,c]**2)`` (a length-``N`` vector per sample),
     ``L_l = mean_b || a_S[b] / |a_S[b]| - a_T[b] / |a_T[b]| ||_2``.
@@ -72,7 +72,7 @@ class AttentionTransfer(FeatureKD):
 
 
 class ChannelWiseDistillation(FeatureKD):
-    """Channel-wise distillation (Shu et al. 2021), spec section 7:
+    """Channel-wise distillation (Shu et al. 2021), docs/method.md section 7:
 
     ``p(F)[b,c,:] = softmax_v(F[b,c,v] / T)`` (a distribution over voxels per channel),
     ``L_l = T**2 / (B C_l) * sum_{b,c} KL(p(T_l)[b,c] || p(A_l(S_l))[b,c])``.

@@ -1,4 +1,4 @@
-"""Relational (pairwise) baselines of spec section 7: SKD, CIRKD (memory-free), RKD.
+"""Relational (pairwise) baselines of docs/method.md section 7: SKD, CIRKD (memory-free), RKD.
 
 All three compare relations among *pooled* voxels: each level is first pooled to at most
 ``grid`` cells per axis (:func:`~recokd.kd.baselines.common.pool_to_grid`), so the relation
@@ -21,7 +21,7 @@ from recokd.kd.baselines.common import check_grid, l2_normalise, pool_to_grid
 
 
 class StructuredKD(FeatureKD):
-    """Pair-wise distillation of SKD (Liu et al. 2019), spec section 7:
+    """Pair-wise distillation of SKD (Liu et al. 2019), docs/method.md section 7:
 
     ``z[b] = pool(F)[b]`` L2-normalised per cell (``C x n``), ``A[b] = z[b]^T z[b]`` (``n x n``
     cosine similarities), ``L_l = mean_{b,i,j} (A_S[b,i,j] - A_T[b,i,j])**2``.
@@ -58,7 +58,7 @@ class StructuredKD(FeatureKD):
 
 
 class CrossImageRelationalKD(FeatureKD):
-    """Memory-free CIRKD (Yang et al. 2022; its mini-batch pixel-to-pixel term), spec section 7:
+    """Memory-free CIRKD (Yang et al. 2022; its mini-batch pixel-to-pixel term), docs/method.md section 7:
 
     ``z[b]`` = pooled cells of sample ``b``, L2-normalised (``C x n``); for every ordered pair of
     samples ``(i, j)`` of the batch (``i = j`` included) ``M_ij = z[i]^T z[j] / tau`` (``n x n``),
@@ -105,7 +105,7 @@ class CrossImageRelationalKD(FeatureKD):
 
 
 class RelationalKD(FeatureKD):
-    """Relational KD (Park et al. 2019), spec section 7, on pooled voxel embeddings:
+    """Relational KD (Park et al. 2019), docs/method.md section 7, on pooled voxel embeddings:
 
     points ``x_i`` = the pooled cells of one sample (``across_batch=False``, default) or of the
     whole batch (``across_batch=True``; with ``grid=1`` that is RKD on global-average embeddings).
