@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/evidence_study.sh [STEP ...]
 #   STEP: data teacher students curves sweep adam-students adam-curves adam-sweep adam-long final int8 backends
+#         few-data few-sweep few-final (regime 3: students on FEW_CASES of the teacher's training cases)
 #   (default: all but int8 and backends, the deployment figures of issue 13, written to DEPLOY)
 #   STEP env: print the study's nnU-Net environment as export lines, for commands run by hand:
 #   eval "$(bash benchmarks/evidence_study.sh env)"
@@ -26,11 +27,11 @@ SEEDS=${SEEDS:-3}
 DATA=$STUDY/data
 if [ "${TINY:-0}" = 1 ]; then
     CASES=10 TEST_CASES=2 VAL_CASES=2 ITERS=2 TEACHER_VAL_ITERS=1 VAL_ITERS=1 TEACHER_EPOCHS=1 STUDENT_EPOCHS=1
-    CALIBRATION_CASES=4 SEEDS=1
+    CALIBRATION_CASES=4 SEEDS=1 FEW_CASES=6
 else
     # the study's regime (RESULTS.md): 60 + 16 phantoms, 50 iterations per epoch, teacher 40 epochs, students 10
     CASES=60 TEST_CASES=16 VAL_CASES=16 ITERS=50 TEACHER_VAL_ITERS=4 VAL_ITERS=2 TEACHER_EPOCHS=40 STUDENT_EPOCHS=10
-    CALIBRATION_CASES=8
+    CALIBRATION_CASES=8 FEW_CASES=${FEW_CASES:-12}
 fi
 run() {  # run [VAR=VALUE ...] COMMAND ARGS...: print the command (the study's record), then run it
     local shown=() a
@@ -173,6 +174,52 @@ if want final; then
     # the comparison on the test phantoms with the setting chosen on the validation split (RESULTS.md)
     bench_adam "$STUDY/final" --kd-weight "${KD_WEIGHT:-0.01}" --warmup "${WARMUP:-0.2}" --seeds "$SEEDS" \
         --methods reco,reco-sard,reco-ca,cwd,fitnet,logits,dist
+fi
+
+# regime 3: the students learn from fewer cases than the teacher (a realistic setting: the teacher exists,
+# students are cheap to retrain). Dataset803 holds the first FEW_CASES training phantoms of Dataset801 (the
+# teacher's dataset), preprocessed with the teacher's own plans (nnU-Net's move_plans_between_datasets), so
+# every student sees FEW_CASES cases (nnU-Net fold 0: 80% train, 20% validation) while the teacher saw 48.
+FEW_DATASET=Dataset803_P32s2p0Few
+STUDENT_FEW=(--no-augmentation --iters-per-epoch "$ITERS" --val-iters "$VAL_ITERS" --epochs $((2 * STUDENT_EPOCHS))
+    -t "$ADAM_T" --optimizer adam --device cpu --no-progress)
+bench_few() {  # bench_few FOLDER ARGS...: a regime-3 student bench (Dataset803) against the Dataset801 teacher
+    local out=$1; shift
+    run "$BIN/recokd" bench --dataset 803 --teacher "$TEACHER" -o "$out" "${STUDENT_FEW[@]}" "$@"
+}
+if want few-data; then
+    few=$nnUNet_raw/$FEW_DATASET
+    if [ ! -f "$few/dataset.json" ]; then
+        mkdir -p "$few/imagesTr" "$few/labelsTr"
+        ls "$nnUNet_raw/$DATASET/labelsTr" | head -n "$FEW_CASES" | while read -r label; do
+            cp "$nnUNet_raw/$DATASET/labelsTr/$label" "$few/labelsTr/"
+            cp "$nnUNet_raw/$DATASET/imagesTr/${label%.nii.gz}_0000.nii.gz" "$few/imagesTr/"
+        done
+        cp -r "$nnUNet_raw/$DATASET/imagesTs" "$nnUNet_raw/$DATASET/labelsTs" "$few/"
+        "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); d['numTraining'] = int(sys.argv[2]); \
+d['name'] = 'P32s2p0Few'; json.dump(d, open(sys.argv[3], 'w'), indent=2)" \
+            "$nnUNet_raw/$DATASET/dataset.json" "$FEW_CASES" "$few/dataset.json"
+    fi
+    if [ ! -f "$nnUNet_preprocessed/$FEW_DATASET/nnUNetPlans.json" ]; then
+        run "$BIN/nnUNetv2_extract_fingerprint" -d 803 -np 1 --verify_dataset_integrity
+        run "$BIN/nnUNetv2_move_plans_between_datasets" -s 801 -t 803 -sp nnUNetPlans -tp nnUNetPlans
+        run "$BIN/nnUNetv2_preprocess" -d 803 -plans_name nnUNetPlans -c 3d_fullres -np 1
+    fi
+fi
+
+if want few-sweep; then
+    # regime 3 on the validation phantoms, seed 0: lambda_max in {0.01, 0.1, 1} at warm-up 0.2, and the
+    # baselines that did best in regime 2 (DIST, CWD) at lambda_max 0.01
+    bench_few "$STUDY/few-sweep" --warmup 0.2 --methods reco,reco:10,reco:100,dist,cwd --seed-list 0 \
+        --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile
+fi
+
+if want few-final; then
+    # regime 3 on the test phantoms, the setting chosen on the validation phantoms (FEW_WEIGHT: a method spec
+    # at --kd-weight 0.01 for ReCo-KD and its ablations; RESULTS.md)
+    w=${FEW_WEIGHT:-}
+    bench_few "$STUDY/few-final" --warmup 0.2 --seeds "$SEEDS" \
+        --methods "reco$w,reco-sard$w,reco-ca$w,cwd,fitnet,logits,dist"
 fi
 
 ADAM_T2=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t2__3d_fullres_adam
