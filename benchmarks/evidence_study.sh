@@ -191,9 +191,11 @@ if want few-data; then
     few=$nnUNet_raw/$FEW_DATASET
     if [ ! -f "$few/dataset.json" ]; then
         mkdir -p "$few/imagesTr" "$few/labelsTr"
-        ls "$nnUNet_raw/$DATASET/labelsTr" | head -n "$FEW_CASES" | while read -r label; do
-            cp "$nnUNet_raw/$DATASET/labelsTr/$label" "$few/labelsTr/"
-            cp "$nnUNet_raw/$DATASET/imagesTr/${label%.nii.gz}_0000.nii.gz" "$few/imagesTr/"
+        labels=("$nnUNet_raw/$DATASET/labelsTr/"*.nii.gz)
+        for label in "${labels[@]:0:$FEW_CASES}"; do
+            case_id=$(basename "$label" .nii.gz)
+            cp "$label" "$few/labelsTr/"
+            cp "$nnUNet_raw/$DATASET/imagesTr/${case_id}_0000.nii.gz" "$few/imagesTr/"
         done
         cp -r "$nnUNet_raw/$DATASET/imagesTs" "$nnUNet_raw/$DATASET/labelsTs" "$few/"
         "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); d['numTraining'] = int(sys.argv[2]); \
@@ -246,7 +248,8 @@ fi
 if want backends; then
     # recokd profile on every backend, the first test phantom (32^3: one tile), mirroring off and on
     [ -d "$ADAM_T2" ] || { echo "backends: run the adam-students step first" >&2; exit 1; }
-    case=$(ls "$nnUNet_raw/$DATASET/imagesTs/"*_0000.nii.gz | head -n 1)
+    cases=("$nnUNet_raw/$DATASET/imagesTs/"*_0000.nii.gz)
+    case=${cases[0]}
     mkdir -p "$DEPLOY"
     run "$BIN/recokd" profile "teacher=$TEACHER" "student_t2=$ADAM_T2" --backends all --threads 2 \
         --case "$case" -o "$DEPLOY/profile" --overwrite > "$DEPLOY/profile.txt"
