@@ -5,67 +5,96 @@
 #
 #   bash benchmarks/evidence_study.sh [STEP ...]
 #   STEP: data teacher students curves sweep adam-students adam-curves adam-sweep adam-long final int8 backends
+#         few-data few-sweep few-final (regime 3: students on FEW_CASES of the teacher's training cases)
 #   (default: all but int8 and backends, the deployment figures of issue 13, written to DEPLOY)
+#   STEP env: print the study's nnU-Net environment as export lines, for commands run by hand:
+#   eval "$(bash benchmarks/evidence_study.sh env)"
 #
-# CPU, 2 cores: data ~1 min, teacher ~35 min, each student run 2-5 min. Environment knobs: STUDY (folder,
-# default benchmarks/results/evidence), PY (python, default .venv/bin/python), SEEDS (final bench, default 3).
+# CPU, 2 cores: data ~1 min, teacher ~35 min, each student run 2-5 min. Every step prints the commands it
+# runs ("+ recokd bench ..."). Environment knobs: STUDY (folder, default benchmarks/results/evidence), PY
+# (python, default .venv/bin/python), SEEDS (final bench, default 3), DEPLOY (deployment figures), TINY=1
+# (every count and length at its minimum: 10 + 2 phantoms, 2 iterations per epoch, 1-2 epochs, 1 seed; the
+# figures mean nothing; it is how tests/test_doc_commands.py runs RESULTS.md's exact commands in minutes).
 # Heavy folders (nnU-Net data, models, predictions) stay out of git (STUDY/.gitignore); the per-run
 # result.json / evaluation files and the reports are committed, which is what the benches resume from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STUDY=${STUDY:-benchmarks/results/evidence}
+STUDY=$(realpath -m "$STUDY")  # relative to the clone's root, or absolute
 PY=${PY:-.venv/bin/python}
 BIN=$(dirname "$PY")
 SEEDS=${SEEDS:-3}
 DATA=$STUDY/data
+if [ "${TINY:-0}" = 1 ]; then
+    CASES=10 TEST_CASES=2 VAL_CASES=2 ITERS=2 TEACHER_VAL_ITERS=1 VAL_ITERS=1 TEACHER_EPOCHS=1 STUDENT_EPOCHS=1
+    CALIBRATION_CASES=4 SEEDS=1 FEW_CASES=6
+else
+    # the study's regime (RESULTS.md): 60 + 16 phantoms, 50 iterations per epoch, teacher 40 epochs, students 10
+    CASES=60 TEST_CASES=16 VAL_CASES=16 ITERS=50 TEACHER_VAL_ITERS=4 VAL_ITERS=2 TEACHER_EPOCHS=40 STUDENT_EPOCHS=10
+    CALIBRATION_CASES=8 FEW_CASES=${FEW_CASES:-12}
+fi
+run() {  # run [VAR=VALUE ...] COMMAND ARGS...: print the command (the study's record), then run it
+    local shown=() a
+    for a in "$@"; do shown+=("${a/#$PWD\//}"); done
+    echo "+ ${shown[*]}" >&2
+    env "$@"
+}
 DEPLOY=${DEPLOY:-benchmarks/results/deploy}
-export nnUNet_raw=$PWD/$DATA/nnUNet_raw nnUNet_preprocessed=$PWD/$DATA/nnUNet_preprocessed
-export nnUNet_results=$PWD/$DATA/nnUNet_results
+export nnUNet_raw=$DATA/nnUNet_raw nnUNet_preprocessed=$DATA/nnUNet_preprocessed
+export nnUNet_results=$DATA/nnUNet_results
 export nnUNet_extTrainer=$("$PY" -c "import recokd.nnunet as n; print(n.ext_trainer_dir())")
 export nnUNet_def_n_proc=1 nnUNet_compile=0 nnUNet_wandb_enabled=0 PYTHONWARNINGS=ignore::FutureWarning
 DATASET=Dataset801_P32s2p0
 TEACHER=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres
-VAL=$PWD/$DATA/validation_raw/Dataset802_P32s2p0Validation
+VAL=$DATA/validation_raw/Dataset802_P32s2p0Validation
 # regime 1 (sweep): the students' schedule: epochs x 50 iterations, no augmentation, nnU-Net's SGD
-STUDENT=(--no-augmentation --iters-per-epoch 50 --val-iters 2 --epochs 10 -t 2 --device cpu --no-progress)
+STUDENT=(--no-augmentation --iters-per-epoch "$ITERS" --val-iters "$VAL_ITERS" --epochs "$STUDENT_EPOCHS" -t 2
+    --device cpu --no-progress)
 # regime 2 (adam-sweep, final): the same schedule with nnU-Net's AdamW (nnUNetTrainerAdam) for every student, t=3
 ADAM_T=${ADAM_T:-3}
-STUDENT_ADAM=(--no-augmentation --iters-per-epoch 50 --val-iters 2 --epochs 10 -t "$ADAM_T" --optimizer adam
-    --device cpu --no-progress)
+STUDENT_ADAM=(--no-augmentation --iters-per-epoch "$ITERS" --val-iters "$VAL_ITERS" --epochs "$STUDENT_EPOCHS"
+    -t "$ADAM_T" --optimizer adam --device cpu --no-progress)
+# nnU-Net's own training runs of the study (nnUNetTrainerShortNoDA reads its schedule from RECOKD_SHORT_*)
+SHORT=(RECOKD_SHORT_ITERS="$ITERS" RECOKD_SHORT_VAL_ITERS="$TEACHER_VAL_ITERS" RECOKD_SEED=0)
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(data teacher students curves sweep adam-students adam-curves adam-sweep adam-long final)
 want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
+if want env; then
+    printf 'export nnUNet_raw=%q nnUNet_preprocessed=%q nnUNet_results=%q nnUNet_extTrainer=%q EVIDENCE=%q\n' \
+        "$nnUNet_raw" "$nnUNet_preprocessed" "$nnUNet_results" "$nnUNet_extTrainer" "$STUDY"
+    exit 0
+fi
 mkdir -p "$STUDY"
 printf 'data/\n**/nnUNet_results/\n**/nnUNet_raw/\n**/nnUNet_preprocessed/\n**/predictions/\n' > "$STUDY/.gitignore"
 
 if want data; then
     # 60 training + 16 held-out (test) phantoms of 32^3 (1 mm), small structures x2 (~100 voxels each)
-    [ -d "$nnUNet_raw/$DATASET" ] || "$BIN/recokd" phantoms --id 801 --name P32s2p0 --cases 60 --test-cases 16 \
-        --shape 32 32 32 --small-scale 2 --seed 0 --raw "$nnUNet_raw"
+    [ -d "$nnUNet_raw/$DATASET" ] || run "$BIN/recokd" phantoms --id 801 --name P32s2p0 --cases "$CASES" \
+        --test-cases "$TEST_CASES" --shape 32 32 32 --small-scale 2 --seed 0 --raw "$nnUNet_raw"
     # the validation split of the KD sweep: 16 more phantoms from another generator seed (never the test cases)
-    [ -d "$VAL" ] || "$BIN/recokd" phantoms --id 802 --name P32s2p0Validation --cases 2 --test-cases 16 \
-        --shape 32 32 32 --small-scale 2 --seed 1 --raw "$PWD/$DATA/validation_raw"
+    [ -d "$VAL" ] || run "$BIN/recokd" phantoms --id 802 --name P32s2p0Validation --cases 2 --test-cases "$VAL_CASES" \
+        --shape 32 32 32 --small-scale 2 --seed 1 --raw "$DATA/validation_raw"
     # nnU-Net's planner: no nnUNet_n_proc_DA=0 here (it would call torch.set_num_threads(0))
     [ -f "$nnUNet_preprocessed/$DATASET/nnUNetPlans.json" ] || \
-        "$BIN/nnUNetv2_plan_and_preprocess" -d 801 -c 3d_fullres -np 1 --verify_dataset_integrity
+        run "$BIN/nnUNetv2_plan_and_preprocess" -d 801 -c 3d_fullres -np 1 --verify_dataset_integrity
 fi
 
 export nnUNet_n_proc_DA=0  # training: augmentation (here: none) in the main process
 if want teacher && [ ! -f "$TEACHER/fold_0/checkpoint_final.pth" ]; then
     # stock nnU-Net (nnUNetTrainerNoDA on a short schedule): 40 epochs x 50 iterations, seed 0
-    RECOKD_SHORT_EPOCHS=40 RECOKD_SHORT_ITERS=50 RECOKD_SHORT_VAL_ITERS=4 RECOKD_SEED=0 \
+    run "${SHORT[@]}" RECOKD_SHORT_EPOCHS="$TEACHER_EPOCHS" \
         "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA -device cpu
 fi
 
 if want students; then
-    # students trained alone (stock nnU-Net, NoDA, seed 0) for the regime's learning curves
-    for spec in "2 20" "3 10" "1 20"; do
+    # students trained alone (stock nnU-Net, NoDA, seed 0) for the regime's learning curves: t=2 and t=1 for
+    # 20 epochs, t=3 for 10
+    for spec in "2 $((2 * STUDENT_EPOCHS))" "3 $STUDENT_EPOCHS" "1 $((2 * STUDENT_EPOCHS))"; do
         set -- $spec
-        "$BIN/recokd" student-plans 801 -c 3d_fullres -t "$1" > /dev/null
+        run "$BIN/recokd" student-plans 801 -c 3d_fullres -t "$1" > /dev/null
         fold=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t$1__3d_fullres/fold_0
-        [ -f "$fold/checkpoint_final.pth" ] || RECOKD_SHORT_EPOCHS=$2 RECOKD_SHORT_ITERS=50 RECOKD_SHORT_VAL_ITERS=4 \
-            RECOKD_SEED=0 "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA -p "nnUNetPlans_recokd_t$1" \
-            -device cpu
+        [ -f "$fold/checkpoint_final.pth" ] || run "${SHORT[@]}" RECOKD_SHORT_EPOCHS="$2" \
+            "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA -p "nnUNetPlans_recokd_t$1" -device cpu
     done
 fi
 
@@ -74,17 +103,17 @@ if want curves; then
     for f in "$nnUNet_results/$DATASET"/nnUNetTrainerShortNoDA__nnUNetPlans*__3d_fullres*/fold_0; do
         [ -d "$f" ] && folds+=("$f")
     done
-    "$PY" benchmarks/learning_curves.py "${folds[@]}" --every 100 --csv "$STUDY/curves.csv" \
-        --plot "$STUDY/curves.png" > "$STUDY/curves.txt"
+    run "$PY" benchmarks/learning_curves.py "${folds[@]}" --iters-per-epoch "$ITERS" --every $((2 * ITERS)) \
+        --csv "$STUDY/curves.csv" --plot "$STUDY/curves.png" > "$STUDY/curves.txt"
 fi
 
 bench() {  # bench FOLDER ARGS...: a regime-1 student bench against the teacher above
     local out=$1; shift
-    "$BIN/recokd" bench --dataset 801 --teacher "$TEACHER" -o "$out" "${STUDENT[@]}" "$@"
+    run "$BIN/recokd" bench --dataset 801 --teacher "$TEACHER" -o "$out" "${STUDENT[@]}" "$@"
 }
 bench_adam() {  # bench_adam FOLDER ARGS...: a regime-2 student bench
     local out=$1; shift
-    "$BIN/recokd" bench --dataset 801 --teacher "$TEACHER" -o "$out" "${STUDENT_ADAM[@]}" "$@"
+    run "$BIN/recokd" bench --dataset 801 --teacher "$TEACHER" -o "$out" "${STUDENT_ADAM[@]}" "$@"
 }
 
 if want sweep; then
@@ -97,19 +126,18 @@ if want sweep; then
         bench "$STUDY/sweep/warmup$w" --warmup "$w" --methods "${BEST_WEIGHT:-reco:100}" "${sweep[@]}"
     done
     # 3. the students' schedule: the teacher's length (40 epochs = 2000 iterations) instead of 10
-    bench "$STUDY/sweep/long" --epochs 40 --warmup 0.2 --methods "${BEST_WEIGHT:-reco:100}" "${sweep[@]}"
+    bench "$STUDY/sweep/long" --epochs "$TEACHER_EPOCHS" --warmup 0.2 --methods "${BEST_WEIGHT:-reco:100}" "${sweep[@]}"
 fi
 
 if want adam-students; then
     # students trained alone with nnU-Net's AdamW (nnUNetTrainerAdam's optimiser), 10 x 50 iterations, seed 0
     for t in 2 3; do
-        "$BIN/recokd" student-plans 801 -c 3d_fullres -t "$t" > /dev/null
+        run "$BIN/recokd" student-plans 801 -c 3d_fullres -t "$t" > /dev/null
         fold=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t${t}__3d_fullres_adam/fold_0
         [ -f "$fold/checkpoint_final.pth" ] || (
             tmp=$(mktemp -d) && export nnUNet_results=$tmp &&
-            RECOKD_SHORT_EPOCHS=10 RECOKD_SHORT_ITERS=50 RECOKD_SHORT_VAL_ITERS=4 RECOKD_SHORT_OPTIMIZER=adam \
-            RECOKD_SEED=0 "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA \
-                -p "nnUNetPlans_recokd_t$t" -device cpu &&
+            run "${SHORT[@]}" RECOKD_SHORT_EPOCHS="$STUDENT_EPOCHS" RECOKD_SHORT_OPTIMIZER=adam \
+                "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA -p "nnUNetPlans_recokd_t$t" -device cpu &&
             mkdir -p "$(dirname "$fold")" &&
             trained=$tmp/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t${t}__3d_fullres &&
             cp "$trained"/*.json "$(dirname "$fold")/" && mv "$trained/fold_0" "$fold" )
@@ -117,7 +145,8 @@ if want adam-students; then
 fi
 
 if want adam-curves; then
-    "$PY" benchmarks/learning_curves.py "$nnUNet_results/$DATASET"/*_adam/fold_0 --every 100 \
+    run "$PY" benchmarks/learning_curves.py "$nnUNet_results/$DATASET"/*_adam/fold_0 --iters-per-epoch "$ITERS" \
+        --every $((2 * ITERS)) \
         --csv "$STUDY/curves_adam.csv" --plot "$STUDY/curves_adam.png" > "$STUDY/curves_adam.txt"
 fi
 
@@ -137,7 +166,7 @@ if want adam-long; then
     # regime 2 with the students' schedule doubled (20 x 50 iterations): does KD help once the no-KD student is
     # further along? Validation phantoms, seed 0, lambda_max 0.01, warm-up 0.2; ReCo-KD and the final table's
     # best baseline (DIST)
-    bench_adam "$STUDY/adam-sweep/long20" --epochs 20 --warmup 0.2 --methods reco,dist --seed-list 0 \
+    bench_adam "$STUDY/adam-sweep/long20" --epochs $((2 * STUDENT_EPOCHS)) --warmup 0.2 --methods reco,dist --seed-list 0 \
         --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile
 fi
 
@@ -145,6 +174,54 @@ if want final; then
     # the comparison on the test phantoms with the setting chosen on the validation split (RESULTS.md)
     bench_adam "$STUDY/final" --kd-weight "${KD_WEIGHT:-0.01}" --warmup "${WARMUP:-0.2}" --seeds "$SEEDS" \
         --methods reco,reco-sard,reco-ca,cwd,fitnet,logits,dist
+fi
+
+# regime 3: the students learn from fewer cases than the teacher (a realistic setting: the teacher exists,
+# students are cheap to retrain). Dataset803 holds the first FEW_CASES training phantoms of Dataset801 (the
+# teacher's dataset), preprocessed with the teacher's own plans (nnU-Net's move_plans_between_datasets), so
+# every student sees FEW_CASES cases (nnU-Net fold 0: 80% train, 20% validation) while the teacher saw 48.
+FEW_DATASET=Dataset803_P32s2p0Few
+STUDENT_FEW=(--no-augmentation --iters-per-epoch "$ITERS" --val-iters "$VAL_ITERS" --epochs $((2 * STUDENT_EPOCHS))
+    -t "$ADAM_T" --optimizer adam --device cpu --no-progress)
+bench_few() {  # bench_few FOLDER ARGS...: a regime-3 student bench (Dataset803) against the Dataset801 teacher
+    local out=$1; shift
+    run "$BIN/recokd" bench --dataset 803 --teacher "$TEACHER" -o "$out" "${STUDENT_FEW[@]}" "$@"
+}
+if want few-data; then
+    few=$nnUNet_raw/$FEW_DATASET
+    if [ ! -f "$few/dataset.json" ]; then
+        mkdir -p "$few/imagesTr" "$few/labelsTr"
+        labels=("$nnUNet_raw/$DATASET/labelsTr/"*.nii.gz)
+        for label in "${labels[@]:0:$FEW_CASES}"; do
+            case_id=$(basename "$label" .nii.gz)
+            cp "$label" "$few/labelsTr/"
+            cp "$nnUNet_raw/$DATASET/imagesTr/${case_id}_0000.nii.gz" "$few/imagesTr/"
+        done
+        cp -r "$nnUNet_raw/$DATASET/imagesTs" "$nnUNet_raw/$DATASET/labelsTs" "$few/"
+        "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); d['numTraining'] = int(sys.argv[2]); \
+d['name'] = 'P32s2p0Few'; json.dump(d, open(sys.argv[3], 'w'), indent=2)" \
+            "$nnUNet_raw/$DATASET/dataset.json" "$FEW_CASES" "$few/dataset.json"
+    fi
+    if [ ! -f "$nnUNet_preprocessed/$FEW_DATASET/nnUNetPlans.json" ]; then
+        run "$BIN/nnUNetv2_extract_fingerprint" -d 803 -np 1 --verify_dataset_integrity
+        run "$BIN/nnUNetv2_move_plans_between_datasets" -s 801 -t 803 -sp nnUNetPlans -tp nnUNetPlans
+        run "$BIN/nnUNetv2_preprocess" -d 803 -plans_name nnUNetPlans -c 3d_fullres -np 1
+    fi
+fi
+
+if want few-sweep; then
+    # regime 3 on the validation phantoms, seed 0: lambda_max in {0.01, 0.1, 1} at warm-up 0.2, and the
+    # baselines that did best in regime 2 (DIST, CWD) at lambda_max 0.01
+    bench_few "$STUDY/few-sweep" --warmup 0.2 --methods reco,reco:10,reco:100,dist,cwd --seed-list 0 \
+        --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile
+fi
+
+if want few-final; then
+    # regime 3 on the test phantoms, the setting chosen on the validation phantoms (FEW_WEIGHT: a method spec
+    # at --kd-weight 0.01 for ReCo-KD and its ablations; RESULTS.md)
+    w=${FEW_WEIGHT:-}
+    bench_few "$STUDY/few-final" --warmup 0.2 --seeds "$SEEDS" \
+        --methods "reco$w,reco-sard$w,reco-ca$w,cwd,fitnet,logits,dist"
 fi
 
 ADAM_T2=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t2__3d_fullres_adam
@@ -157,19 +234,23 @@ if want int8; then
     [ -f "$ADAM_T2/plans.json" ] || cp "$nnUNet_preprocessed/$DATASET/nnUNetPlans_recokd_t2.json" "$ADAM_T2/plans.json"
     [ -f "$ADAM_T2/dataset.json" ] || cp "$nnUNet_preprocessed/$DATASET/dataset.json" "$ADAM_T2/dataset.json"
     # recokd predict finds models by dataset/trainer/plans/configuration under nnUNet_results: link both there
-    models=$PWD/$DATA/int8_models/$DATASET
+    models=$DATA/int8_models/$DATASET
     mkdir -p "$models"
     ln -sfn "$TEACHER" "$models/$(basename "$TEACHER")"
     ln -sfn "$ADAM_T2" "$models/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t2__3d_fullres"
-    nnUNet_results=$(dirname "$models") "$PY" benchmarks/int8_accuracy.py -d 801 -i "$nnUNet_raw/$DATASET/imagesTs" \
-        -l "$nnUNet_raw/$DATASET/labelsTs" --dataset-json "$nnUNet_raw/$DATASET/dataset.json" -o "$DATA/int8" \
+    run nnUNet_results="$(dirname "$models")" "$PY" benchmarks/int8_accuracy.py -d 801 \
+        -i "$nnUNet_raw/$DATASET/imagesTs" -l "$nnUNet_raw/$DATASET/labelsTs" \
+        --dataset-json "$nnUNet_raw/$DATASET/dataset.json" -o "$DATA/int8" --calibration-cases "$CALIBRATION_CASES" \
         "teacher=$models/$(basename "$TEACHER")" "student_t2=$models/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t2__3d_fullres"
     mkdir -p "$DEPLOY" && cp "$DATA/int8/int8_accuracy.md" "$DATA/int8/int8_accuracy.json" "$DEPLOY/"
 fi
 
 if want backends; then
-    # recokd profile on every backend, one test phantom (32^3: one tile), mirroring off and on
-    "$BIN/recokd" profile "teacher=$TEACHER" "student_t2=$ADAM_T2" --backends all --threads 2 \
-        --case "$nnUNet_raw/$DATASET/imagesTs/P32s2p0_060_0000.nii.gz" -o "$DEPLOY/profile" --overwrite \
-        > "$DEPLOY/profile.txt"
+    # recokd profile on every backend, the first test phantom (32^3: one tile), mirroring off and on
+    [ -d "$ADAM_T2" ] || { echo "backends: run the adam-students step first" >&2; exit 1; }
+    cases=("$nnUNet_raw/$DATASET/imagesTs/"*_0000.nii.gz)
+    case=${cases[0]}
+    mkdir -p "$DEPLOY"
+    run "$BIN/recokd" profile "teacher=$TEACHER" "student_t2=$ADAM_T2" --backends all --threads 2 \
+        --case "$case" -o "$DEPLOY/profile" --overwrite > "$DEPLOY/profile.txt"
 fi

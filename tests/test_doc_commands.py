@@ -1,0 +1,60 @@
+"""The command blocks the docs call exact run as written: ``benchmarks/RESULTS.md`` "Exact commands" (the
+evidence study: phantoms, planning, teacher, students, curves, both sweeps, the final bench, int8 and the
+backend profile, then the by-hand predict / evaluate) on tiny settings (``TINY=1``: 10 + 2 phantoms,
+2 iterations per epoch, 1-2 epochs, one seed), in a temporary study folder. The figures mean nothing; what is
+tested is that every command of the block still works and writes what RESULTS.md says it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.doc_blocks import ROOT, code_blocks
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(3600)
+def test_results_md_exact_commands_run_as_written(tmp_path: Path) -> None:
+    (block,) = code_blocks("benchmarks/RESULTS.md", "## Exact commands", "bash")
+    study, deploy = tmp_path / "evidence", tmp_path / "deploy"
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "TINY": "1", "STUDY": str(study), "DEPLOY": str(deploy), "PY": sys.executable,
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env.pop(var, None)  # the block's own `eval "$(... env)"` must provide them
+    script = tmp_path / "exact_commands.sh"
+    script.write_text("set -euo pipefail\n" + block)
+    proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    (tmp_path / "log.txt").write_text(log)
+    assert proc.returncode == 0, log[-6000:]
+    assert "Traceback" not in log, log[-6000:]
+
+    # what the steps print and write
+    assert re.search(r"^\+ \S*recokd bench --dataset 801 ", log, re.M), "the steps print their commands"
+    results = study / "data/nnUNet_results/Dataset801_P32s2p0"
+    teacher = results / "nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth"
+    assert teacher.is_file()
+    for name in ("curves.txt", "curves.csv", "curves_adam.txt"):
+        assert (study / name).stat().st_size > 0, name
+    for bench in ("sweep/warmup0.2", "sweep/warmup0", "sweep/warmup0.6", "sweep/long", "adam-sweep/warmup0.2",
+                  "adam-sweep/warmup0", "adam-sweep/warmup0.6", "adam-sweep/long20", "final"):
+        assert (study / bench / "results.md").is_file(), bench
+    final = (study / "final/results.md").read_text()
+    for method in ("reco", "reco-sard", "reco-ca", "cwd", "fitnet", "logits", "dist"):
+        assert f"| {method}" in final or f" {method} " in final, method
+    int8 = json.loads((deploy / "int8_accuracy.json").read_text())
+    assert int8, "int8_accuracy.json is empty"
+    assert "student_t2" in (deploy / "profile.txt").read_text()
+    # the by-hand teacher prediction and its evaluation
+    predictions = study / "data/pred_teacher"
+    assert len(list(predictions.glob("*.nii.gz"))) == 2
+    summary = json.loads((predictions / "recokd_eval/summary.json").read_text())
+    assert summary["num_cases"] == 2

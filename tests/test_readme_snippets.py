@@ -1,0 +1,49 @@
+"""The README's Python example ("Using the losses with any PyTorch 3D network") runs as written on two
+nnU-Net U-Nets of different widths, and the loss it builds trains the student (finite, with gradients)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tests.doc_blocks import code_blocks
+
+
+def _unet(widths: list[int], num_classes: int) -> nn.Module:
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    return PlainConvUNet(
+        input_channels=1, n_stages=4, features_per_stage=widths, conv_op=nn.Conv3d, kernel_sizes=3,
+        strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=2, num_classes=num_classes,
+        n_conv_per_stage_decoder=2, conv_bias=True, norm_op=nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+        deep_supervision=False,
+    )
+
+
+def test_readme_python_example_runs_and_trains_the_student() -> None:
+    (snippet,) = code_blocks("README.md", "## Using the losses with any PyTorch 3D network", "python")
+    torch.manual_seed(0)
+    teacher, student = _unet([16, 32, 64, 128], 4), _unet([4, 8, 16, 32], 4)
+    x = torch.randn(2, 1, 32, 32, 32)
+    target = torch.randint(0, 4, (2, 1, 32, 32, 32))
+    target[1] = 0  # one case without foreground
+    ce = nn.CrossEntropyLoss()
+    namespace = {"torch": torch, "teacher": teacher, "student": student, "x": x, "target": target,
+                 "seg_loss": lambda out, t: ce(out, t[:, 0]), "epoch": 900}
+    exec(compile(snippet, "README.md (python example)", "exec"), namespace)
+
+    loss, kd_out, lam = namespace["loss"], namespace["kd_out"], namespace["lam"]
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert kd_out["loss"].requires_grad and float(kd_out["loss"].detach()) > 0
+    assert {"fg/0", "bg/0", "att/0", "ctx/0"} <= set(kd_out), sorted(kd_out)
+    assert lam(900) == 0.01 and 0 < lam(300) < 0.01  # the linear ramp over the first 60% of 1000 epochs
+    loss.backward()
+    # every parameter the forward uses gets a finite gradient (without deep supervision, the decoder's
+    # lower-resolution segmentation heads are unused)
+    used = {n: p for n, p in student.named_parameters() if not n.startswith("decoder.seg_layers.")
+            or n.startswith(f"decoder.seg_layers.{len(student.decoder.seg_layers) - 1}.")}
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in used.values()), \
+        [n for n, p in used.items() if p.grad is None]
+    assert all(p.grad is None for p in teacher.parameters())  # the teacher is frozen
+    namespace["optimizer"].step()
