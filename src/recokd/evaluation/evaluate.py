@@ -166,7 +166,8 @@ def _check_groups(groups: Mapping[str, Sequence[str]], class_names: Sequence[str
 # files
 
 
-def _known_endings() -> list[str]:
+def known_file_endings() -> list[str]:
+    """The image file endings nnU-Net's readers support (``.nii.gz``, ``.mha``, ...), longest first."""
     from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
 
     endings = {e for rw in LIST_OF_IO_CLASSES for e in rw.supported_file_endings}
@@ -174,7 +175,7 @@ def _known_endings() -> list[str]:
 
 
 def _infer_file_ending(folder: Path) -> str:
-    endings = _known_endings()
+    endings = known_file_endings()
     found: set[str] = set()
     for p in folder.iterdir():
         if p.is_file():

@@ -142,11 +142,11 @@ def overlay_png(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, spacing: Se
 
 
 def _file_ending(path: Path) -> str:
-    from recokd.evaluation.evaluate import _known_endings
+    from recokd.evaluation.evaluate import known_file_endings
 
-    ending = next((e for e in _known_endings() if path.name.lower().endswith(e)), None)
+    ending = next((e for e in known_file_endings() if path.name.lower().endswith(e)), None)
     if ending is None:
-        raise UserError(f"{path}: unknown file ending; expected one of {', '.join(_known_endings())}")
+        raise UserError(f"{path}: unknown file ending; expected one of {', '.join(known_file_endings())}")
     return ending
 
 

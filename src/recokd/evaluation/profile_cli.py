@@ -7,7 +7,7 @@ import sys
 
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
-from recokd.nnunet.layout import CHECKPOINT_FINAL
+from recokd.nnunet.layout import CHECKPOINT_FINAL, parse_fold
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -109,7 +109,7 @@ def _profile(args: argparse.Namespace) -> int:
     dice = {label: read_mean_dice(f) for label, f in eval_files.items()}  # fail early on bad files
     if dice and args.output is None:
         raise UserError("--eval-json draws dice_vs_latency.png into the -o folder: give -o OUT_DIR")
-    fold = int(args.fold) if args.fold.isdigit() else args.fold
+    fold = parse_fold(args.fold, "--fold")
     settings = ProfileSettings(
         device=args.device, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
         step_size=args.step_size, mirroring=("off", "on") if args.mirroring == "both" else (args.mirroring,),

@@ -160,8 +160,8 @@ def _explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
             continue
         if field == "method_options":
             value = dict(value)
-        if field == "teacher_fold" and isinstance(value, str) and value.isdigit():
-            value = int(value)
+        if field == "teacher_fold":
+            value = parse_fold(value, "--teacher-fold")
         given[field] = value
     return given
 
