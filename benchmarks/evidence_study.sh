@@ -205,6 +205,7 @@ d['name'] = 'P32s2p0Few'; json.dump(d, open(sys.argv[3], 'w'), indent=2)" \
     if [ ! -f "$nnUNet_preprocessed/$FEW_DATASET/nnUNetPlans.json" ]; then
         run "$BIN/nnUNetv2_extract_fingerprint" -d 803 -np 1 --verify_dataset_integrity
         run "$BIN/nnUNetv2_move_plans_between_datasets" -s 801 -t 803 -sp nnUNetPlans -tp nnUNetPlans
+        cp "$few/dataset.json" "$nnUNet_preprocessed/$FEW_DATASET/"  # as nnU-Net's planner does
         run "$BIN/nnUNetv2_preprocess" -d 803 -plans_name nnUNetPlans -c 3d_fullres -np 1
     fi
 fi
