@@ -202,7 +202,7 @@ if want few-data; then
 d['name'] = 'P32s2p0Few'; json.dump(d, open(sys.argv[3], 'w'), indent=2)" \
             "$nnUNet_raw/$DATASET/dataset.json" "$FEW_CASES" "$few/dataset.json"
     fi
-    if [ ! -f "$nnUNet_preprocessed/$FEW_DATASET/nnUNetPlans.json" ]; then
+    if [ -z "$(ls -A "$nnUNet_preprocessed/$FEW_DATASET/nnUNetPlans_3d_fullres" 2>/dev/null)" ]; then
         run "$BIN/nnUNetv2_extract_fingerprint" -d 803 -np 1 --verify_dataset_integrity
         run "$BIN/nnUNetv2_move_plans_between_datasets" -s 801 -t 803 -sp nnUNetPlans -tp nnUNetPlans
         cp "$few/dataset.json" "$nnUNet_preprocessed/$FEW_DATASET/"  # as nnU-Net's planner does
