@@ -220,9 +220,10 @@ fi
 if want few-final; then
     # regime 3 on the test phantoms, the setting chosen on the validation phantoms (FEW_WEIGHT: a method spec
     # at --kd-weight 0.01 for ReCo-KD and its ablations; RESULTS.md)
+    # (FEW_METHODS: a subset first; the bench adds the others to the same folder later)
     w=${FEW_WEIGHT:-}
     bench_few "$STUDY/few-final" --warmup 0.2 --seeds "$SEEDS" \
-        --methods "reco$w,reco-sard$w,reco-ca$w,cwd,fitnet,logits,dist"
+        --methods "${FEW_METHODS:-reco$w,reco-sard$w,reco-ca$w,cwd,fitnet,logits,dist}"
 fi
 
 ADAM_T2=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t2__3d_fullres_adam
