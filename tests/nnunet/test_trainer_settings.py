@@ -299,3 +299,11 @@ def test_an_interrupted_train_prints_the_command_that_continues_it(
     assert rc == 130 and "interrupted" in err
     assert ("continue from the last checkpoint with: recokd train Dataset004_Hippocampus 3d_fullres 0 -t 3 "
             "-tr nnUNetTrainerReCoKDNoDA --seed 1 --device cpu --c") in err
+
+
+def test_settings_schedule_names_are_the_kd_cores():
+    """The CLI's schedule names (spelled in settings.py so that it imports no torch) are kd.schedules'."""
+    from recokd.kd.schedules import SCHEDULES
+    from recokd.nnunet.settings import SCHEDULE_NAMES
+
+    assert tuple(SCHEDULE_NAMES) == tuple(SCHEDULES)

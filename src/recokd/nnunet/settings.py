@@ -31,13 +31,12 @@ from recokd.json_files import read_json, write_json_atomic
 from recokd.nnunet.layout import CHECKPOINT_FINAL, SETTINGS_ENV, parse_fold
 from recokd.nnunet.optim import OPTIMIZER_NAMES
 
-#: environment variable naming the settings file of a fresh training
-#: name of the settings file in a fold folder
+#: name of the settings file in a fold folder (a fresh training reads the file SETTINGS_ENV names)
 SETTINGS_FILE = "recokd_settings.json"
 #: version of the settings format
 SETTINGS_VERSION = 1
-#: KD weight schedules (see :mod:`recokd.kd.schedules`)
-#: the KD weight schedules (recokd.kd.schedules.SCHEDULES; spelled here so that the CLI need not import torch)
+#: the KD weight schedules (:data:`recokd.kd.schedules.SCHEDULES`, spelled here so that the CLI need not
+#: import torch; tests/nnunet/test_trainer_settings.py checks that they agree)
 SCHEDULE_NAMES = ("constant", "linear", "cosine")
 
 
