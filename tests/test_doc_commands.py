@@ -1,6 +1,6 @@
 """The command blocks the docs call exact run as written: ``benchmarks/RESULTS.md`` "Exact commands" (the
 evidence study: phantoms, planning, teacher, students, curves, both sweeps, the final bench, int8 and the
-backend profile, then the by-hand predict / evaluate) on tiny settings (``TINY=1``: 10 + 2 phantoms,
+backend profile, regime 3's dataset and benches, then the by-hand predict / evaluate) on tiny settings (``TINY=1``: 10 + 2 phantoms,
 2 iterations per epoch, 1-2 epochs, one seed), in a temporary study folder. The figures mean nothing; what is
 tested is that every command of the block still works and writes what RESULTS.md says it writes."""
 
@@ -45,8 +45,10 @@ def test_results_md_exact_commands_run_as_written(tmp_path: Path) -> None:
     for name in ("curves.txt", "curves.csv", "curves_adam.txt"):
         assert (study / name).stat().st_size > 0, name
     for bench in ("sweep/warmup0.2", "sweep/warmup0", "sweep/warmup0.6", "sweep/long", "adam-sweep/warmup0.2",
-                  "adam-sweep/warmup0", "adam-sweep/warmup0.6", "adam-sweep/long20", "final"):
+                  "adam-sweep/warmup0", "adam-sweep/warmup0.6", "adam-sweep/long20", "final", "few-sweep",
+                  "few-final"):
         assert (study / bench / "results.md").is_file(), bench
+    assert "Dataset803_P32s2p0Few" in (study / "few-final/results.md").read_text()  # regime 3's students
     final = (study / "final/results.md").read_text()
     for method in ("reco", "reco-sard", "reco-ca", "cwd", "fitnet", "logits", "dist"):
         assert f"| {method}" in final or f" {method} " in final, method
