@@ -1,8 +1,9 @@
 """The command blocks the docs call exact run as written: ``benchmarks/RESULTS.md`` "Exact commands" (the
 evidence study: phantoms, planning, teacher, students, curves, both sweeps, the final bench, int8 and the
 backend profile, regime 3's dataset and benches, then the by-hand predict / evaluate) on tiny settings
-(``TINY=1``: 10 + 2 phantoms, 2 iterations per epoch, 1-2 epochs, one seed), in a temporary study folder. The figures mean nothing; what is
-tested is that every command of the block still works and writes what RESULTS.md says it writes."""
+(``TINY=1``: 10 + 2 phantoms, 2 iterations per epoch, 1-2 epochs, one seed), in a temporary study folder.
+The figures mean nothing; what is tested is that every command of the block still works and writes what
+RESULTS.md says it writes."""
 
 from __future__ import annotations
 
