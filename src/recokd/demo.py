@@ -39,10 +39,9 @@ from typing import Any
 
 from recokd.bench.stats import gap_recovered
 from recokd.errors import UserError
+from recokd.nnunet import layout
 from recokd.nnunet.layout import (
     CHECKPOINT_FINAL,
-    KD_TRAINER,
-    KD_TRAINER_NO_DA,
     PROGRESS_DESC_ENV,
     PROGRESS_ENV,
     SEED_ENV,
@@ -50,8 +49,6 @@ from recokd.nnunet.layout import (
     SHORT_EPOCHS_ENV,
     SHORT_ITERS_ENV,
     SHORT_OPTIMIZER_ENV,
-    SHORT_TRAINER,
-    SHORT_TRAINER_NO_DA,
     SHORT_VAL_ITERS_ENV,
     fold_folder_name,
     model_folder_name,
@@ -64,8 +61,6 @@ DATASET_ID = 990
 DATASET_NAME = "DemoPhantoms"
 CONFIGURATION = "3d_fullres"
 #: trainers of the teacher / no-KD student and of the KD student, by ``DemoConfig.augmentation``
-STOCK_TRAINERS = {True: SHORT_TRAINER, False: SHORT_TRAINER_NO_DA}
-KD_TRAINERS = {True: KD_TRAINER, False: KD_TRAINER_NO_DA}
 TEACHER_CHECKPOINT = CHECKPOINT_FINAL
 #: files of an nnU-Net model folder a reused teacher needs (besides fold_0/checkpoint_final.pth)
 _MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
@@ -110,11 +105,11 @@ class DemoConfig:
 
     @property
     def stock_trainer(self) -> str:
-        return STOCK_TRAINERS[self.augmentation]
+        return layout.short_trainer(self.augmentation)
 
     @property
     def kd_trainer(self) -> str:
-        return KD_TRAINERS[self.augmentation]
+        return layout.kd_trainer(self.augmentation)
 
 
 def check_teacher_folder(folder: Path) -> None:
@@ -125,7 +120,7 @@ def check_teacher_folder(folder: Path) -> None:
         raise UserError(
             f"--teacher {folder}: expected an nnU-Net model folder Trainer__Plans__{CONFIGURATION}, e.g. "
             f"<earlier demo output>/nnUNet_results/Dataset{DATASET_ID:03d}_{DATASET_NAME}/"
-            f"{model_folder_name(STOCK_TRAINERS[False], 'nnUNetPlans', CONFIGURATION)}"
+            f"{model_folder_name(layout.short_trainer(False), 'nnUNetPlans', CONFIGURATION)}"
         )
     needed = (*_MODEL_FILES, f"{fold_folder_name(0)}/{TEACHER_CHECKPOINT}")
     missing = [n for n in needed if not (folder / n).is_file()]

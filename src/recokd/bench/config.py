@@ -17,7 +17,7 @@ from typing import Any
 
 from recokd.errors import KDError, UserError
 from recokd.json_files import write_json_atomic
-from recokd.nnunet.layout import KD_TRAINER, KD_TRAINER_NO_DA, SHORT_TRAINER, SHORT_TRAINER_NO_DA
+from recokd.nnunet import layout
 from recokd.nnunet.optim import OPTIMIZER_TEXT, check_optimizer_name
 
 CONFIG_FILE = "bench_config.json"
@@ -169,12 +169,12 @@ class Study:
     @property
     def stock_trainer(self) -> str:
         """Trainer of the teacher the bench trains and of the no-KD students."""
-        return SHORT_TRAINER if self.augmentation else SHORT_TRAINER_NO_DA
+        return layout.short_trainer(self.augmentation)
 
     @property
     def kd_trainer(self) -> str:
         """Trainer of the KD students (``recokd train -tr``)."""
-        return KD_TRAINER if self.augmentation else KD_TRAINER_NO_DA
+        return layout.kd_trainer(self.augmentation)
 
     def schedule_text(self) -> str:
         teacher = (

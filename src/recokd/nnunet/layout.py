@@ -28,6 +28,16 @@ SHORT_TRAINER_NO_DA = "nnUNetTrainerShortNoDA"
 #: nnU-Net's default trainer
 NNUNET_TRAINER = "nnUNetTrainer"
 
+
+def short_trainer(augmentation: bool) -> str:
+    """The stock short trainer (teacher, no-KD students) with nnU-Net's augmentation or without it."""
+    return SHORT_TRAINER if augmentation else SHORT_TRAINER_NO_DA
+
+
+def kd_trainer(augmentation: bool) -> str:
+    """The KD trainer with nnU-Net's augmentation or without it (its ``nnUNetTrainerNoDA`` variant)."""
+    return KD_TRAINER if augmentation else KD_TRAINER_NO_DA
+
 # ---- checkpoints
 
 CHECKPOINT_FINAL = "checkpoint_final.pth"
