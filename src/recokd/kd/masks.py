@@ -118,12 +118,19 @@ def region_weights(
     return w_fg, w_bg
 
 
-def check_labels(target: torch.Tensor, num_classes: int, ignore_label: int | None) -> None:
+def check_labels(
+    target: torch.Tensor | Sequence[torch.Tensor], num_classes: int, ignore_label: int | None
+) -> None:
     """Raise a clear :class:`~recokd.errors.KDError` if an integer label map holds values outside ``0..K-1``.
+
+    ``target`` is the map, or nnU-Net's deep-supervision list of maps (its first, full-resolution one
+    is checked: the others are downsampled from it).
 
     Only the range is checked (one ``min``/``max``), which catches the usual mistakes: a
     ``num_classes`` that forgot the background, or an ignore label that was not declared.
     """
+    if not isinstance(target, torch.Tensor):
+        target = target[0]
     lo, hi = int(target.min()), int(target.max())
     top = max(num_classes - 1, ignore_label if ignore_label is not None else -1)
     if lo < 0 or hi > top:

@@ -112,8 +112,7 @@ class ReCoKD(FeatureKD):
         if target is None:
             raise KDError("ReCoKD needs the ground-truth target for MS-SARD (fg/bg weights)")
         if self.validate_targets and not self.regions:
-            check_labels(target if isinstance(target, torch.Tensor) else target[0], self.num_classes,
-                         self.ignore_label)
+            check_labels(target, self.num_classes, self.ignore_label)
 
     def level_losses(
         self,

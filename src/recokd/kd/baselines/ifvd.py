@@ -62,8 +62,7 @@ class IFVD(FeatureKD):
     def check_target(self, target):
         super().check_target(target)
         if self.validate_targets and not self.regions and target is not None:
-            full = target if isinstance(target, torch.Tensor) else target[0]
-            check_labels(full, self.num_classes, self.ignore_label)
+            check_labels(target, self.num_classes, self.ignore_label)
 
     def level_losses(self, level, s, t, target):
         y = target_for_level(target, s.shape[2:])
