@@ -1,7 +1,5 @@
 """Backbone-agnostic knowledge-distillation core of reco-kd (depends on torch only).
 
-Importing the package registers every KD method (:mod:`recokd.kd.methods`) with
-:mod:`recokd.kd.registry`, which itself imports none.
+The KD methods are registered in :mod:`recokd.kd.methods`, which :mod:`recokd.kd.registry` loads on
+its first query.
 """
-
-import recokd.kd.methods  # noqa: F401  (registers the methods)

@@ -7,8 +7,10 @@ the ``logits`` term only; a bare ``"temperature"`` goes to every term whose fact
 (an option no term accepts is an error, so typos do not pass silently). Every option value is
 type- and range-checked (:mod:`recokd.kd.option_checks`) before a factory sees it.
 
-The registry imports no method: :mod:`recokd.kd.methods` registers ReCo-KD, its ablations and the
-baselines, and ``recokd.kd`` imports it, so importing anything of ``recokd.kd`` registers them.
+The registry imports no method at import time: :mod:`recokd.kd.methods` registers ReCo-KD, its
+ablations and the baselines, and the registry loads that module the first time it is asked for a
+method (:func:`available_methods`, :func:`parse_method_spec` and what builds on them), so that
+importing a light module of the core (``recokd.kd.widths``) does not import every method.
 """
 
 from __future__ import annotations
@@ -77,8 +79,14 @@ def register_kd_method(name: str, description: str, **defaults: Any) -> Callable
     return decorate
 
 
+def _register_package_methods() -> None:
+    """Load :mod:`recokd.kd.methods` (it registers the package's methods; Python imports it once)."""
+    import recokd.kd.methods  # noqa: F401
+
+
 def available_methods() -> dict[str, MethodInfo]:
     """All registered methods, by name."""
+    _register_package_methods()
     return dict(_REGISTRY)
 
 
@@ -93,6 +101,7 @@ def accepted_options(spec: str) -> set[str]:
 
 def parse_method_spec(spec: str) -> list[tuple[str, float]]:
     """``"reco+logits:0.5"`` -> ``[("reco", 1.0), ("logits", 0.5)]`` (names checked)."""
+    _register_package_methods()
     terms: list[tuple[str, float]] = []
     for raw in spec.split("+"):
         raw = raw.strip()
