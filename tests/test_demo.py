@@ -26,9 +26,9 @@ def test_demo_refuses_a_non_empty_output_folder(tmp_path: Path, capsys: pytest.C
     assert not (tmp_path / "new").exists()
     # a teacher to reuse is checked before anything is written
     assert main(["demo", "-o", str(tmp_path / "new"), "--teacher", str(tmp_path)]) == 2
-    assert "expected an nnU-Net model folder Trainer__Plans__3d_fullres" in capsys.readouterr().err
-    model = tmp_path / "nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres"
-    model.mkdir()
+    assert "expected an nnU-Net results folder" in capsys.readouterr().err
+    model = tmp_path / "Dataset990_DemoPhantoms" / "nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres"
+    model.mkdir(parents=True)
     (model / "plans.json").write_text("{}")
     assert main(["demo", "-o", str(tmp_path / "new"), "--teacher", str(model)]) == 2
     err = capsys.readouterr().err
@@ -45,11 +45,13 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path: Path) -> None:
            "--student-epochs", "1", "--iters-per-epoch", "2", "--val-iters", "1", "--threads", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=850, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    # the terminal shows stage headers and the table; nnU-Net's own logs go to logs/
-    assert "[8/8] profiling" in proc.stdout and "Epoch time" not in proc.stdout
-    logs = sorted(p.name for p in (out / "logs").glob("*.log"))
-    assert len(logs) == 8 and any("teacher" in name for name in logs)
-    assert "Epoch time" in (out / "logs" / next(n for n in logs if n.startswith("3_"))).read_text()
+    # the terminal shows the bench's run lines, the training progress bars and the table; nnU-Net's own
+    # logs go to each run's run.log
+    assert "[3/3] t2 reco seed 0: done" in proc.stdout and "Epoch time" not in proc.stdout
+    assert "t2 nokd seed 0" in proc.stderr  # the no-KD student's progress bar
+    assert "Epoch time" in (out / "teacher" / "run.log").read_text()
+    for run in ("nokd", "reco"):
+        assert "Epoch time" in (out / "runs" / "t2" / run / "seed0" / "run.log").read_text(), run
     result = json.loads((out / "results.json").read_text())
     rows = {r["model"]: r for r in result["table"]["rows"]}
     assert list(rows) == ["teacher", "student (no KD)", "student (ReCo-KD)"]
@@ -59,17 +61,26 @@ def test_demo_end_to_end_on_tiny_settings(tmp_path: Path) -> None:
     assert all(0.0 <= r["mean_dice"] <= 1.0 for r in rows.values())
     assert set(result["table"]["gap_recovered"]) == {"mean_dice", "small_dice"}
     assert "gap recovered by ReCo-KD" in proc.stdout
-    for name in ("results.md", "dice_vs_latency.png"):
+    for name in ("results.md", "bench_results.md", "bench_config.json", "dice_vs_latency.png"):
         assert (out / name).is_file(), name
-    for folder in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "evaluation"):
+    assert "| reco | 2 | 1 |" in (out / "bench_results.md").read_text()
+    for folder in ("nnUNet_raw", "nnUNet_preprocessed", "teacher/predictions", "teacher/evaluation"):
         assert (out / folder).is_dir(), folder
 
+    # the same command again resumes the finished demo: nothing is trained twice, the table is the same
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=850, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.stdout.count(": skip (done)") == 3 and "resuming the demo" in proc.stdout
+    assert json.loads((out / "results.json").read_text())["table"] == result["table"]
+
     # a second demo reusing that teacher trains only the students
-    teacher = next((out / "nnUNet_results").glob("Dataset*/nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres"))
+    teacher = out / "teacher" / "nnUNet_results" / "Dataset990_DemoPhantoms" / (
+        "nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres")
     again = tmp_path / "again"
     proc = subprocess.run([*cmd[:3], str(again), *cmd[4:], "--teacher", str(teacher)],
                           capture_output=True, text=True, timeout=850, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "reusing the teacher" in proc.stdout and "training the teacher" not in proc.stdout
+    assert not (again / "teacher" / "nnUNet_results").exists()  # predicted from where it lies
     rerun = {r["model"]: r for r in json.loads((again / "results.json").read_text())["table"]["rows"]}
     assert rerun["teacher"]["mean_dice"] == rows["teacher"]["mean_dice"]  # the same model, the same data

@@ -1,69 +1,58 @@
 """``recokd demo``: the whole ReCo-KD workflow on generated data, on a CPU, in minutes.
 
-Steps (each a real component, nothing mocked):
+The demo is a small preset of ``recokd bench`` (:mod:`recokd.bench`), run by the bench's own
+runner: one width (t=2), one seed, ReCo-KD against the same student without KD. Its steps (each a
+real component, nothing mocked):
 
-1. write a CT-like phantom dataset in nnU-Net raw format (:mod:`recokd.data`);
-2. plan and preprocess it with nnU-Net (``3d_fullres``);
-3. train a teacher with stock nnU-Net training (``nnUNetTrainerShortNoDA``: nnU-Net's trainer on a
+1. write a CT-like phantom dataset in nnU-Net raw format (:mod:`recokd.data`) and plan and
+   preprocess it with nnU-Net (``3d_fullres``);
+2. train a teacher with stock nnU-Net training (``nnUNetTrainerShortNoDA``: nnU-Net's trainer on a
    short schedule, without data augmentation, with nnU-Net's ``nnUNetTrainerAdam`` optimiser by
-   default: ``--optimizer``), or reuse one (``--teacher``: a teacher folder of an earlier demo,
-   copied into this one);
-4. distil a t=2 student with ReCo-KD (``recokd train``) and train the same student without KD
-   (stock nnU-Net training on the student plans, same schedule, same seed: the two runs differ
-   only by the KD term, see :mod:`recokd.nnunet.seeding`);
-5. predict the held-out cases with nnU-Net's predictor, evaluate (Dice, HD95, NSD) and profile
+   default: ``--optimizer``), or reuse one (``--teacher``: the teacher of an earlier demo, only
+   predicted and evaluated here);
+3. train the t=2 student without KD (stock nnU-Net training on the student plans) and distil the
+   same student with ReCo-KD (``recokd train``), same schedule, same seed: the two runs differ only
+   by the KD term (:mod:`recokd.nnunet.seeding`);
+4. predict the held-out cases with nnU-Net's predictor, evaluate (Dice, HD95, NSD) and profile
    (parameters, FLOPs, CPU latency);
-6. print one table and save it, with its plots, in the output folder.
+5. print one compact table (with the gap recovered) and save it, with the bench's full report, its
+   CSVs and plots, in the output folder.
 
-All nnU-Net folders live inside the output folder: the user's own ``nnUNet_raw`` /
-``nnUNet_preprocessed`` / ``nnUNet_results`` are never touched (the environment variables are
-set for this process only). The regime (grid, small-structure size, no augmentation, schedules,
-KD weight) is the CPU regime of ``benchmarks/RESULTS.md`` ("Choosing the regime"), scaled down to
-fit in about 15 minutes on 2 CPU cores.
+The output folder is a bench folder (``recokd bench``'s layout: ``teacher/``, ``runs/t2/...``, each
+run with its nnU-Net folders, predictions, evaluation and ``run.log``): the user's own
+``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` are never touched, and an interrupted
+demo resumes when the same command is run again. The regime (grid, small-structure size, no
+augmentation, schedules, KD weight) is the CPU regime of ``benchmarks/RESULTS.md`` ("Choosing the
+regime"), scaled down to fit in about 15 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import sys
 import time
-import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from recokd.bench.stats import gap_recovered
+from recokd.bench.config import CONFIG_FILE, NOKD, TEACHER, PhantomSpec, Selection, Study
+from recokd.bench.report import SummaryRow
 from recokd.errors import UserError
 from recokd.nnunet import layout
-from recokd.nnunet.layout import (
-    CHECKPOINT_FINAL,
-    PROGRESS_DESC_ENV,
-    PROGRESS_ENV,
-    SEED_ENV,
-    SETTINGS_ENV,
-    SHORT_EPOCHS_ENV,
-    SHORT_ITERS_ENV,
-    SHORT_OPTIMIZER_ENV,
-    SHORT_VAL_ITERS_ENV,
-    fold_folder_name,
-    model_folder_name,
-    parse_model_folder_name,
-)
+from recokd.nnunet.layout import dataset_folder_name, model_folder_name
 from recokd.nnunet.optim import OPTIMIZER_NAMES, OPTIMIZER_TEXT, check_optimizer_name
-from recokd.nnunet.preprocess import plan_and_preprocess
 
 DATASET_ID = 990
 DATASET_NAME = "DemoPhantoms"
+DATASET = dataset_folder_name(DATASET_ID, DATASET_NAME)
 CONFIGURATION = "3d_fullres"
-#: trainers of the teacher / no-KD student and of the KD student, by ``DemoConfig.augmentation``
-TEACHER_CHECKPOINT = CHECKPOINT_FINAL
-#: files of an nnU-Net model folder a reused teacher needs (besides fold_0/checkpoint_final.pth)
-_MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
+#: the KD method of the demo's student, and the demo's names of the bench's rows
+KD_METHOD = "reco"
+ROW_NAMES = {TEACHER: "teacher", NOKD: "student (no KD)", KD_METHOD: "student (ReCo-KD)"}
+#: the full bench report (the demo's own table is results.md)
+BENCH_REPORT = "bench_results.md"
 
 
 @dataclass
@@ -90,6 +79,8 @@ class DemoConfig:
     teacher: str | None = None  #: a teacher model folder to reuse instead of training one
 
     def validate(self) -> None:
+        from recokd.bench.runner import check_teacher_folder
+
         if self.cases < 5 or self.test_cases < 1:
             raise UserError("the demo needs --cases >= 5 (nnU-Net's 5-fold split) and --test-cases >= 1")
         for name in ("teacher_epochs", "student_epochs", "iters_per_epoch", "val_iters"):
@@ -100,325 +91,104 @@ class DemoConfig:
         if not 0 <= self.warmup <= 1:
             raise UserError(f"--warmup must be in [0, 1], got {self.warmup}")
         check_optimizer_name(self.optimizer, "--optimizer")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {self.threads}")
         if self.teacher is not None:
-            check_teacher_folder(Path(self.teacher))
+            check_teacher_folder(self.teacher, CONFIGURATION, "0")
 
-    @property
-    def stock_trainer(self) -> str:
-        return layout.short_trainer(self.augmentation)
+    def study(self) -> Study:
+        """The bench study of this demo (what every run shares; recorded in ``bench_config.json``)."""
+        from recokd.bench.runner import check_teacher_folder
 
-    @property
-    def kd_trainer(self) -> str:
-        return layout.kd_trainer(self.augmentation)
-
-
-def check_teacher_folder(folder: Path) -> None:
-    """A teacher to reuse: an nnU-Net model folder ``Trainer__Plans__3d_fullres`` with fold 0 trained,
-    e.g. ``<earlier demo>/nnUNet_results/Dataset990_DemoPhantoms/<trainer>__nnUNetPlans__3d_fullres``."""
-    name = parse_model_folder_name(folder.name)
-    if not folder.is_dir() or name is None or name.configuration != CONFIGURATION:
-        raise UserError(
-            f"--teacher {folder}: expected an nnU-Net model folder Trainer__Plans__{CONFIGURATION}, e.g. "
-            f"<earlier demo output>/nnUNet_results/Dataset{DATASET_ID:03d}_{DATASET_NAME}/"
-            f"{model_folder_name(layout.short_trainer(False), 'nnUNetPlans', CONFIGURATION)}"
+        teacher = str(check_teacher_folder(self.teacher, CONFIGURATION, "0")) if self.teacher else None
+        phantoms = PhantomSpec(
+            cases=self.cases, test_cases=self.test_cases, shape=list(self.shape), seed=self.seed,
+            small_scale=self.small_scale,
         )
-    needed = (*_MODEL_FILES, f"{fold_folder_name(0)}/{TEACHER_CHECKPOINT}")
-    missing = [n for n in needed if not (folder / n).is_file()]
-    if missing:
-        raise UserError(f"--teacher {folder}: {', '.join(missing)} missing (a trained fold 0 is needed)")
+        study = Study(
+            dataset=DATASET,
+            phantoms=asdict(phantoms),
+            configuration=CONFIGURATION,
+            teacher=teacher,
+            teacher_epochs=None if teacher else self.teacher_epochs,
+            teacher_seed=None if teacher else self.seed,
+            epochs=self.student_epochs,
+            iters_per_epoch=self.iters_per_epoch,
+            val_iters=self.val_iters,
+            kd_weight=self.kd_weight,
+            schedule="linear",
+            warmup=self.warmup,
+            augmentation=self.augmentation,
+            optimizer=self.optimizer,
+            teacher_optimizer=self.optimizer,
+        )
+        study.validate()
+        return study
+
+    def selection(self) -> Selection:
+        """One width, one seed: the no-KD student (implied) and ReCo-KD."""
+        return Selection(methods=[KD_METHOD], ts=[self.t], seeds=[self.seed])
 
 
-class _Stage:
-    """Runs the numbered stages: a header, the stage's own output (nnU-Net's logs) sent to
-    ``logs/<n>_<name>.log`` so that only headers and progress bars reach the terminal, the wall
-    time; on failure, the log's last lines and its path."""
-
-    def __init__(self, total: int, log_dir: Path):
-        self.total = total
-        self.index = 0
-        self.started = time.perf_counter()
-        self.log_dir = log_dir
-
-    def __call__(self, title: str, fn: Callable[[], Any], progress: str | None = None) -> Any:
-        """``progress``: label of the training progress bar of this stage (``RECOKD_PROGRESS``)."""
-        self.index += 1
-        print(f"\n[{self.index}/{self.total}] {title} ...", flush=True)
-        log = self.log_dir / f"{self.index}_{_slug(title.split(' (')[0])}.log"
-        t0 = time.perf_counter()
-        os.environ[PROGRESS_DESC_ENV] = progress or title
-        try:
-            with _stdout_to(log):
-                result = fn()
-        except BaseException:
-            lines = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
-            print("\n".join(lines) + f"\n[{self.index}/{self.total}] {title}: FAILED (full log: {log})",
-                  flush=True)
-            raise
-        print(f"[{self.index}/{self.total}] {title}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-        return result
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-
-@contextlib.contextmanager
-def _stdout_to(path: Path):
-    """Redirect file descriptor 1 (this process and the worker processes it starts) to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    saved = os.dup(1)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.dup2(fd, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(fd)
-        os.close(saved)
-
-
-def _set_environment(out: Path, cfg: DemoConfig) -> dict[str, Path]:
-    from recokd.nnunet import add_ext_trainer_dir_to_env
-
-    dirs = {
-        "raw": out / "nnUNet_raw",
-        "preprocessed": out / "nnUNet_preprocessed",
-        "results": out / "nnUNet_results",
-    }
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    os.environ["nnUNet_raw"] = str(dirs["raw"])
-    os.environ["nnUNet_preprocessed"] = str(dirs["preprocessed"])
-    os.environ["nnUNet_results"] = str(dirs["results"])
-    os.environ.setdefault("nnUNet_n_proc_DA", "0")  # augmentation in the main process: 2-core machines
-    os.environ.setdefault("nnUNet_compile", "0")
-    os.environ.setdefault("nnUNet_wandb_enabled", "0")
-    os.environ.pop(SETTINGS_ENV, None)
-    os.environ[PROGRESS_ENV] = "1"  # tqdm bars over training iterations (recokd.nnunet.progress)
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # torch deprecation notices in workers
-    add_ext_trainer_dir_to_env()
-    return dirs
-
-
-def _train_stock(plans: str, epochs: int, cfg: DemoConfig) -> None:
-    import torch
-    from nnunetv2.run.run_training import run_training
-
-
-    os.environ[SHORT_EPOCHS_ENV] = str(epochs)
-    os.environ[SHORT_ITERS_ENV] = str(cfg.iters_per_epoch)
-    os.environ[SHORT_VAL_ITERS_ENV] = str(cfg.val_iters)
-    os.environ[SHORT_OPTIMIZER_ENV] = cfg.optimizer
-    os.environ[SEED_ENV] = str(cfg.seed)
-    run_training(str(DATASET_ID), CONFIGURATION, 0, cfg.stock_trainer, plans, device=torch.device("cpu"))
-
-
-def _copy_teacher(source: Path, results: Path) -> Path:
-    """Copy a trained teacher (its fold 0 final checkpoint and model files) into this demo's results."""
-    target = results / source.name
-    (target / "fold_0").mkdir(parents=True, exist_ok=True)
-    for name in _MODEL_FILES:
-        shutil.copy2(source / name, target / name)
-    shutil.copy2(source / "fold_0" / TEACHER_CHECKPOINT, target / "fold_0" / TEACHER_CHECKPOINT)
-    print(f"copied {source} -> {target}")
-    return target
-
-
-def _run_cli(argv: list[str]) -> None:
-    from recokd.cli import main
-
-    rc = main(argv)
-    if rc != 0:
-        raise UserError(f"`recokd {' '.join(argv)}` failed with exit code {rc}")
+def teacher_help_path() -> str:
+    """Where an earlier demo keeps its teacher, relative to its output folder (for ``--teacher``)."""
+    trainer = layout.short_trainer(DemoConfig.augmentation)
+    return f"teacher/nnUNet_results/{DATASET}/{model_folder_name(trainer, 'nnUNetPlans', CONFIGURATION)}"
 
 
 def run_demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
-    """Run every step into ``out``; returns the results table (also written to ``out``)."""
+    """Run the demo's bench into ``out`` (resuming an interrupted demo there); returns the results
+    table (also written to ``out``)."""
+    from recokd.bench.config import check_or_write_config
+    from recokd.bench.runner import BenchRunner
+
+    started = time.perf_counter()
     cfg.validate()
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
-    dirs = _set_environment(out, cfg)
-    dataset = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
-    student_plans = f"nnUNetPlans_recokd_t{cfg.t}"
-    results = dirs["results"] / dataset
-    stock_teacher = model_folder_name(cfg.stock_trainer, "nnUNetPlans", CONFIGURATION)
-    teacher_name = Path(cfg.teacher).name if cfg.teacher else stock_teacher
-    models = {
-        "teacher": results / teacher_name,
-        "student (no KD)": results / model_folder_name(cfg.stock_trainer, student_plans, CONFIGURATION),
-        "student (ReCo-KD)": results / model_folder_name(cfg.kd_trainer, student_plans, CONFIGURATION),
-    }
-    stage = _Stage(total=8, log_dir=out / "logs")
-    warnings.filterwarnings("ignore", category=FutureWarning)  # torch deprecation notices
-
-    from recokd.data.phantoms import write_phantom_dataset
-
-    raw = stage(
-        f"writing {cfg.cases}+{cfg.test_cases} phantoms of {'x'.join(map(str, cfg.shape))} voxels",
-        lambda: write_phantom_dataset(
-            DATASET_ID,
-            num_cases=cfg.cases,
-            num_test_cases=cfg.test_cases,
-            seed=cfg.seed,
-            shape=cfg.shape,
-            small_scale=cfg.small_scale,
-            name=DATASET_NAME,
-            raw_dir=dirs["raw"],
-            progress=True,
-        ),
-    )
-    stage("nnU-Net planning and preprocessing (3d_fullres)",
-          lambda: plan_and_preprocess(DATASET_ID, CONFIGURATION))
+    study, selection = cfg.study(), cfg.selection()
+    resumed = check_or_write_config(out, study, selection)
+    if cfg.threads:  # the workers' torch (training, prediction) and the profile
+        os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
+    print(f"{'resuming the' if resumed else 'new'} demo in {out}")
     if cfg.teacher:
-        stage(f"reusing the teacher {cfg.teacher}", lambda: _copy_teacher(Path(cfg.teacher), results))
+        print(f"reusing the teacher {cfg.teacher}: it is only predicted and evaluated here")
     else:
-        stage(
-            f"training the teacher (stock nnU-Net, {cfg.teacher_epochs} x {cfg.iters_per_epoch} iterations)",
-            lambda: _train_stock("nnUNetPlans", cfg.teacher_epochs, cfg),
-            progress="teacher",
-        )
-    stage(
-        f"student plans t={cfg.t}",
-        lambda: _run_cli(
-            ["student-plans", str(DATASET_ID), "-p", "nnUNetPlans", "-c", CONFIGURATION, "-t", str(cfg.t)]
-        ),
+        print(f"training the teacher (stock nnU-Net, {cfg.teacher_epochs} x {cfg.iters_per_epoch} "
+              f"iterations), then both students ({cfg.student_epochs} x {cfg.iters_per_epoch} iterations "
+              "each); every run's nnU-Net log is the run.log in its folder")
+    runner = BenchRunner(
+        out, study, selection, device="cpu", profile_threads=cfg.threads, training_progress=True,
+        report_file=BENCH_REPORT, print_table=False, profile_on_test_case=False,
     )
-    # KD first: a reused teacher that does not fit this demo's data is refused before anything trains
-    stage(
-        f"distilling the student with ReCo-KD ({cfg.student_epochs} x {cfg.iters_per_epoch} iterations)",
-        lambda: _run_cli(
-            [
-                "train", str(DATASET_ID), CONFIGURATION, "0",
-                "--teacher", str(models["teacher"]), "-t", str(cfg.t), "-tr", cfg.kd_trainer,
-                "--seed", str(cfg.seed),
-                "--epochs", str(cfg.student_epochs), "--iters-per-epoch", str(cfg.iters_per_epoch),
-                "--val-iters", str(cfg.val_iters),
-                "--kd-weight", str(cfg.kd_weight), "--warmup", str(cfg.warmup),
-                "--optimizer", cfg.optimizer, "--device", "cpu",
-            ]
-        ),
-        progress="student, ReCo-KD",
-    )
-    stage(
-        f"training the student without KD ({cfg.student_epochs} x {cfg.iters_per_epoch} iterations)",
-        lambda: _train_stock(student_plans, cfg.student_epochs, cfg),
-        progress="student, no KD",
-    )
-
-    predictions = out / "predictions"
-    evaluations: dict[str, dict[str, Any]] = {}
-
-    def predict_and_evaluate() -> None:
-        from tqdm import tqdm
-
-        from recokd.evaluation.evaluate import evaluate_folders
-
-        for name, folder in tqdm(models.items(), desc="models", unit="model", file=sys.stderr):
-            trainer, plans, _ = parse_model_folder_name(folder.name)
-            pred = predictions / _slug(name)
-            _run_cli(
-                [
-                    "predict",
-                    "-i",
-                    str(raw / "imagesTs"),
-                    "-o",
-                    str(pred),
-                    "-d",
-                    str(DATASET_ID),
-                    "-c",
-                    CONFIGURATION,
-                    "-f",
-                    "0",
-                    "-tr",
-                    trainer,
-                    "-p",
-                    plans,
-                    "--device",
-                    "cpu",
-                    "--disable-tta",
-                    "-npp",
-                    "1",
-                    "-nps",
-                    "1",
-                    "--overwrite",
-                ]
-            )
-            result = evaluate_folders(pred, raw / "labelsTs", dataset_json=raw / "dataset.json")
-            result.write(out / "evaluation" / _slug(name), overwrite=True)
-            evaluations[name] = result.summary()
-
-    stage("predicting and evaluating the held-out cases", predict_and_evaluate)
-
-    def profile():
-        from recokd.evaluation.profile import ModelSpec, ProfileSettings, profile_models
-
-        settings = ProfileSettings(
-            device="cpu",
-            threads=cfg.threads,
-            repeats=3,
-            mirroring=("off",),
-            volume_shape=None,  # twice the patch per axis: several sliding-window tiles, as on real scans
-        )
-        return profile_models([ModelSpec(str(p), name) for name, p in models.items()], settings)
-
-    report = stage("profiling (parameters, FLOPs, CPU latency)", profile)
-    table = _table(models, evaluations, report)
-    _write_outputs(out, table, evaluations, report, cfg, stage.elapsed())
+    if runner.run() != 0:
+        raise UserError("the demo failed: " + "; ".join(runner.failures))
+    table = demo_table(runner.rows)
+    _write_outputs(out, table, runner.profiles, cfg, time.perf_counter() - started)
     return table
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_").replace("__", "_")
-
-
-def _group_dice(summary: dict[str, Any], group: str) -> float | None:
-    groups = summary.get("groups") or {}
-    entry = groups.get(group) or {}
-    dice = entry.get("dice") if isinstance(entry, dict) else None
-    if isinstance(dice, dict):
-        return dice.get("mean")
-    return dice
-
-
-def _table(models: dict[str, Path], evaluations: dict[str, dict[str, Any]], report) -> dict[str, Any]:
-    rows = []
-    by_label = {m.label: m for m in report.models}
-    for name in models:
-        prof = by_label[name]
-        summ = evaluations[name]
-        fg = summ["foreground_mean"]
-        rows.append(
+def demo_table(rows: list[SummaryRow]) -> dict[str, Any]:
+    """The demo's compact table from the bench's summary rows: one row per model (teacher, no-KD
+    student, ReCo-KD student) and the gap ReCo-KD recovers, ``(KD - no KD) / (teacher - no KD)``."""
+    out, gap = [], {"mean_dice": None, "small_dice": None}
+    for r in rows:
+        out.append(
             {
-                "model": name,
-                "parameters": prof.parameters,
-                "flops_per_patch": prof.flops_per_patch,
-                "cpu_latency_s": prof.timings["off"].median_s,
-                "mean_dice": _mean(fg.get("dice")),
-                "small_dice": _group_dice(summ, "small"),
-                "hd95_mm": _mean(fg.get("hd95_mm")),
+                "model": ROW_NAMES[r.method],
+                "parameters": r.parameters,
+                "flops_per_patch": r.flops_per_patch,
+                "cpu_latency_s": r.latency_s,
+                "mean_dice": r.mean_dice.mean,
+                "small_dice": r.small_dice.mean,
+                "hd95_mm": r.hd95_mm.mean,
             }
         )
-    by_model = {r["model"]: r for r in rows}
-    gap = {
-        key: gap_recovered(
-            by_model["student (ReCo-KD)"][key], by_model["student (no KD)"][key], by_model["teacher"][key]
-        )
-        for key in ("mean_dice", "small_dice")
-    }
-    return {"rows": rows, "gap_recovered": gap}
+        if r.method == KD_METHOD:
+            gap = {"mean_dice": r.gap_dice, "small_dice": r.gap_small}
+    return {"rows": out, "gap_recovered": gap}
 
 
-def _mean(value: Any) -> float | None:
-    if isinstance(value, dict):
-        return value.get("mean")
-    return value
-
-
-def _fmt(v: Any, spec: str) -> str:
-    return "n/a" if v is None else format(v, spec)
+def _fmt(v: Any, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    return "n/a" if v is None else format(v / scale, spec) + unit
 
 
 def format_table(table: dict[str, Any]) -> str:
@@ -429,8 +199,9 @@ def format_table(table: dict[str, Any]) -> str:
     lines = [head, "-" * len(head)]
     for r in table["rows"]:
         lines.append(
-            f"{r['model']:<20}{r['parameters'] / 1e6:>9.2f}M{r['flops_per_patch'] / 1e9:>14.1f}"
-            f"{r['cpu_latency_s']:>12.2f}{_fmt(r['mean_dice'], '.3f'):>11}{_fmt(r['small_dice'], '.3f'):>12}"
+            f"{r['model']:<20}{_fmt(r['parameters'], '.2f', 1e6, 'M'):>10}"
+            f"{_fmt(r['flops_per_patch'], '.1f', 1e9):>14}{_fmt(r['cpu_latency_s'], '.2f'):>12}"
+            f"{_fmt(r['mean_dice'], '.3f'):>11}{_fmt(r['small_dice'], '.3f'):>12}"
             f"{_fmt(r['hd95_mm'], '.1f'):>9}"
         )
     gap = table.get("gap_recovered") or {}
@@ -444,9 +215,26 @@ def format_table(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_outputs(out: Path, table, evaluations, report, cfg: DemoConfig, elapsed: float) -> None:
-    from recokd.evaluation.plots import dice_vs_latency
+def _latency_text(profiles: dict[str, dict[str, Any]]) -> str:
+    prof = next(iter(profiles.values()), None)
+    if prof is None:
+        return "CPU latency: not measured (the profile failed; see profile/*.log)."
+    p = prof["profile"]
+    shape = "x".join(map(str, p["volume_shape"]))
+    volume = (
+        f"the first held-out case ({shape} voxels preprocessed" if p["volume_source"].startswith("case")
+        else f"one volume of twice the patch size per axis ({shape} voxels, as a scan larger than a patch"
+    )
+    return (
+        f"CPU latency: nnU-Net sliding window on {volume}; {p['n_tiles']} tiles at step 0.5), no mirroring, "
+        f"per-layer oneDNN choice as in recokd predict, {p['threads']} torch thread(s), median of "
+        f"{prof['settings']['repeats']} after warm-up."
+    )
 
+
+def _write_outputs(
+    out: Path, table: dict[str, Any], profiles: dict[str, dict[str, Any]], cfg: DemoConfig, elapsed: float
+) -> None:
     text = format_table(table)
     augmentation = "nnU-Net's data augmentation" if cfg.augmentation else "no data augmentation (NoDA)"
     teacher = (
@@ -454,9 +242,8 @@ def _write_outputs(out: Path, table, evaluations, report, cfg: DemoConfig, elaps
         else f"{cfg.teacher_epochs} x {cfg.iters_per_epoch} iterations"
     )
     notes = (
-        "FLOPs: torch.utils.flop_counter, 2 per multiply-add, one patch, batch 1. CPU latency: nnU-Net "
-        "sliding window on one volume of twice the patch size per axis (27 tiles at step 0.5), no "
-        "mirroring, per-layer oneDNN choice as in recokd predict, median of 3 after warm-up. Dice/HD95: "
+        "FLOPs: torch.utils.flop_counter, 2 per multiply-add, one patch, batch 1. "
+        f"{_latency_text(profiles)} Dice/HD95: "
         f"{cfg.test_cases} held-out phantoms ({'x'.join(map(str, cfg.shape))}, small structures x"
         f"{cfg.small_scale:g}), mean over foreground classes; small = the small structures (vessel, "
         "adrenal, lesion); empty-mask convention recokd-empty-v1 (HD95 NaN left out of means). "
@@ -464,7 +251,8 @@ def _write_outputs(out: Path, table, evaluations, report, cfg: DemoConfig, elaps
         f"iterations, seed {cfg.seed} (paired: same initialisation and data stream); {augmentation}; "
         f"optimiser {OPTIMIZER_TEXT[cfg.optimizer]}; "
         f"ReCo-KD lambda_max {cfg.kd_weight:g}, linear warm-up over {cfg.warmup:.0%} of the epochs. "
-        "One seed: the study over seeds, with the spread, is benchmarks/RESULTS.md."
+        f"One seed: the study over seeds, with the spread, is benchmarks/RESULTS.md. The bench's full "
+        f"report: {BENCH_REPORT}."
     )
     (out / "results.md").write_text(
         f"# recokd demo\n\n```\n{text}\n```\n\n{notes}\n\nwall time: {elapsed:.0f} s\n"
@@ -476,15 +264,9 @@ def _write_outputs(out: Path, table, evaluations, report, cfg: DemoConfig, elaps
             default=str,
         )
     )
-    points = [
-        {"name": r["model"], "latency_s": r["cpu_latency_s"], "dice": r["mean_dice"]}
-        for r in table["rows"]
-        if r["mean_dice"] is not None
-    ]
-    if points:
-        dice_vs_latency(points, out / "dice_vs_latency.png", title="recokd demo (CPU)", overwrite=True)
     print("\n" + text + "\n\n" + notes)
-    print(f"\nwall time {elapsed:.0f} s; everything is in {out}")
+    print(f"\nwall time {elapsed:.0f} s; everything is in {out} (results.md, {BENCH_REPORT}, "
+          "dice_vs_latency.png, per_class_dice.png)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -496,7 +278,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o", "--output", default="recokd_demo_output", help="output folder (default: %(default)s)"
     )
-    p.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an existing output folder first (without it, the folder of an interrupted "
+                        "demo with the same settings is resumed)")
     d = DemoConfig()
     p.add_argument("--cases", type=int, default=d.cases, help="training phantoms (default: %(default)s)")
     p.add_argument(
@@ -515,8 +299,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction of the epochs over which the KD weight ramps up (default: %(default)s)")
     p.add_argument("--teacher", default=None, metavar="MODEL_FOLDER",
                    help="reuse a trained teacher instead of training one: the teacher model folder of an "
-                        "earlier demo (<its -o>/nnUNet_results/Dataset990_DemoPhantoms/"
-                        "nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres), copied into this output folder; "
+                        f"earlier demo (<its -o>/{teacher_help_path()}), only predicted and evaluated here; "
                         "it must have been trained on the same phantoms (same --cases)")
     p.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=d.optimizer,
                    help="optimiser of the teacher and both students (default: %(default)s: AdamW as "
@@ -541,14 +324,10 @@ def _run(args: argparse.Namespace) -> int:
         teacher=str(Path(args.teacher).expanduser().resolve()) if args.teacher else None,
     )
     cfg.validate()  # before touching the output folder
-    out = Path(args.output).resolve()
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise UserError(
-                f"output folder {out} exists and is not empty; pass --overwrite to replace it "
-                "or -o to choose another folder"
-            )
+    out = Path(args.output).expanduser().resolve()
+    if args.overwrite and out.exists():
+        if not (out / CONFIG_FILE).is_file() and any(out.iterdir()):
+            print(f"--overwrite: {out} is not a demo folder; deleting its content")
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     run_demo(out, cfg)
     return 0

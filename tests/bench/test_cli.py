@@ -10,7 +10,7 @@ import pytest
 
 from recokd.bench.cli import build_selection, build_study
 from recokd.bench.config import check_or_write_config
-from recokd.bench.runner import check_teacher_folder, first_case_files
+from recokd.bench.runner import check_teacher_folder, check_teacher_labels, first_case_files
 from recokd.cli import build_parser, main
 from recokd.errors import UserError
 
@@ -43,7 +43,7 @@ def test_unknown_method_lists_the_registered_ones(tmp_path: Path, capsys: pytest
 
 def test_option_combinations(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = ["-o", str(tmp_path / "b")]
-    assert "cannot be combined with --phantoms" in _err(capsys, ["bench", *TINY, *out, "--teacher", "/x"])
+    assert "expected an nnU-Net results folder" in _err(capsys, ["bench", *TINY, *out, "--teacher", "/x"])
     assert "apply to --dataset" in _err(
         capsys, ["bench", *TINY, *out, "--test-images", "/x", "--test-labels", "/y"]
     )
@@ -136,14 +136,35 @@ def test_resumed_bench_with_another_schedule_is_refused(
 def test_teacher_folder_checks(tmp_path: Path) -> None:
     model = tmp_path / "Dataset005_Tiny" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     (model / "fold_0").mkdir(parents=True)
-    with pytest.raises(UserError, match="fold_0/checkpoint_final.pth does not exist"):
+    (model / "plans.json").write_text("{}")
+    with pytest.raises(UserError, match="dataset.json, fold_0/checkpoint_final.pth missing"):
         check_teacher_folder(str(model), "3d_fullres", "0")
+    (model / "dataset.json").write_text("{}")
     (model / "fold_0" / "checkpoint_final.pth").write_bytes(b"")
     assert check_teacher_folder(str(model / "fold_0"), "3d_fullres", "0") == model
     with pytest.raises(UserError, match="trained for configuration '3d_fullres'"):
         check_teacher_folder(str(model), "2d", "0")
     with pytest.raises(UserError, match="expected an nnU-Net results folder"):
         check_teacher_folder(str(tmp_path), "3d_fullres", "0")
+
+
+def test_a_phantom_bench_refuses_a_teacher_of_other_classes(tmp_path: Path) -> None:
+    def dataset_json(folder: Path, labels: dict[str, int]) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "dataset.json").write_text(json.dumps({"labels": labels, "file_ending": ".nii.gz"}))
+        return folder / "dataset.json"
+
+    phantoms = {"background": 0, "liver": 1, "lesion": 2}
+    generated = dataset_json(tmp_path / "raw", phantoms)
+    teacher = tmp_path / "teacher"
+    dataset_json(teacher, phantoms)
+    check_teacher_labels(teacher, generated)  # same classes: accepted
+    dataset_json(teacher, {"background": 0, "liver": 1})
+    with pytest.raises(UserError, match="trained for the labels .*, the generated phantoms have .*lesion"):
+        check_teacher_labels(teacher, generated)
+    (teacher / "dataset.json").unlink()
+    with pytest.raises(UserError, match="cannot read the labels of"):
+        check_teacher_labels(teacher, generated)
 
 
 def test_first_case_files_for_the_latency_profile(tmp_path: Path) -> None:

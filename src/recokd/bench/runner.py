@@ -33,7 +33,6 @@ from recokd.bench import report
 from recokd.bench.config import (
     LOG_FILE,
     NOKD,
-    PHANTOM_DATASET_ID,
     RESULT_FILE,
     TEACHER,
     RunSpec,
@@ -47,6 +46,8 @@ from recokd.errors import UserError
 from recokd.json_files import write_json_atomic
 from recokd.nnunet.layout import (
     CHECKPOINT_FINAL,
+    PROGRESS_DESC_ENV,
+    PROGRESS_ENV,
     SEED_ENV,
     SETTINGS_ENV,
     SHORT_ENV,
@@ -58,6 +59,7 @@ from recokd.nnunet.layout import (
     env_folder,
     fold_folder_name,
     model_folder,
+    parse_dataset_folder_name,
     parse_model_folder_name,
 )
 
@@ -65,6 +67,8 @@ from recokd.nnunet.layout import (
 #: process, one export process, no torch.compile
 CPU_ENV = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
 PREPARED_FILE = "prepared.json"
+#: files of an nnU-Net model folder a teacher given by --teacher needs, besides its fold's checkpoint
+TEACHER_MODEL_FILES = ("plans.json", "dataset.json")
 OUTPUT_FILES = ("runs.csv", "summary.csv", "results.md", "dice_vs_latency.png", "per_class_dice.png")
 
 
@@ -150,13 +154,32 @@ def check_teacher_folder(path: str, configuration: str, fold: str) -> Path:
             f"--teacher {path}: trained for configuration {name.configuration!r}, the bench uses "
             f"{configuration!r} (-c)"
         )
-    ckpt = p / fold_folder_name(fold) / CHECKPOINT_FINAL
-    if not ckpt.is_file():
+    needed = (*TEACHER_MODEL_FILES, f"{fold_folder_name(fold)}/{CHECKPOINT_FINAL}")
+    missing = [n for n in needed if not (p / n).is_file()]
+    if missing:
         raise UserError(
-            f"--teacher {path}: {ckpt} does not exist (the teacher must be trained on the bench's "
-            f"fold {fold}, -f)"
+            f"--teacher {path}: {', '.join(missing)} missing in {p} (a teacher trained on the bench's "
+            f"fold {fold}, -f, is needed)"
         )
     return p
+
+
+def check_teacher_labels(teacher: Path, dataset_json: Path) -> None:
+    """A teacher given to a ``--phantoms`` bench must segment the generated dataset's classes: its
+    ``dataset.json`` labels must be those of ``dataset_json`` (else its outputs would be scored against
+    other classes)."""
+    def labels(path: Path) -> dict[str, Any]:
+        try:
+            return dict(json.loads(path.read_text(encoding="utf-8"))["labels"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"--teacher: cannot read the labels of {path} ({e})") from None
+
+    own, generated = labels(teacher / "dataset.json"), labels(dataset_json)
+    if own != generated:
+        raise UserError(
+            f"--teacher {teacher}: trained for the labels {own}, the generated phantoms have {generated}; "
+            "reuse a teacher trained on phantoms of the same settings"
+        )
 
 
 def check_test_folders(images: Path, labels: Path, explicit: bool) -> None:
@@ -208,8 +231,18 @@ class BenchRunner:
         profile_repeats: int = 3,
         profile_threads: int | None = None,
         progress: bool = True,
+        training_progress: bool = False,
+        report_file: str = "results.md",
+        print_table: bool = True,
+        profile_on_test_case: bool = True,
         echo: Callable[[str], None] = print,
     ):
+        """``progress``: a bar over the runs; ``training_progress``: instead, each training run's own bar
+        over its iterations (:mod:`recokd.nnunet.progress`) on this process's stderr, the workers'
+        stderr shown rather than logged (``recokd demo``); ``report_file``: name of the Markdown report;
+        ``print_table``: print the main table at the end; ``profile_on_test_case``: time the sliding
+        window on the first test case (False: on a synthetic volume of twice the patch per axis, i.e.
+        several tiles, when the test cases are no larger than one patch)."""
         self.out = out
         self.study = study
         self.selection = selection
@@ -218,9 +251,18 @@ class BenchRunner:
         self.profile = profile
         self.profile_repeats = profile_repeats
         self.profile_threads = profile_threads
-        self.progress = progress
+        self.progress = progress and not training_progress
+        self.training_progress = training_progress
+        self.report_file = report_file
+        self.print_table = print_table
+        self.profile_on_test_case = profile_on_test_case
         self.echo = echo
         self.failures: list[str] = []
+        #: filled by :meth:`run`: the layout, every run's status, the profiles and the summary rows
+        self.layout: Layout | None = None
+        self.status: dict[RunSpec, str] = {}
+        self.profiles: dict[str, dict[str, Any]] = {}
+        self.rows: list[report.SummaryRow] = []
 
     # ------------------------------------------------------------------ environment and jobs
 
@@ -253,15 +295,17 @@ class BenchRunner:
         add_ext_trainer_dir_to_env(env)
         return env
 
-    def _launch(self, job: dict[str, Any], job_file: Path, log: Path, env: dict[str, str]) -> int:
+    def _launch(
+        self, job: dict[str, Any], job_file: Path, log: Path, env: dict[str, str], show_stderr: bool = False
+    ) -> int:
+        """Run ``job`` in a worker; its stdout (and, unless ``show_stderr``, its stderr) goes to ``log``."""
         write_json_atomic(job_file, job)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a", encoding="utf-8") as f:
             f.write(f"\n##### {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(job_file))}\n")
             f.flush()
-            return subprocess.run(
-                command(job_file), stdout=f, stderr=subprocess.STDOUT, env=env, check=False
-            ).returncode
+            stderr = None if show_stderr else subprocess.STDOUT
+            return subprocess.run(command(job_file), stdout=f, stderr=stderr, env=env, check=False).returncode
 
     # ------------------------------------------------------------------ dataset and plans
 
@@ -277,7 +321,7 @@ class BenchRunner:
                 job = {
                     "kind": "prepare",
                     "phantoms": study.phantoms,
-                    "dataset_id": PHANTOM_DATASET_ID,
+                    "dataset_id": parse_dataset_folder_name(study.dataset)[0],
                     "dataset_name": study.dataset.split("_", 1)[1],
                     "raw_root": str(raw),
                     "preprocessed_folder": str(pre / study.dataset),
@@ -305,6 +349,8 @@ class BenchRunner:
         check_test_folders(images, labels, study.test_images is not None)
         if study.teacher:
             teacher = Path(study.teacher)
+            if study.phantoms is not None:
+                check_teacher_labels(teacher, raw / study.dataset / "dataset.json")
         else:
             teacher = model_folder(
                 out / TEACHER / "nnUNet_results", study.dataset, study.stock_trainer, study.plans,
@@ -445,8 +491,13 @@ class BenchRunner:
             bar.set_postfix_str(spec.label)
             job, env = self.run_job(layout, spec)
             log = folder / LOG_FILE
+            if self.training_progress:
+                write(f"{prefix} ...")
+                env[PROGRESS_ENV] = "1"
+                env[PROGRESS_DESC_ENV] = spec.label
+                env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # torch deprecation notices
             t0 = time.perf_counter()
-            rc = self._launch(job, folder / "job.json", log, env)
+            rc = self._launch(job, folder / "job.json", log, env, show_stderr=self.training_progress)
             dt = time.perf_counter() - t0
             if rc == 0 and (folder / RESULT_FILE).is_file():
                 res = report.load_run_result(folder)
@@ -472,7 +523,9 @@ class BenchRunner:
             of_t = sorted((s for s in done if s.t == t), key=lambda s: (s.method != NOKD, s.seed))
             if of_t:
                 archs.append((f"t{t}", self.model_folder(layout, of_t[0])))
-        case = first_case_files(layout.test_images, layout.dataset_json)
+        case = None
+        if self.profile_on_test_case:
+            case = first_case_files(layout.test_images, layout.dataset_json)
         profiles: dict[str, dict[str, Any]] = {}
         folder = self.out / "profile"
         for label, model in archs:
@@ -517,7 +570,7 @@ class BenchRunner:
         text = report.results_markdown(
             rows, title=f"recokd bench: {layout.dataset}", setup=setup, small_classes=small, missing=missing
         )
-        (self.out / "results.md").write_text(text, encoding="utf-8")
+        (self.out / self.report_file).write_text(text, encoding="utf-8")
         prof = next(iter(profiles.values()), None)
         threads = prof["profile"]["threads"] if prof else "?"
         try:
@@ -529,7 +582,8 @@ class BenchRunner:
             report.plot_class_dice(rows, self.out / "per_class_dice.png", small)
         except UserError as e:  # e.g. matplotlib missing: the tables are still written
             self.echo(f"charts not written: {e}")
-        self.echo("\n" + report.main_table(rows))
+        if self.print_table:
+            self.echo("\n" + report.main_table(rows))
         return rows
 
     def setup_lines(
@@ -565,11 +619,12 @@ class BenchRunner:
 
     def run(self) -> int:
         started = time.perf_counter()
-        layout = self.prepare()
-        status = self.run_all(layout)
-        profiles = self.profile_all(layout, status)
-        self.write_report(layout, status, profiles)
-        written = [n for n in OUTPUT_FILES if (self.out / n).exists()]
+        self.layout = layout = self.prepare()
+        self.status = status = self.run_all(layout)
+        self.profiles = profiles = self.profile_all(layout, status)
+        self.rows = self.write_report(layout, status, profiles)
+        names = [self.report_file if n == "results.md" else n for n in OUTPUT_FILES]
+        written = [n for n in names if (self.out / n).exists()]
         self.echo(f"\nwritten: {', '.join(written)} in {self.out} ({time.perf_counter() - started:.0f} s)")
         if self.failures:
             self.echo(f"\n{len(self.failures)} failure(s):\n" + "\n".join(f"  {f}" for f in self.failures))

@@ -96,6 +96,20 @@ class ModelFolderName(NamedTuple):
         return model_folder_name(self.trainer, self.plans, self.configuration)
 
 
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """``DatasetXXX_Name``, nnU-Net's dataset folder name (``Dataset004_Hippocampus``)."""
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def parse_dataset_folder_name(folder_name: str) -> tuple[int, str] | None:
+    """``(id, name)`` of ``DatasetXXX_Name``, or None when ``folder_name`` is not such a name."""
+    head, _, name = folder_name.partition("_")
+    digits = head[len("Dataset"):]
+    if not head.startswith("Dataset") or len(digits) != 3 or not digits.isdigit() or not name:
+        return None
+    return int(digits), name
+
+
 def model_folder_name(trainer: str, plans: str, configuration: str) -> str:
     """``Trainer__Plans__Configuration``, nnU-Net's model folder name
     (``nnUNetTrainer__nnUNetPlans__3d_fullres``)."""
