@@ -52,6 +52,9 @@ def test_option_combinations(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert "--phantom-cases apply to --phantoms only" in _err(
         capsys, ["bench", "--dataset", "4", "--phantom-cases", "6", *out]
     )
+    (tmp_path / "a_file").write_text("mine")
+    assert "--report-dir" in _err(capsys, ["bench", *TINY, *out, "--report-dir", str(tmp_path / "a_file")])
+    assert (tmp_path / "a_file").read_text() == "mine"
     assert not (tmp_path / "b").exists()
 
 

@@ -15,7 +15,7 @@ from recokd.nnunet import ext_trainer_dir
 DATASET = "Dataset991_BenchPhantoms"
 
 
-def _setup(tmp_path: Path, teacher: str | None = None) -> tuple[BenchRunner, Layout]:
+def _setup(tmp_path: Path, teacher: str | None = None, **options: object) -> tuple[BenchRunner, Layout]:
     study = Study(
         dataset=DATASET,
         phantoms=None if teacher else {"cases": 5},
@@ -27,7 +27,9 @@ def _setup(tmp_path: Path, teacher: str | None = None) -> tuple[BenchRunner, Lay
         kd_weight=0.02,
     )
     out = tmp_path / "out"
-    runner = BenchRunner(out, study, Selection(["reco"], [2], [0]), device="cpu", progress=False)
+    runner = BenchRunner(
+        out, study, Selection(["reco"], [2], [0]), device="cpu", progress=False, **options  # type: ignore[arg-type]
+    )
     teacher_model = (
         Path(teacher)
         if teacher
@@ -138,3 +140,19 @@ def test_failed_runs_are_reported_with_their_log_and_the_bench_goes_on(
         assert list(csv.DictReader(f)) == []
     md = (layout.out / "results.md").read_text()
     assert "## Missing or failed runs" in md and "- t2 reco seed 0: failed" in md
+
+
+def test_report_dir_takes_the_report_and_leaves_the_main_one(tmp_path: Path) -> None:
+    teacher = tmp_path / "results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres"
+    subset = tmp_path / "out/more_seeds"
+    runner, layout = _setup(tmp_path, teacher=str(teacher), report_dir=subset, print_table=False)
+    layout.out.mkdir(parents=True)
+    (layout.out / "results.md").write_text("the main report")
+    # no finished run (nothing to load): the report lists both as missing
+    status = {RunSpec("teacher", None, None): "failed", RunSpec("reco", 2, 0): "failed"}
+    assert runner.write_report(layout, status, {}) == []
+    assert (layout.out / "results.md").read_text() == "the main report"
+    assert not (layout.out / "runs.csv").exists() and not (layout.out / "summary.csv").exists()
+    md = (subset / "results.md").read_text()
+    assert "- t2 reco seed 0: failed" in md and (subset / "runs.csv").is_file()
+    assert (subset / "summary.csv").is_file()

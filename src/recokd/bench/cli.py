@@ -234,6 +234,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="delete the output folder's content first (also one holding another bench)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        default=None,
+        help="write the report files (runs.csv, summary.csv, results.md, charts) of this selection into "
+        "DIR instead of -o, e.g. a report over more seeds of a subset of the methods that leaves the "
+        "bench's main report in place (default: -o)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -330,6 +338,9 @@ def _run(args: argparse.Namespace) -> int:
     selection = build_selection(args)
     device = _device(args.device)
     out = Path(args.output).expanduser().resolve()
+    report_dir = Path(args.report_dir).expanduser().resolve() if args.report_dir else None
+    if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
+        raise UserError(f"--report-dir {report_dir}: exists and is not a folder")
     study = build_study(args)
     if args.overwrite and out.exists():
         if not (out / CONFIG_FILE).is_file() and any(out.iterdir()):
@@ -352,5 +363,6 @@ def _run(args: argparse.Namespace) -> int:
         profile_repeats=args.profile_repeats,
         profile_threads=args.profile_threads,
         progress=not args.no_progress,
+        report_dir=report_dir,
     )
     return runner.run()

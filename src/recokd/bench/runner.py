@@ -233,6 +233,7 @@ class BenchRunner:
         progress: bool = True,
         training_progress: bool = False,
         report_file: str = "results.md",
+        report_dir: Path | None = None,
         print_table: bool = True,
         profile_on_test_case: bool = True,
         echo: Callable[[str], None] = print,
@@ -240,9 +241,11 @@ class BenchRunner:
         """``progress``: a bar over the runs; ``training_progress``: instead, each training run's own bar
         over its iterations (:mod:`recokd.nnunet.progress`) on this process's stderr, the workers'
         stderr shown rather than logged (``recokd demo``); ``report_file``: name of the Markdown report;
-        ``print_table``: print the main table at the end; ``profile_on_test_case``: time the sliding
-        window on the first test case (False: on a synthetic volume of twice the patch per axis, i.e.
-        several tiles, when the test cases are no larger than one patch)."""
+        ``report_dir``: where the report files go (default ``out``; e.g. a report over a subset of the
+        bench's runs that leaves the main report in place); ``print_table``: print the main table at
+        the end; ``profile_on_test_case``: time the sliding window on the first test case (False: on a
+        synthetic volume of twice the patch per axis, i.e. several tiles, when the test cases are no
+        larger than one patch)."""
         self.out = out
         self.study = study
         self.selection = selection
@@ -254,6 +257,7 @@ class BenchRunner:
         self.progress = progress and not training_progress
         self.training_progress = training_progress
         self.report_file = report_file
+        self.report_dir = report_dir if report_dir is not None else out
         self.print_table = print_table
         self.profile_on_test_case = profile_on_test_case
         self.echo = echo
@@ -563,23 +567,24 @@ class BenchRunner:
         results = [report.load_run_result(s.folder(self.out)) for s, v in status.items() if v == "done"]
         rows = report.summarize(results, self.selection.methods, self.selection.ts, profiles)
         small = next((r.small_classes for r in results if r.small_classes), [])
-        (self.out / "runs.csv").write_text(report.runs_csv(results), encoding="utf-8")
-        (self.out / "summary.csv").write_text(report.summary_csv(rows), encoding="utf-8")
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        (self.report_dir / "runs.csv").write_text(report.runs_csv(results), encoding="utf-8")
+        (self.report_dir / "summary.csv").write_text(report.summary_csv(rows), encoding="utf-8")
         missing = [f"{s.label}: {v}" for s, v in status.items() if v != "done"]
         setup = self.setup_lines(layout, results, profiles)
         text = report.results_markdown(
             rows, title=f"recokd bench: {layout.dataset}", setup=setup, small_classes=small, missing=missing
         )
-        (self.out / self.report_file).write_text(text, encoding="utf-8")
+        (self.report_dir / self.report_file).write_text(text, encoding="utf-8")
         prof = next(iter(profiles.values()), None)
         threads = prof["profile"]["threads"] if prof else "?"
         try:
             report.plot_dice_vs_latency(
                 rows,
-                self.out / "dice_vs_latency.png",
+                self.report_dir / "dice_vs_latency.png",
                 f"{layout.dataset}: mean Dice vs CPU latency ({threads} threads)",
             )
-            report.plot_class_dice(rows, self.out / "per_class_dice.png", small)
+            report.plot_class_dice(rows, self.report_dir / "per_class_dice.png", small)
         except UserError as e:  # e.g. matplotlib missing: the tables are still written
             self.echo(f"charts not written: {e}")
         if self.print_table:
@@ -624,8 +629,9 @@ class BenchRunner:
         self.profiles = profiles = self.profile_all(layout, status)
         self.rows = self.write_report(layout, status, profiles)
         names = [self.report_file if n == "results.md" else n for n in OUTPUT_FILES]
-        written = [n for n in names if (self.out / n).exists()]
-        self.echo(f"\nwritten: {', '.join(written)} in {self.out} ({time.perf_counter() - started:.0f} s)")
+        written = [n for n in names if (self.report_dir / n).exists()]
+        elapsed = time.perf_counter() - started
+        self.echo(f"\nwritten: {', '.join(written)} in {self.report_dir} ({elapsed:.0f} s)")
         if self.failures:
             self.echo(f"\n{len(self.failures)} failure(s):\n" + "\n".join(f"  {f}" for f in self.failures))
             return 1
