@@ -40,6 +40,7 @@ from recokd.data.anatomy import (
     validate_small_scale,
 )
 from recokd.errors import UserError
+from recokd.nnunet.layout import dataset_folder_name
 
 __all__ = [
     "FILE_ENDING",
@@ -105,7 +106,7 @@ def _existing_with_id(folder: Path, dataset_id: int) -> list[Path]:
     """Directories ``Dataset{id:03d}_*`` in ``folder`` (empty if ``folder`` does not exist)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir())
+    return sorted(p for p in folder.glob(dataset_folder_name(dataset_id, "*")) if p.is_dir())
 
 
 def write_phantom_dataset(
@@ -152,7 +153,7 @@ def write_phantom_dataset(
             f"name: expected letters, digits, '_' or '-' (starting with a letter or digit), got {name!r}"
         )
     raw = resolve_raw_dir(raw_dir)
-    folder_name = f"Dataset{dataset_id:03d}_{name}"
+    folder_name = dataset_folder_name(dataset_id, name)
     target = raw / folder_name
     clashes = [p for p in _existing_with_id(raw, dataset_id) if p.name != folder_name]
     if clashes:
