@@ -49,3 +49,20 @@ def test_methods_appears_in_the_top_level_help(capsys: pytest.CaptureFixture) ->
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "methods" in capsys.readouterr().out
+
+
+def test_methods_into_a_closed_pipe_stops_without_a_traceback() -> None:
+    """``recokd methods | head -1``: the reader is gone before the listing is written; the command ends
+    with exit code 1 and nothing on stderr (no BrokenPipeError traceback, no 'Exception ignored')."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from recokd.cli import main; sys.exit(main(['methods']))"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the child has imported anything, let alone written
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err.decode()
+    assert err.decode().strip() == ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -53,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from recokd.nnunet.versions import check_nnunet_version
 
         check_nnunet_version()
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at exit
+        return code
     except UserError as e:
         print(f"recokd {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -63,6 +66,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if resume is not None:
             print(f"continue from the last checkpoint with: {resume(args)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (``recokd methods | head``): stop quietly
+        _silence_stdout()
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's final flush of what is still buffered
+    for the closed pipe raises no second ``BrokenPipeError`` (the recipe of Python's ``signal`` docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (e.g. replaced in tests)
+        pass
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover
