@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from recokd.evaluation.profile import (
     MIRROR_MODES,
     ProfileReport,
 )
-from recokd.json_files import read_json
+from recokd.json_files import read_json, write_json_atomic
 
 # ---------------------------------------------------------------------------- evaluation results
 
@@ -218,7 +217,7 @@ def write_report(report: ProfileReport, out_dir: str | Path, dice: dict[str, flo
         raise UserError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose "
                         "another -o folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    targets["json"].write_text(json.dumps(report_dict(report, dice), indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(targets["json"], report_dict(report, dice))
     targets["csv"].write_text(report_csv(report, dice), encoding="utf-8")
     if dice:
         points, mode = dice_latency_points(report, dice)
