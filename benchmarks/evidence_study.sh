@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/evidence_study.sh [STEP ...]
 #   STEP: data teacher students curves sweep adam-students adam-curves adam-sweep adam-long final int8 backends
-#         few-data few-sweep few-final few-seeds (regime 3: students on FEW_CASES of the teacher's training cases)
+#         few-data few-sweep few-final few-seeds few-aug (regime 3: students on FEW_CASES of the teacher's training cases)
 #   (default: all but int8 and backends, the deployment figures of issue 13, written to DEPLOY)
 #   STEP env: print the study's nnU-Net environment as export lines, for commands run by hand:
 #   eval "$(bash benchmarks/evidence_study.sh env)"
@@ -182,8 +182,9 @@ fi
 # teacher's dataset), preprocessed with the teacher's own plans (nnU-Net's move_plans_between_datasets), so
 # every student sees FEW_CASES cases (nnU-Net fold 0: 80% train, 20% validation) while the teacher saw 48.
 FEW_DATASET=Dataset803_P32s2p0Few
-STUDENT_FEW=(--no-augmentation --iters-per-epoch "$ITERS" --val-iters "$VAL_ITERS" --epochs $((2 * STUDENT_EPOCHS))
+STUDENT_FEW_SCHEDULE=(--iters-per-epoch "$ITERS" --val-iters "$VAL_ITERS" --epochs $((2 * STUDENT_EPOCHS))
     -t "$ADAM_T" --optimizer adam --device cpu --no-progress)
+STUDENT_FEW=(--no-augmentation "${STUDENT_FEW_SCHEDULE[@]}")
 bench_few() {  # bench_few FOLDER ARGS...: a regime-3 student bench (Dataset803) against the Dataset801 teacher
     local out=$1; shift
     run "$BIN/recokd" bench --dataset 803 --teacher "$TEACHER" -o "$out" "${STUDENT_FEW[@]}" "$@"
@@ -225,6 +226,15 @@ if want few-final; then
     w=${FEW_WEIGHT:-}
     bench_few "$STUDY/few-final" --warmup 0.2 --seeds "$SEEDS" \
         --methods "${FEW_METHODS:-reco$w,reco-sard$w,reco-ca$w,cwd,fitnet,logits,dist}"
+fi
+
+if want few-aug; then
+    # regime 3 with nnU-Net's data augmentation for the students (nnUNetTrainerShort / nnUNetTrainerReCoKD; the
+    # teacher stays the NoDA one), validation phantoms, seed 0: no KD, ReCo-KD (FEW_WEIGHT), CWD, DIST
+    w=${FEW_WEIGHT:-}
+    run "$BIN/recokd" bench --dataset 803 --teacher "$TEACHER" -o "$STUDY/few-aug" "${STUDENT_FEW_SCHEDULE[@]}" \
+        --warmup 0.2 --methods "reco$w,cwd,dist" --seed-list 0 \
+        --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile
 fi
 
 if want few-seeds; then
