@@ -47,9 +47,11 @@ def test_results_md_exact_commands_run_as_written(tmp_path: Path) -> None:
         assert (study / name).stat().st_size > 0, name
     for bench in ("sweep/warmup0.2", "sweep/warmup0", "sweep/warmup0.6", "sweep/long", "adam-sweep/warmup0.2",
                   "adam-sweep/warmup0", "adam-sweep/warmup0.6", "adam-sweep/long20", "final", "few-sweep",
-                  "few-final"):
+                  "few-final", "few-final/more-seeds", "few-aug"):
         assert (study / bench / "results.md").is_file(), bench
     assert "Dataset803_P32s2p0Few" in (study / "few-final/results.md").read_text()  # regime 3's students
+    assert "seeds 0, 1 " in (study / "few-final/more-seeds/results.md").read_text()  # FEW_SEEDS=2 under TINY
+    assert "nnU-Net's data augmentation" in (study / "few-aug/results.md").read_text()
     final = (study / "final/results.md").read_text()
     for method in ("reco", "reco-sard", "reco-ca", "cwd", "fitnet", "logits", "dist"):
         assert f"| {method}" in final or f" {method} " in final, method
