@@ -184,11 +184,15 @@ fi
 FEW_DATASET=Dataset803_P32s2p0Few
 STUDENT_FEW_SCHEDULE=(--iters-per-epoch "$ITERS" --val-iters "$VAL_ITERS" --epochs $((2 * STUDENT_EPOCHS))
     -t "$ADAM_T" --optimizer adam --device cpu --no-progress)
-STUDENT_FEW=(--no-augmentation "${STUDENT_FEW_SCHEDULE[@]}")
-bench_few() {  # bench_few FOLDER ARGS...: a regime-3 student bench (Dataset803) against the Dataset801 teacher
+bench_few_augmented() {  # bench_few_augmented FOLDER ARGS...: a regime-3 student bench (Dataset803) against the
+    # Dataset801 teacher, the students with nnU-Net's data augmentation
     local out=$1; shift
-    run "$BIN/recokd" bench --dataset 803 --teacher "$TEACHER" -o "$out" "${STUDENT_FEW[@]}" "$@"
+    run "$BIN/recokd" bench --dataset 803 --teacher "$TEACHER" -o "$out" "${STUDENT_FEW_SCHEDULE[@]}" "$@"
 }
+bench_few() {  # bench_few FOLDER ARGS...: the same without augmentation (regime 3 proper)
+    bench_few_augmented "$@" --no-augmentation
+}
+FEW_W=${FEW_WEIGHT:-}  # ReCo-KD's (and its ablations') weight spec in regime 3, e.g. :10
 if want few-data; then
     few=$nnUNet_raw/$FEW_DATASET
     if [ ! -f "$few/dataset.json" ]; then
@@ -223,17 +227,14 @@ if want few-final; then
     # regime 3 on the test phantoms, the setting chosen on the validation phantoms (FEW_WEIGHT: a method spec
     # at --kd-weight 0.01 for ReCo-KD and its ablations; RESULTS.md)
     # (FEW_METHODS: a subset first; the bench adds the others to the same folder later)
-    w=${FEW_WEIGHT:-}
     bench_few "$STUDY/few-final" --warmup 0.2 --seeds "$SEEDS" \
-        --methods "${FEW_METHODS:-reco$w,reco-sard$w,reco-ca$w,cwd,fitnet,logits,dist}"
+        --methods "${FEW_METHODS:-reco$FEW_W,reco-sard$FEW_W,reco-ca$FEW_W,cwd,fitnet,logits,dist}"
 fi
 
 if want few-aug; then
     # regime 3 with nnU-Net's data augmentation for the students (nnUNetTrainerShort / nnUNetTrainerReCoKD; the
     # teacher stays the NoDA one), validation phantoms, seed 0: no KD, ReCo-KD (FEW_WEIGHT), CWD, DIST
-    w=${FEW_WEIGHT:-}
-    run "$BIN/recokd" bench --dataset 803 --teacher "$TEACHER" -o "$STUDY/few-aug" "${STUDENT_FEW_SCHEDULE[@]}" \
-        --warmup 0.2 --methods "reco$w,cwd,dist" --seed-list 0 \
+    bench_few_augmented "$STUDY/few-aug" --warmup 0.2 --methods "reco$FEW_W,cwd,dist" --seed-list 0 \
         --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile
 fi
 
@@ -242,8 +243,7 @@ if want few-seeds; then
     # ReCo-KD's gain): no KD, ReCo-KD (FEW_WEIGHT) and CWD over seeds 0..FEW_SEEDS-1, in the few-final bench (its
     # finished seeds are reused); this report goes to few-final/more-seeds/, the 3-seed table of every method
     # stays in few-final/
-    w=${FEW_WEIGHT:-}
-    bench_few "$STUDY/few-final" --warmup 0.2 --seeds "$FEW_SEEDS" --methods "reco$w,cwd" \
+    bench_few "$STUDY/few-final" --warmup 0.2 --seeds "$FEW_SEEDS" --methods "reco$FEW_W,cwd" \
         --report-dir "$STUDY/few-final/more-seeds"
 fi
 
