@@ -52,6 +52,12 @@ def test_option_combinations(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert "--phantom-cases apply to --phantoms only" in _err(
         capsys, ["bench", "--dataset", "4", "--phantom-cases", "6", *out]
     )
+    lw = ["--kd-option", "level_weights=[0,1,1]"]
+    err = _err(capsys, ["bench", *TINY, *out, "--methods", "reco,dist", *lw])
+    assert "KD method 'dist' of --methods entry 'dist' has no option 'level_weights'" in err
+    with pytest.raises(SystemExit):
+        main(["bench", *TINY, *out, "--kd-option", "tau"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
     (tmp_path / "a_file").write_text("mine")
     assert "--report-dir" in _err(capsys, ["bench", *TINY, *out, "--report-dir", str(tmp_path / "a_file")])
     assert (tmp_path / "a_file").read_text() == "mine"

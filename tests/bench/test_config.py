@@ -139,3 +139,37 @@ def test_study_validation() -> None:
     assert "iteration(s) per epoch), AdamW (nnU-Net's nnUNetTrainerAdam)" in adam
     with pytest.raises(UserError, match="--optimizer must be one of sgd, adam"):
         _study(optimizer="lbfgs").validate()
+
+
+def test_kd_options_are_routed_to_the_methods_that_take_them_and_checked() -> None:
+    study = _study(kd_options={"level_weights": [0, 0.7, 0.3], "reco.tau": 0.5, "dist.tau": 2.0})
+    # a plain KEY goes to every run; METHOD.KEY only to the runs that have METHOD as a term
+    assert study.kd_options_for("reco:10") == {"level_weights": [0, 0.7, 0.3], "reco.tau": 0.5}
+    assert study.kd_options_for("reco-sard") == {"level_weights": [0, 0.7, 0.3]}
+    assert study.kd_options_for("reco+cwd:0.5") == {"level_weights": [0, 0.7, 0.3], "reco.tau": 0.5}
+    _study(kd_options={"level_weights": [0, 0.7, 0.3], "reco.tau": 0.5}).check_kd_options(["reco:10", "cwd"])
+    with pytest.raises(UserError) as e:  # DIST has no level weights: refused, naming what it takes
+        study.check_kd_options(["reco", "dist"])
+    msg = str(e.value)
+    assert "'dist'" in msg and "'level_weights'" in msg and "beta, gamma, regions, tau" in msg
+    assert "METHOD.KEY" in msg
+    with pytest.raises(UserError, match=r"--kd-option dist.tau: no KD method of --methods \(reco\)"):
+        _study(kd_options={"dist.tau": 2.0}).check_kd_options(["reco"])
+    with pytest.raises(UserError, match="option 'temperature' of KD method 'reco' must be"):
+        _study(kd_options={"temperature": "hot"}).check_kd_options(["reco"])
+    with pytest.raises(UserError, match="'reco' .* has no option 'nonsense'"):
+        _study(kd_options={"reco.nonsense": 1}).check_kd_options(["reco"])
+    text = study.schedule_text()
+    assert 'level_weights=[0, 0.7, 0.3], reco.tau=0.5, dist.tau=2.0)' in text
+
+
+def test_kd_options_belong_to_the_study(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    check_or_write_config(out, _study(), Selection(["reco"], [2], [0]))
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    assert saved["study"]["kd_options"] == {}
+    del saved["study"]["kd_options"]  # a bench written before the field resumes as "no options"
+    (out / CONFIG_FILE).write_text(json.dumps(saved))
+    assert check_or_write_config(out, _study(), Selection(["reco"], [2], [1])) is True
+    with pytest.raises(UserError, match=r"kd_options: saved \{\}, now \{'temperature': 1.0\}"):
+        check_or_write_config(out, _study(kd_options={"temperature": 1.0}), Selection(["reco"], [2], [0]))

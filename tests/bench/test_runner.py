@@ -15,7 +15,9 @@ from recokd.nnunet import ext_trainer_dir
 DATASET = "Dataset991_BenchPhantoms"
 
 
-def _setup(tmp_path: Path, teacher: str | None = None, **options: object) -> tuple[BenchRunner, Layout]:
+def _setup(
+    tmp_path: Path, teacher: str | None = None, kd_options: dict | None = None, **options: object
+) -> tuple[BenchRunner, Layout]:
     study = Study(
         dataset=DATASET,
         phantoms=None if teacher else {"cases": 5},
@@ -25,6 +27,7 @@ def _setup(tmp_path: Path, teacher: str | None = None, **options: object) -> tup
         iters_per_epoch=6,
         val_iters=1,
         kd_weight=0.02,
+        kd_options=kd_options or {},
     )
     out = tmp_path / "out"
     runner = BenchRunner(
@@ -104,6 +107,23 @@ def test_jobs_and_environments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     job, env = runner.run_job(layout, RunSpec("teacher", None, None))
     assert job["train"]["plans"] == "nnUNetPlans" and job["seed"] == 0 and env["RECOKD_SHORT_EPOCHS"] == "3"
     assert env["nnUNet_results"] == str(out / "teacher/nnUNet_results")
+
+
+def test_kd_options_reach_recokd_train(tmp_path: Path) -> None:
+    from recokd.cli import build_parser
+
+    options = {"level_weights": [0, 0.7, 0.3], "reco.context": "affinity", "cwd.temperature": 2.0}
+    runner, layout = _setup(tmp_path, kd_options=options)
+    argv = runner.run_job(layout, RunSpec("reco:10", 2, 0))[0]["train"]["argv"]
+    parsed = build_parser().parse_args(argv)  # what `recokd train` will read
+    assert dict(parsed.kd_option) == {"level_weights": [0, 0.7, 0.3], "reco.context": "affinity"}
+    assert parsed.method == "reco:10"
+    argv = runner.run_job(layout, RunSpec("cwd", 2, 0))[0]["train"]["argv"]
+    assert dict(build_parser().parse_args(argv).kd_option) == {
+        "level_weights": [0, 0.7, 0.3], "cwd.temperature": 2.0
+    }
+    runner, layout = _setup(tmp_path / "plain")
+    assert "--kd-option" not in runner.run_job(layout, RunSpec("reco", 2, 0))[0]["train"]["argv"]
 
 
 def test_an_existing_teacher_is_only_predicted(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from recokd.bench.config import (
     parse_methods,
     plan_runs,
 )
+from recokd.cli_types import kd_option as _kd_option
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
 from recokd.nnunet.layout import KD_TRAINER_NO_DA, SHORT_TRAINER_NO_DA, dataset_folder_name, parse_fold
@@ -138,6 +139,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=d.warmup,
         help="fraction of the epochs over which the KD weight ramps up (default: %(default)s)",
+    )
+    p.add_argument(
+        "--kd-option",
+        type=_kd_option,
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="KD method option (JSON value) of every KD run, repeatable, as for `recokd train`: KEY goes to "
+        "every method of --methods (each must take it), METHOD.KEY to that method only; e.g. "
+        "--kd-option level_weights=[0,0.7,0.3] or --kd-option reco.tau=0.5 (see `recokd methods`)",
     )
     p.add_argument(
         "--optimizer",
@@ -317,6 +328,7 @@ def build_study(args: argparse.Namespace) -> Study:
         test_images=test_images,
         test_labels=test_labels,
         small_classes=small,
+        kd_options=dict(args.kd_option or []),
     )
     study.validate()
     return study
@@ -342,6 +354,7 @@ def _run(args: argparse.Namespace) -> int:
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise UserError(f"--report-dir {report_dir}: exists and is not a folder")
     study = build_study(args)
+    study.check_kd_options(selection.methods)
     if args.overwrite and out.exists():
         if not (out / CONFIG_FILE).is_file() and any(out.iterdir()):
             print(f"--overwrite: {out} is not a bench folder; deleting its content")

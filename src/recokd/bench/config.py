@@ -145,6 +145,9 @@ class Study:
     test_images: str | None = None  #: None: ``imagesTs`` of the raw dataset
     test_labels: str | None = None  #: None: ``labelsTs`` of the raw dataset
     small_classes: list[str] | None = None  #: None: the phantoms' size group "small" (if any)
+    #: KD method options of every KD run (``recokd train --kd-option``): ``KEY`` goes to every KD method of
+    #: the bench (each must accept it), ``METHOD.KEY`` to that method only (:meth:`kd_options_for`)
+    kd_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         for name in ("epochs", "iters_per_epoch", "val_iters"):
@@ -164,6 +167,52 @@ class Study:
             raise UserError(
                 "give --test-images and --test-labels together (or neither: imagesTs/labelsTs of "
                 "the raw dataset)"
+            )
+
+    def kd_options_for(self, spec: str) -> dict[str, Any]:
+        """The options of :attr:`kd_options` the KD run ``spec`` (``reco``, ``reco:10``,
+        ``reco+logits:0.5``) is trained with, checked: a plain ``KEY`` must be accepted by ``spec``, a
+        ``METHOD.KEY`` is passed on when ``METHOD`` is a term of ``spec`` and must be one of its options;
+        values are checked against the option's default (:func:`recokd.kd.option_checks.check_option`).
+
+        Raises :class:`~recokd.errors.UserError` naming the option, the method and its options.
+        """
+        from recokd.kd.option_checks import check_option
+        from recokd.kd.registry import available_methods, parse_method_spec
+
+        terms = [name for name, _ in parse_method_spec(spec)]
+        out: dict[str, Any] = {}
+        for key, value in self.kd_options.items():
+            method, dot, option = key.rpartition(".")
+            targets = [method] if dot else terms
+            if dot and method not in terms:
+                continue  # addresses another method of the bench
+            for name in targets:
+                known = available_methods()[name].options()
+                if option not in known:
+                    raise UserError(
+                        f"--kd-option {key}: KD method {name!r} of --methods entry {spec!r} has no option "
+                        f"{option!r} (its options: {', '.join(sorted(known))}); address one method with "
+                        "METHOD.KEY, or bench the methods that take it in another -o folder"
+                    )
+                try:
+                    check_option(name, option, value, known[option])
+                except KDError as e:
+                    raise UserError(f"--kd-option {key}: {e}") from None
+            out[key] = value
+        return out
+
+    def check_kd_options(self, methods: list[str]) -> None:
+        """Every KD run of ``methods`` takes the options meant for it (:meth:`kd_options_for`), and each
+        ``METHOD.KEY`` option names a method of some run (UserError otherwise)."""
+        used: set[str] = set()
+        for spec in methods:
+            used |= set(self.kd_options_for(spec))
+        unused = [key for key in self.kd_options if key not in used]
+        if unused:
+            raise UserError(
+                f"--kd-option {', '.join(unused)}: no KD method of --methods ({', '.join(methods)}) is "
+                "named by it"
             )
 
     @property
@@ -188,11 +237,12 @@ class Study:
             else f"{self.schedule} warm-up over the first {self.warmup:.0%} of the epochs"
         )
         augmentation = "nnU-Net's data augmentation" if self.augmentation else "no data augmentation"
+        options = "".join(f", {key}={json.dumps(value)}" for key, value in self.kd_options.items())
         return (
             f"students: {self.epochs} epoch(s) x {self.iters_per_epoch} training iterations "
             f"({self.val_iters} validation iteration(s) per epoch), {OPTIMIZER_TEXT[self.optimizer]}; "
             f"KD weight lambda_max {self.kd_weight} "
-            f"({warmup}); {augmentation}; {teacher}"
+            f"({warmup}{options}); {augmentation}; {teacher}"
         )
 
 
@@ -256,7 +306,8 @@ def plan_runs(selection: Selection) -> list[RunSpec]:
 
 def _with_defaults(study: dict[str, Any]) -> dict[str, Any]:
     """A saved study with the defaults of fields added since it was written (same meaning as then)."""
-    out = {f.name: f.default for f in fields(Study) if f.default is not MISSING}
+    out: dict[str, Any] = {f.name: f.default for f in fields(Study) if f.default is not MISSING}
+    out.update({f.name: f.default_factory() for f in fields(Study) if f.default_factory is not MISSING})
     out.update(study)
     phantoms = study.get("phantoms")
     if isinstance(phantoms, dict):

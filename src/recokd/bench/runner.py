@@ -426,6 +426,8 @@ class BenchRunner:
                 "--val-iters", str(study.val_iters), "--kd-weight", str(study.kd_weight),
                 "--schedule", study.schedule, "--warmup", str(study.warmup), "--optimizer", study.optimizer,
                 "--device", self.device,
+                *(arg for key, value in study.kd_options_for(spec.method).items()
+                  for arg in ("--kd-option", f"{key}={json.dumps(value)}")),
             ]}
         if train is not None and train["type"] == "stock":
             train.update(

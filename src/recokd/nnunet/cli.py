@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from recokd.cli_types import kd_option as _kd_option
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
 from recokd.nnunet.devices import add_device_argument, set_nnunet_threads, torch_device
@@ -57,17 +58,6 @@ _DEFAULTS: dict[str, Any] = settings_defaults()
 
 
 # ---------------------------------------------------------------------------- argument parsing
-
-
-def _kd_option(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw  # plain strings need no JSON quotes
-    return key.strip(), value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
