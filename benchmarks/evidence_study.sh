@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/evidence_study.sh [STEP ...]
 #   STEP: data teacher students curves sweep adam-students adam-curves adam-sweep adam-long final int8 backends
-#         few-data few-sweep few-final few-seeds few-aug (regime 3: students on FEW_CASES of the teacher's training cases)
+#         few-data few-sweep few-options few-final few-seeds few-aug (regime 3: students on FEW_CASES of the teacher's training cases)
 #   (default: all but int8 and backends, the deployment figures of issue 13, written to DEPLOY)
 #   STEP env: print the study's nnU-Net environment as export lines, for commands run by hand:
 #   eval "$(bash benchmarks/evidence_study.sh env)"
@@ -221,6 +221,21 @@ if want few-sweep; then
     # baselines that did best in regime 2 (DIST, CWD) at lambda_max 0.01
     bench_few "$STUDY/few-sweep" --warmup 0.2 --methods reco,reco:10,reco:100,dist,cwd --seed-list 0 \
         --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile
+fi
+
+if want few-options; then
+    # regime 3, ReCo-KD's other settings on the validation phantoms, seed 0, at the chosen weight (FEW_WEIGHT),
+    # one bench per setting (each with its own no-KD student): warm-up 0 and 0.6 (0.2 in few-sweep); no
+    # distillation at level 0 (the full-resolution stage, 4 channels at t=3, whose skip feeds the last decoder
+    # stage; the default level weights are 0.62 / 0.27 / 0.12, here 0 / 0.7 / 0.3); tau 0 (no size
+    # normalisation of the region masks: every foreground voxel weighs the same, docs/method.md section 3)
+    options=(--seed-list 0 --test-images "$VAL/imagesTs" --test-labels "$VAL/labelsTs" --no-profile)
+    for w in 0 0.6; do
+        bench_few "$STUDY/few-options/warmup$w" --warmup "$w" --methods "reco$FEW_W" "${options[@]}"
+    done
+    bench_few "$STUDY/few-options/no-level0" --warmup 0.2 --methods "reco$FEW_W" \
+        --kd-option "level_weights=[0,0.7,0.3]" "${options[@]}"
+    bench_few "$STUDY/few-options/tau0" --warmup 0.2 --methods "reco$FEW_W" --kd-option tau=0 "${options[@]}"
 fi
 
 if want few-final; then

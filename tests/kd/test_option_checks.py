@@ -28,6 +28,8 @@ CH = ([4, 8], [8, 16], 3)
         ("cirkd", "grid", 0, "an integer >= 1"),
         ("rkd", "across_batch", "yes", "true or false"),
         ("logits", "temperature", float("nan"), "a number > 0"),
+        ("reco", "tau", -0.5, "a number >= 0"),
+        ("dist", "tau", 0, "a number > 0"),  # a temperature, where ReCo-KD's tau is an exponent
     ],
 )
 def test_bad_option_values_are_refused_naming_method_option_and_expectation(method, option, value, expected):
@@ -40,6 +42,7 @@ def test_every_default_passes_its_own_check():
     for name in available_methods():
         build_kd_method(name, *CH)  # defaults are valid
     build_kd_method("reco", *CH, chunk=64, compile=False, level_weights=[0.6, 0.4], ignore_label=2, alpha=0)
+    build_kd_method("reco", *CH, tau=0)  # no size normalisation of the region weights: allowed
 
 
 def test_an_ignore_label_contradicting_the_dataset_is_refused():

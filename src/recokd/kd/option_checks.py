@@ -3,7 +3,8 @@
 Options arrive from JSON (``--kd-option KEY=VALUE``, settings files), so ``compile="maybe"``,
 ``chunk=0`` or ``temperature="2"`` are easy to write; without a check they count as true, crash at
 the first training step deep inside the loss, or leak Python's ``TypeError`` text. Each option
-name has one rule (:data:`OPTION_RULES`); an option without a rule is checked against the type of
+name has one rule (:data:`OPTION_RULES`, unless :data:`METHOD_OPTION_RULES` gives a method's own);
+an option without a rule is checked against the type of
 its default (bool, int, float, str).
 """
 
@@ -48,7 +49,7 @@ _BOOL = (_is_bool, "true or false")
 OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "alpha": _number(0),
     "temperature": _number(0, strict=True),
-    "tau": _number(0, strict=True),
+    "tau": _number(0),  # ReCo-KD's exponent on the region weights (0: no size normalisation)
     "fg": _number(0),
     "bg": _number(0),
     "att": _number(0),
@@ -71,6 +72,13 @@ OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+#: (method, option) -> rule, where a method's option of that name means something else: DIST's tau is
+#: a softmax temperature (it divides the logits), ReCo-KD's an exponent that may be 0
+METHOD_OPTION_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("dist", "tau"): _number(0, strict=True),
+}
+
+
 def _rule_from_default(default: Any) -> tuple[Callable[[Any], bool], str] | None:
     if isinstance(default, bool):
         return _BOOL
@@ -86,7 +94,7 @@ def _rule_from_default(default: Any) -> tuple[Callable[[Any], bool], str] | None
 def check_option(method: str, name: str, value: Any, default: Any) -> None:
     """Raise :class:`~recokd.errors.KDError` naming the method, the option and what is expected if
     ``value`` is bad."""
-    rule = OPTION_RULES.get(name) or _rule_from_default(default)
+    rule = METHOD_OPTION_RULES.get((method, name)) or OPTION_RULES.get(name) or _rule_from_default(default)
     if rule is None:
         return
     ok, expected = rule
