@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/evidence_study.sh [STEP ...]
 #   STEP: data teacher students curves sweep adam-students adam-curves adam-sweep adam-long final int8 backends
-#         few-data few-sweep few-options few-final few-seeds few-aug (regime 3: students on FEW_CASES of the teacher's training cases)
+#         few-data few-sweep few-options few-final few-seeds few-aug few-nolevel0 (regime 3: students on FEW_CASES of the teacher's training cases)
 #   (default: all but int8 and backends, the deployment figures of issue 13, written to DEPLOY)
 #   STEP env: print the study's nnU-Net environment as export lines, for commands run by hand:
 #   eval "$(bash benchmarks/evidence_study.sh env)"
@@ -260,6 +260,14 @@ if want few-seeds; then
     # stays in few-final/
     bench_few "$STUDY/few-final" --warmup 0.2 --seeds "$FEW_SEEDS" --methods "reco$FEW_W,cwd" \
         --report-dir "$STUDY/few-final/more-seeds"
+fi
+
+if want few-nolevel0; then
+    # regime 3 on the test phantoms, the best setting of few-options (no distillation at level 0, chosen on the
+    # validation phantoms): no KD and ReCo-KD (FEW_WEIGHT, level weights 0 / 0.7 / 0.3) over seeds
+    # 0..FEW_SEEDS-1, next to few-final/more-seeds (the default level weights, same seeds)
+    bench_few "$STUDY/few-nolevel0" --warmup 0.2 --seeds "$FEW_SEEDS" --methods "reco$FEW_W" \
+        --kd-option "level_weights=[0,0.7,0.3]"
 fi
 
 ADAM_T2=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t2__3d_fullres_adam
