@@ -1,7 +1,8 @@
 """The command blocks the docs call exact run as written: ``benchmarks/RESULTS.md`` "Exact commands" (the
 evidence study: phantoms, planning, teacher, students, curves, both sweeps, the final bench, int8 and the
-backend profile, regime 3's dataset and benches, then the by-hand predict / evaluate) on tiny settings
-(``TINY=1``: 10 + 2 phantoms, 2 iterations per epoch, 1-2 epochs, one seed), in a temporary study folder.
+backend profile, regime 3's dataset and benches, the longer teacher, then the by-hand predict / evaluate)
+on tiny settings (``TINY=1``: 10 + 2 phantoms, 2 iterations per epoch, 1-2 epochs, one seed), in a
+temporary study folder.
 The figures mean nothing; what is tested is that every command of the block still works and writes what
 RESULTS.md says it writes."""
 
@@ -47,11 +48,17 @@ def test_results_md_exact_commands_run_as_written(tmp_path: Path) -> None:
         assert (study / name).stat().st_size > 0, name
     for bench in ("sweep/warmup0.2", "sweep/warmup0", "sweep/warmup0.6", "sweep/long", "adam-sweep/warmup0.2",
                   "adam-sweep/warmup0", "adam-sweep/warmup0.6", "adam-sweep/long20", "final", "few-sweep",
-                  "few-final", "few-final/more-seeds", "few-aug"):
+                  "few-final", "few-final/more-seeds", "few-aug", "few-options/warmup0",
+                  "few-options/warmup0.6", "few-options/no-level0", "few-options/tau0", "few-nolevel0"):
         assert (study / bench / "results.md").is_file(), bench
     assert "Dataset803_P32s2p0Few" in (study / "few-final/results.md").read_text()  # regime 3's students
     assert "seeds 0, 1 " in (study / "few-final/more-seeds/results.md").read_text()  # FEW_SEEDS=2 under TINY
     assert "nnU-Net's data augmentation" in (study / "few-aug/results.md").read_text()
+    assert "level_weights=[0, 0.7, 0.3]" in (study / "few-nolevel0/results.md").read_text()  # the KD option
+    assert "tau=0" in (study / "few-options/tau0/results.md").read_text()
+    for split in ("test", "validation"):  # the longer teacher, scored on both held-out splits
+        assert json.loads((study / "teacher-long" / split / "summary.json").read_text())["num_cases"] == 2
+    assert "wall time" in (study / "teacher-long/train_time.txt").read_text()
     final = (study / "final/results.md").read_text()
     for method in ("reco", "reco-sard", "reco-ca", "cwd", "fitnet", "logits", "dist"):
         assert f"| {method}" in final or f" {method} " in final, method
