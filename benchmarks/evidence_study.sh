@@ -47,7 +47,8 @@ export nnUNet_results=$DATA/nnUNet_results
 export nnUNet_extTrainer=$("$PY" -c "import recokd.nnunet as n; print(n.ext_trainer_dir())")
 export nnUNet_def_n_proc=1 nnUNet_compile=0 nnUNet_wandb_enabled=0 PYTHONWARNINGS=ignore::FutureWarning
 DATASET=Dataset801_P32s2p0
-TEACHER=$nnUNet_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres
+TEACHER_MODEL=$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres  # what train_teacher writes, under nnUNet_results
+TEACHER=$nnUNet_results/$TEACHER_MODEL
 VAL=$DATA/validation_raw/Dataset802_P32s2p0Validation
 # regime 1 (sweep): the students' schedule: epochs x 50 iterations, no augmentation, nnU-Net's SGD
 STUDENT=(--no-augmentation --iters-per-epoch "$ITERS" --val-iters "$VAL_ITERS" --epochs "$STUDENT_EPOCHS" -t 2
@@ -82,25 +83,28 @@ if want data; then
 fi
 
 export nnUNet_n_proc_DA=0  # training: augmentation (here: none) in the main process
-if want teacher && [ ! -f "$TEACHER/fold_0/checkpoint_final.pth" ]; then
-    # stock nnU-Net (nnUNetTrainerNoDA on a short schedule): 40 epochs x 50 iterations, seed 0
-    run "${SHORT[@]}" RECOKD_SHORT_EPOCHS="$TEACHER_EPOCHS" \
+train_teacher() {  # train_teacher EPOCHS [VAR=VALUE ...]: the study's teacher command, stock nnU-Net
+    # (nnUNetTrainerNoDA on a short schedule): EPOCHS x 50 iterations, seed 0, in the environment given
+    local epochs=$1; shift
+    run "$@" "${SHORT[@]}" RECOKD_SHORT_EPOCHS="$epochs" \
         "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA -device cpu
+}
+if want teacher && [ ! -f "$TEACHER/fold_0/checkpoint_final.pth" ]; then
+    train_teacher "$TEACHER_EPOCHS"  # 40 epochs
 fi
 
 if want teacher-long; then
     # the issue's teacher criterion (mean Dice >= 0.85 on held-out phantoms within 45 min of training; the
     # 40-epoch teacher above reads 0.846-0.849 on the test phantoms, 0.854-0.855 on the validation ones): the
-    # same stock nnU-Net command for TEACHER_LONG_EPOCHS (default 50 = 2500 iterations, ~40 min here), in a
+    # same stock nnU-Net command for TEACHER_LONG_EPOCHS (default 50 = 2500 iterations, 34 min here), in a
     # results folder of its own; the study's tables keep the 40-epoch teacher. Training time, then Dice on
     # the test and the validation phantoms, go to STUDY/teacher-long/
     long_results=$DATA/nnUNet_results_long
-    long=$long_results/$DATASET/nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres
+    long=$long_results/$TEACHER_MODEL
     mkdir -p "$STUDY/teacher-long"
     if [ ! -f "$long/fold_0/checkpoint_final.pth" ]; then
         start=$(date +%s)
-        run nnUNet_results="$long_results" "${SHORT[@]}" RECOKD_SHORT_EPOCHS="$TEACHER_LONG_EPOCHS" \
-            "$BIN/nnUNetv2_train" 801 3d_fullres 0 -tr nnUNetTrainerShortNoDA -device cpu
+        train_teacher "$TEACHER_LONG_EPOCHS" nnUNet_results="$long_results"
         echo "nnUNetv2_train wall time: $(($(date +%s) - start)) s ($TEACHER_LONG_EPOCHS epochs x $ITERS iterations)" \
             > "$STUDY/teacher-long/train_time.txt"
     fi
