@@ -21,6 +21,7 @@ from typing import Any
 from recokd.cli_types import kd_option as _kd_option
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
+from recokd.json_files import read_json
 from recokd.nnunet.devices import add_device_argument, set_nnunet_threads, torch_device
 from recokd.nnunet.layout import (
     CHECKPOINT_NAMES,
@@ -52,6 +53,8 @@ _SETTINGS_ARGS: dict[str, str] = {
     "val_iters": "val_iters",
     "save_every": "save_every",
     "optimizer": "optimizer",
+    "unlabelled_share": "unlabelled_share",
+    "label_free": "label_free",
 }
 #: KDSettings' defaults, for a fresh start and the --help texts
 _DEFAULTS: dict[str, Any] = settings_defaults()
@@ -80,6 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "or a .pth checkpoint (required unless --c)")
     t.add_argument("--teacher-fold", default=None,
                    help=f"teacher fold (default: {_DEFAULTS['teacher_fold']})")
+    t.add_argument("--teacher-folds", default=None, metavar="F,F,...|all-folds",
+                   help="distil from nnU-Net's fold ensemble: soft targets and the pseudo label maps of "
+                        "unlabelled patches from the mean of these folds' logits (as nnU-Net ensembles "
+                        "folds), features from --teacher-fold (default: the first listed); 'all-folds': "
+                        "every fold_X of the teacher folder")
     t.add_argument("--teacher-checkpoint", default=None,
                    help=f"teacher checkpoint file name (default: {_DEFAULTS['teacher_checkpoint']})")
     t.add_argument("-t", type=int, default=2, help="width reduction exponent: widths / 2**t (default: 2)")
@@ -119,6 +127,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the student's optimiser: nnU-Net's SGD (default) or AdamW with AMSGrad as nnU-Net's "
                         "nnUNetTrainerAdam (same learning rate, weight decay and poly schedule); the CPU "
                         "regime's students learn far faster with adam (benchmarks/RESULTS.md)")
+    t.add_argument("--unlabelled", default=None, metavar="DIR",
+                   help="raw unlabelled scans in nnU-Net naming (CASE_0000.nii.gz, ...) that join the "
+                        "training: preprocessed with the plans by nnU-Net's preprocessor, no label loss on "
+                        "them, the teacher's prediction as the KD target (docs/method.md section 8)")
+    t.add_argument("--unlabelled-share", type=float, default=None, metavar="F",
+                   help="share of each batch taken from the unlabelled scans, in [0, 1) "
+                        f"(default: {_DEFAULTS['unlabelled_share']}; at least one patch of each kind)")
+    t.add_argument("--label-free", action="store_true", default=None,
+                   help="the dataset's training labels are not ground truth (e.g. the teacher's own "
+                        "segmentations): no label loss, every patch distilled as unlabelled; validation then "
+                        "measures agreement with those labels (needs --warmup 0)")
     add_device_argument(t)
     t.add_argument("--num-gpus", "-num_gpus", type=_positive_int, default=1,
                    help="GPUs for DDP training (nnU-Net's -num_gpus)")
@@ -141,6 +160,33 @@ def fold_folder(dataset_name: str, student_plans: str, configuration: str, fold:
     return model_folder(results, dataset_name, trainer, student_plans, configuration) / fold_folder_name(fold)
 
 
+def _teacher_folds(args: argparse.Namespace, given: dict[str, Any]) -> None:
+    """``--teacher-folds`` -> ``teacher_fold`` (feature fold) and ``teacher_ensemble_folds`` in ``given``."""
+    if args.teacher_folds is None:
+        return
+    text = args.teacher_folds.strip()
+    if text == "all-folds":
+        if not args.teacher:
+            raise UserError("--teacher-folds all-folds needs --teacher (the folder whose folds to use)")
+        from recokd.nnunet.model_folder import resolve_folds
+
+        folds = [int(f) for f in resolve_folds(Path(args.teacher).expanduser(), "all")]
+    else:
+        try:
+            folds = [int(f) for f in text.split(",") if f.strip()]
+        except ValueError:
+            raise UserError(f"--teacher-folds: expected fold numbers like 0,1,2,3,4 or 'all-folds', "
+                            f"got {text!r}") from None
+    if not folds or len(set(folds)) != len(folds) or min(folds) < 0:
+        raise UserError(f"--teacher-folds: expected distinct fold numbers >= 0, got {text!r}")
+    feature_fold = given.get("teacher_fold", folds[0])
+    if feature_fold not in folds:
+        raise UserError(f"--teacher-fold {feature_fold} (the fold whose features are distilled) is not "
+                        f"one of --teacher-folds {text}")
+    given["teacher_fold"] = feature_fold
+    given["teacher_ensemble_folds"] = [f for f in folds if f != feature_fold]
+
+
 def _explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Settings fields given on the command line (not left at their 'not given' value)."""
     given: dict[str, Any] = {}
@@ -153,6 +199,9 @@ def _explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
         if field == "teacher_fold":
             value = parse_fold(value, "--teacher-fold")
         given[field] = value
+    _teacher_folds(args, given)
+    if args.unlabelled is not None:
+        given["unlabelled"] = str(Path(args.unlabelled).expanduser().resolve())
     return given
 
 
@@ -162,6 +211,8 @@ def _fresh_settings(args: argparse.Namespace, given: dict[str, Any]):
     if not args.teacher:
         raise UserError("--teacher is required to start a training (it may only be left out with --c)")
     values = {field: _DEFAULTS[field] for field in _SETTINGS_ARGS}
+    values["teacher_ensemble_folds"] = _DEFAULTS["teacher_ensemble_folds"]
+    values["unlabelled"] = _DEFAULTS["unlabelled"]
     values.update(given)
     settings = KDSettings(teacher=str(Path(args.teacher).expanduser().resolve()), t=args.t, c_min=args.c_min,
                           teacher_plans=args.p, **values)
@@ -184,9 +235,11 @@ def _check_resume_flags(saved, args: argparse.Namespace, given: dict[str, Any], 
         )
 
 
-def _check_before_training(settings, student_plans: dict, configuration: str, dataset_folder: Path) -> None:
+def _check_before_training(settings, student_plans: dict, configuration: str, dataset_folder: Path):
     """Everything the trainer will build, built once on the CPU before anything is written or deleted:
-    the teacher (checked against the student plans) and the KD method on the real networks' taps."""
+    the teacher and its ensemble folds (checked against the student plans), the KD method on the real
+    networks' taps, and the unlabelled scans (checked against the dataset; returned as
+    :class:`recokd.nnunet.unlabelled.UnlabelledScans`, or ``None``)."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -206,6 +259,18 @@ def _check_before_training(settings, student_plans: dict, configuration: str, da
     check_teacher_student_compatible(teacher, pm, cm, dataset_json, student_num_input_channels=channels)
     print(f"teacher:        {teacher.checkpoint_path} ({teacher.trainer_name}, {teacher.configuration_name}) "
           "- compatible with the student plans")
+    if settings.teacher_ensemble_folds:
+        from recokd.nnunet.model_folder import check_model_folder
+
+        folds = [settings.teacher_fold, *settings.teacher_ensemble_folds]
+        check_model_folder(settings.teacher, folds, checkpoint=settings.teacher_checkpoint)
+        for fold in settings.teacher_ensemble_folds:
+            member = load_trained_model(settings.teacher, fold=fold, checkpoint=settings.teacher_checkpoint,
+                                        device="cpu")
+            check_teacher_student_compatible(member, pm, cm, dataset_json,
+                                             student_num_input_channels=channels)
+        print(f"teacher folds:  {folds} (ensemble: mean of their logits; features of fold "
+              f"{settings.teacher_fold})")
     lm = pm.get_label_manager(dataset_json)
     where = "--method / --kd-option"
     options = kd_options(settings.method, settings.method_options, lm.ignore_label, bool(lm.has_regions),
@@ -214,6 +279,16 @@ def _check_before_training(settings, student_plans: dict, configuration: str, da
                          (1, channels, *cm.patch_size), where=where)
     print(f"KD method:      {settings.method} on {len(built.student_taps)} tapped stages (student channels "
           f"{built.student_channels}, teacher {built.teacher_channels})")
+    if settings.unlabelled is None:
+        return None
+    from recokd.nnunet.unlabelled import find_unlabelled_scans, unlabelled_batch_size
+
+    scans = find_unlabelled_scans(settings.unlabelled, dataset_folder, student_plans, configuration,
+                                  dataset_json)
+    n_u = unlabelled_batch_size(cm.batch_size, settings.unlabelled_share)
+    print(f"unlabelled:     {len(scans.cases)} scans from {scans.source}, {n_u} of {cm.batch_size} patches "
+          "per batch")
+    return scans
 
 
 # ---------------------------------------------------------------------------- train
@@ -293,7 +368,9 @@ def _train(args: argparse.Namespace) -> int:
           f"{sp.student_params:,} parameters = 1/{sp.teacher_params / sp.student_params:.1f} of the teacher)")
     if note := sp.saturation_note():
         print(f"                {note}")
-    _check_before_training(settings, sp.plans, args.configuration, sp.path.parent)
+    unlabelled = _check_before_training(settings, sp.plans, args.configuration, sp.path.parent)
+    if unlabelled is not None:  # writes only below $nnUNet_preprocessed/<dataset>/unlabelled; resumable
+        unlabelled.preprocess(sp.plans, args.configuration, read_json(sp.path.parent / "dataset.json"))
 
     write_json_no_clobber(sp.path, sp.plans, overwrite=args.overwrite)
     if not resume:

@@ -71,6 +71,18 @@ class KDSettings:
     #: ``"sgd"`` (nnU-Net's default) or ``"adam"`` (nnU-Net's ``nnUNetTrainerAdam``),
     #: see :mod:`recokd.nnunet.optim`
     optimizer: str = "sgd"
+    #: the teacher's further folds (nnU-Net's fold ensemble): soft targets and the label maps of unlabelled
+    #: patches come from the mean of the logits of ``teacher_fold`` and these; features from ``teacher_fold``
+    teacher_ensemble_folds: list[int] = field(default_factory=list)
+    #: a folder of raw unlabelled scans (nnU-Net naming) that joins the training stream, or ``None``
+    unlabelled: str | None = None
+    #: share of each batch taken from the unlabelled scans
+    #: (:func:`recokd.nnunet.unlabelled.unlabelled_batch_size`)
+    unlabelled_share: float = 0.5
+    #: the dataset's training labels are not ground truth (e.g. the teacher's own segmentations, written by
+    #: ``recokd distil``): no label loss, every training patch is distilled as unlabelled; they still decide
+    #: nnU-Net's foreground sampling, and validation measures agreement with them
+    label_free: bool = False
     #: informational: how the student plans were derived (``recokd train`` fills these)
     t: int | None = None
     c_min: int | None = None
@@ -130,6 +142,22 @@ class KDSettings:
             raise bad("warmup", "a fraction in [0, 1]")
         if self.ema_decay is not None and (not is_num(self.ema_decay) or not 0 < self.ema_decay < 1):
             raise bad("ema_decay", "null (no EMA) or a number in (0, 1), e.g. 0.999")
+        folds = self.teacher_ensemble_folds
+        if not isinstance(folds, list) or not all(is_int(f) and f >= 0 for f in folds) \
+                or len(set(folds)) != len(folds) or fold in folds:
+            raise bad("teacher_ensemble_folds", "a list of distinct fold numbers >= 0 without teacher_fold")
+        if self.unlabelled is not None and (not isinstance(self.unlabelled, str) or not self.unlabelled):
+            raise bad("unlabelled", "null or the path of a folder of raw scans")
+        if not is_num(self.unlabelled_share) or not 0 <= self.unlabelled_share < 1:
+            raise bad("unlabelled_share", "a fraction in [0, 1)")
+        if not isinstance(self.label_free, bool):
+            raise bad("label_free", "true or false")
+        if self.label_free and self.unlabelled is not None:
+            raise bad("unlabelled", "null when label_free is true (every training case is then unlabelled)")
+        if self.label_free and (self.kd_weight <= 0 or (self.warmup > 0 and self.schedule != "constant")):
+            raise UserError(f"{where}: label-free training has no label loss, so the KD weight must be > 0 "
+                            f"from the first epoch: kd_weight > 0 and warmup 0 (or schedule 'constant'); got "
+                            f"kd_weight {self.kd_weight}, schedule {self.schedule!r}, warmup {self.warmup}")
         if self.optimizer not in OPTIMIZER_NAMES:
             raise bad("optimizer", f"one of {', '.join(OPTIMIZER_NAMES)}")
         # val_iters >= 1: nnU-Net's on_validation_epoch_end cannot collate zero batches

@@ -33,6 +33,12 @@ DDP, validation, checkpoints, the results folder layout -- is stock ``nnUNetTrai
   seeded right before the student is built, so the student's initialisation and its data stream
   are those of a stock run of the same seed (``nnUNetTrainerShort``): a run with KD weight 0
   reproduces it bit for bit on the CPU (see :mod:`recokd.nnunet.seeding`).
+* **Beyond the labels** (docs/method.md section 8): ``teacher_ensemble_folds`` makes the teacher a fold
+  ensemble (mean of the folds' logits for soft targets and pseudo label maps; features of
+  ``teacher_fold``); ``unlabelled`` adds patches of preprocessed unlabelled scans to every batch
+  (:mod:`recokd.nnunet.unlabelled`); ``label_free`` treats every training patch as unlabelled. The label
+  loss (nnU-Net's Dice+CE) is computed on the labelled patches only; the KD term on all of them, with the
+  teacher's prediction as the target of the unlabelled ones. With neither, nothing changes.
 * **Logging**: per epoch, the means over the epoch's iterations of ``seg_loss``, ``kd_loss``
   (unweighted) and every KD component (``kd/<component>``, ``kd/<component>/<level>``), plus
   ``kd_lambda``, in nnU-Net's logger (and so in the checkpoint and W&B) and in the text log.
@@ -106,6 +112,7 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
         self.kd_settings_file: Path | None
         self.kd_settings, self.kd_settings_file = resolve_settings(self.output_folder, continue_training)
         self.teacher = None  # LoadedModel, -> initialize()
+        self.teacher_ensemble = []  # further LoadedModels (folds), -> initialize()
         self.kd_method = None  # KDMethod, -> configure_optimizers()
         self.distiller = None  # Distiller, -> initialize()
         self.weight_ema = None  # StudentEMA, -> initialize() (if enabled)
@@ -161,6 +168,19 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
             f"ReCo-KD teacher: {teacher.checkpoint_path} (trainer {teacher.trainer_name}, plans "
             f"{teacher.plans_manager.plans_name}, configuration {teacher.configuration_name}), frozen"
         )
+        self.teacher_ensemble = []
+        for fold in s.teacher_ensemble_folds:
+            with isolated_rng():
+                member = load_trained_model(s.teacher, fold=fold, checkpoint=s.teacher_checkpoint,
+                                            device=self.device)
+            check_teacher_student_compatible(member, self.plans_manager, self.configuration_manager,
+                                             self.dataset_json, student_num_input_channels=num_input_channels)
+            self.teacher_ensemble.append(member)
+        if self.teacher_ensemble:
+            self.print_to_log_file(
+                f"ReCo-KD teacher ensemble: folds {[s.teacher_fold, *s.teacher_ensemble_folds]} (mean of "
+                f"their logits for soft targets and pseudo label maps; features of fold {s.teacher_fold})"
+            )
 
     def configure_optimizers(self):
         """nnU-Net's SGD (or its AdamW variant, settings field ``optimizer``) + poly LR, over the
@@ -209,11 +229,74 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
         # self.network is DDP- / compile-wrapped by now: the Distiller runs the student through the
         # wrapper (DDP gradient sync) and resolves its taps on the unwrapped module
         self.distiller = Distiller(
-            self.teacher.network, self.network, self.kd_method, self.student_taps, self.teacher_taps
+            self.teacher.network, self.network, self.kd_method, self.student_taps, self.teacher_taps,
+            ensemble=[m.network for m in self.teacher_ensemble], regions=bool(self.label_manager.has_regions),
         )
         if s.ema_decay is not None:
             self.weight_ema = StudentEMA(self.network, decay=s.ema_decay)
         self.kd_schedule = build_schedule(s.schedule, s.kd_weight, s.warmup, self.num_epochs)
+
+    # ------------------------------------------------------------------ data: unlabelled scans
+
+    def _unlabelled_batch_size(self) -> int:
+        from recokd.nnunet.unlabelled import unlabelled_batch_size
+
+        s = self.kd_settings
+        if s is None or s.unlabelled is None:
+            return 0
+        return unlabelled_batch_size(self.batch_size, s.unlabelled_share)
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders. With unlabelled scans (settings ``unlabelled``, ``unlabelled_share > 0``) the
+        labelled loaders take ``B - B_u`` patches per batch, with nnU-Net's probabilistic foreground
+        oversampling (the fixed "last 33% of the batch" rule gives a batch of one patch no foreground
+        patch at all), and the training loader yields :class:`recokd.nnunet.unlabelled.MixedBatches`."""
+        n_u = self._unlabelled_batch_size()
+        if n_u == 0:
+            return super().get_dataloaders()
+        from recokd.nnunet.unlabelled import MixedBatches
+
+        full, probabilistic = self.batch_size, self.probabilistic_oversampling
+        self.batch_size, self.probabilistic_oversampling = full - n_u, True
+        try:
+            train, val = super().get_dataloaders()
+        finally:
+            self.batch_size, self.probabilistic_oversampling = full, probabilistic
+        return MixedBatches(train, self._unlabelled_loader(n_u, _data_loader_of(train).transforms)), val
+
+    def _unlabelled_loader(self, batch_size: int, transforms):
+        """nnU-Net's data loader over the preprocessed unlabelled scans (random patches, the training
+        transforms), wrapped in nnU-Net's augmenter as its own training loader is."""
+        from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+        from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+        from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+        folder = self._unlabelled_folder()
+        if not folder.is_dir() or not any(folder.glob("*.pkl")):
+            raise UserError(f"no preprocessed unlabelled scans in {folder}: start the run with `recokd train "
+                            "... --unlabelled DIR`, which preprocesses them")
+        dataset = self.dataset_class(str(folder))
+        initial_patch_size = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[2]
+        loader = nnUNetDataLoader(dataset, batch_size, initial_patch_size,
+                                  self.configuration_manager.patch_size, self.label_manager,
+                                  oversample_foreground_percent=0.0, transforms=transforms)
+        self.print_to_log_file(f"unlabelled scans: {len(dataset.identifiers)} from {folder}, {batch_size} "
+                               f"of {self.batch_size} patches per batch")
+        processes = get_allowed_n_proc_DA()
+        if processes == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=processes,
+                                            num_cached=max(6, processes // 2), seeds=None,
+                                            pin_memory=self.device.type == "cuda", wait_time=0.002)
+
+    def _unlabelled_folder(self) -> Path:
+        from recokd.nnunet.layout import data_identifier
+        from recokd.nnunet.unlabelled import unlabelled_preprocessed_folder
+
+        identifier = data_identifier(self.plans_manager.plans, self.configuration_name)
+        return unlabelled_preprocessed_folder(Path(self.preprocessed_dataset_folder_base),
+                                              Path(self.kd_settings.unlabelled), identifier)
 
     def on_train_start(self):
         if not self.was_initialized:
@@ -229,6 +312,9 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
 
     def on_train_end(self):
         self._progress_close()
+        finish = getattr(self.dataloader_train, "_finish", None)
+        if finish is not None and not hasattr(self.dataloader_train, "generator"):
+            finish()  # MixedBatches: nnU-Net finishes only its own augmenter types
         super().on_train_end()
 
     # ------------------------------------------------------------------ training
@@ -250,11 +336,13 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
         else:
             target = target.to(self.device, non_blocking=True)
 
+        labelled = self._labelled_mask(batch, data.shape[0])
+
         self.optimizer.zero_grad(set_to_none=True)
         # nnU-Net's pattern: autocast on CUDA only (CPU autocast is slow, MPS complains)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output, kd = self.distiller(data, target)
-            seg_loss = self.loss(output, target)
+            output, kd = self.distiller(data, target, labelled)
+            seg_loss = self._label_loss(output, target, labelled)
             loss = seg_loss + self.kd_lambda * kd["loss"]
 
         kd_params = list(self.distiller.kd_parameters())
@@ -279,6 +367,24 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
         self._check_finite_loss(loss.detach(), {"seg_loss": logs["seg_loss"], "kd_loss": logs["kd_loss"]})
         self._progress_tick()
         return {"loss": loss.detach().cpu().numpy(), _STEP_LOGS: logs}
+
+    def _labelled_mask(self, batch: dict, batch_size: int) -> torch.Tensor | None:
+        """``B`` booleans (True: the patch has a label), or ``None`` when every patch is labelled."""
+        if self.kd_settings.label_free:
+            return torch.zeros(batch_size, dtype=torch.bool, device=self.device)
+        labelled = batch.get("labelled")
+        return None if labelled is None else labelled.to(self.device)
+
+    def _label_loss(self, output, target, labelled: torch.Tensor | None) -> torch.Tensor:
+        """nnU-Net's loss (Dice+CE, deep supervision) over the labelled patches; 0 when there are none."""
+        if labelled is None:
+            return self.loss(output, target)
+        if not bool(labelled.any()):
+            return torch.zeros((), device=self.device)
+        index = labelled.nonzero().flatten()
+        if isinstance(output, (list, tuple)):
+            return self.loss([o[index] for o in output], [t[index] for t in target])
+        return self.loss(output[index], target[index])
 
     def _clip_gradients(self, kd_params: list[torch.nn.Parameter]) -> None:
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRAD_CLIP)
@@ -500,6 +606,15 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
                     self.weight_ema = StudentEMA(self.network, decay=self.weight_ema.decay)
         if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+
+
+def _data_loader_of(augmenter):
+    """The nnU-Net data loader inside one of batchgenerators' augmenters."""
+    for name in ("data_loader", "generator"):  # SingleThreadedAugmenter / NonDetMultiThreadedAugmenter
+        loader = getattr(augmenter, name, None)
+        if loader is not None:
+            return loader
+    raise TypeError(f"cannot find the data loader of {type(augmenter).__name__}")
 
 
 class nnUNetTrainerReCoKDNoDA(nnUNetTrainerReCoKD, nnUNetTrainerNoDA):
