@@ -15,42 +15,12 @@ from tests.nnunet._tiny import (
     TINY_NAME,
     load_tiny_dataset_json,
     load_tiny_plans,
+    nnunet_checkpoint,
     set_nnunet_env,
     tiny_nnunet_dirs,
 )
 
 TRAINER_FOLDER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
-
-
-def nnunet_checkpoint(plans: dict, dataset_json: dict, configuration: str = "3d_fullres",
-                      fold: int | str = 0, prefix: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
-    """A checkpoint dict with the keys ``nnUNetTrainer.save_checkpoint`` writes (nnunetv2 2.8),
-    for a network built from ``plans`` the way the trainer builds it; returns it and the weights."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    pm = PlansManager(plans)
-    cm = pm.get_configuration(configuration)
-    torch.manual_seed(1)
-    net = nnUNetTrainer.build_network_architecture(pm, cm, 1, 3, enable_deep_supervision=True)
-    with torch.no_grad():  # make the weights recognisable (fresh He init would also differ)
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    weights = {k: v.clone() for k, v in net.state_dict().items()}
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
-    checkpoint = {
-        "network_weights": {prefix + k: v for k, v in weights.items()},
-        "optimizer_state": optimizer.state_dict(),
-        "grad_scaler_state": None,
-        "logging": {"mean_fg_dice": [0.5], "ema_fg_dice": [0.5], "train_losses": [0.1]},
-        "_best_ema": 0.5,
-        "current_epoch": 1,
-        "init_args": {"plans": plans, "configuration": configuration, "fold": fold,
-                      "dataset_json": dataset_json, "device": torch.device("cpu")},
-        "trainer_name": "nnUNetTrainer",
-        "inference_allowed_mirroring_axes": (0, 1, 2),
-    }
-    return checkpoint, weights
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,9 @@ def strip_wrapper_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_checkpoint(file: Path, role: str = "teacher") -> dict:
+def read_nnunet_checkpoint(file: Path, role: str = "teacher") -> dict:
+    """``torch.load`` of an nnU-Net v2 checkpoint file, checked to hold :data:`REQUIRED_CHECKPOINT_KEYS` and
+    :data:`REQUIRED_INIT_ARGS`; a :class:`UserError` naming ``file`` (and ``role``) otherwise."""
     try:
         # weights_only=False: an nnU-Net checkpoint is not a plain tensor dict. ``init_args`` holds
         # the plans/dataset.json and a torch.device, ``logging`` holds python/numpy values; the
@@ -131,6 +133,14 @@ def _read_checkpoint(file: Path, role: str = "teacher") -> dict:
             f"(keys present: {', '.join(sorted(map(str, ckpt))) or '(none)'})"
         )
     return ckpt
+
+
+def checkpoint_plans(ckpt: dict) -> dict:
+    """The plans a checkpoint was trained with (``init_args["plans"]``, without the ``continue_training``
+    flag that ``run_training`` adds and ``nnUNetTrainer.__init__`` pops)."""
+    plans = dict(ckpt["init_args"]["plans"])
+    plans.pop("continue_training", None)
+    return plans
 
 
 def _trainer_class(trainer_name: str, role: str = "teacher") -> type:
@@ -204,10 +214,9 @@ def load_trained_model(
     except (RuntimeError, TypeError) as e:
         raise UserError(f"device: {device!r} is not a torch device ({e})") from e
     file = resolve_checkpoint(path, fold, checkpoint, role)
-    ckpt = _read_checkpoint(file, role)
+    ckpt = read_nnunet_checkpoint(file, role)
     init_args = ckpt["init_args"]
-    plans = dict(init_args["plans"])
-    plans.pop("continue_training", None)  # run_training adds it; nnUNetTrainer.__init__ pops it
+    plans = checkpoint_plans(ckpt)
     configuration_name = init_args["configuration"]
     dataset_json = init_args["dataset_json"]
     trainer_name = str(ckpt["trainer_name"])
