@@ -50,11 +50,12 @@ def _stock_student(kd_env, monkeypatch: pytest.MonkeyPatch, seed: int, trainer: 
 
 
 def _kd_student(kd_env, teacher: Path, method: str, seed: int, kd_weight: float,
-                trainer: str = "nnUNetTrainerReCoKD", optimizer: str = "sgd") -> dict[str, torch.Tensor]:
+                trainer: str = "nnUNetTrainerReCoKD", optimizer: str = "sgd",
+                extra: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     rc = main(["train", str(DATASET_ID), CONFIGURATION, "0", "--teacher", str(teacher), "-t", "2",
                "--method", method, "--kd-weight", str(kd_weight), "--schedule", "constant",
                "--seed", str(seed), "-tr", trainer, "--optimizer", optimizer,
-               *SCHEDULE, "--device", "cpu", "--overwrite"])
+               *SCHEDULE, "--device", "cpu", "--overwrite", *extra])
     assert rc == 0
     return _weights(kd_env.results / DATASET_NAME / f"{trainer}__{STUDENT_PLANS}__{CONFIGURATION}")
 
@@ -112,3 +113,20 @@ def test_adam_students_are_paired_too(kd_env, teacher: Path, monkeypatch: pytest
     ckpt = torch.load(kd_env.results / DATASET_NAME / f"{trainers[1]}__{STUDENT_PLANS}__{CONFIGURATION}"
                       / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert "amsgrad" in ckpt["optimizer_state"]["param_groups"][0]
+
+
+@pytest.mark.slow
+def test_unlabelled_runs_are_paired_too(kd_env, teacher: Path, monkeypatch: pytest.MonkeyPatch,
+                                        phantom_dataset) -> None:
+    """``--unlabelled`` at share 0 trains the stock student bit for bit; at share 0.5 the stream changes
+    (half of every batch is unlabelled) and a seed still reproduces its run exactly."""
+    assert main(["student-plans", str(DATASET_ID), "-c", CONFIGURATION, "-t", "2"]) == 0
+    scans = ["--unlabelled", str(phantom_dataset.images_ts)]
+    stock = _stock_student(kd_env, monkeypatch, seed=4)
+    zero = _kd_student(kd_env, teacher, "reco+logits", seed=4, kd_weight=0.0,
+                       extra=(*scans, "--unlabelled-share", "0"))
+    assert not _differing(stock, zero)
+    half = _kd_student(kd_env, teacher, "reco+logits", seed=4, kd_weight=0.0, extra=tuple(scans))
+    assert _differing(stock, half), "with half of every batch unlabelled, the labelled stream changes"
+    again = _kd_student(kd_env, teacher, "reco+logits", seed=4, kd_weight=0.0, extra=tuple(scans))
+    assert not _differing(half, again)

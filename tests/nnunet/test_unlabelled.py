@@ -125,13 +125,16 @@ def test_fold_ensemble_logits_equal_nnunets_ensembling_of_the_same_folds(two_fol
     x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
     _, ours = d.teacher_outputs(x)
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+    # one tile of the patch size without Gaussian weighting: nnU-Net's sliding window is the plain forward
+    # of each fold, averaged (it accumulates in float16: compare at that precision)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=False, use_mirroring=False,
                                 perform_everything_on_device=False, device=torch.device("cpu"),
                                 allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(two_fold_teacher), use_folds=(0, 1))
     theirs = predictor.predict_logits_from_preprocessed_data(x[0]).unsqueeze(0)
     assert ours.shape == theirs.shape
-    assert torch.allclose(ours, theirs.to(ours.dtype), atol=1e-4), (ours - theirs).abs().max()
+    assert theirs.dtype == torch.float16
+    assert torch.allclose(ours, theirs.float(), rtol=2e-3, atol=2e-3), (ours - theirs.float()).abs().max()
     one_fold = Distiller(teacher, teacher, kd, []).teacher_outputs(x)[1]
     assert not torch.allclose(ours, one_fold, atol=1e-4)  # the second fold does change the targets
 
@@ -139,7 +142,8 @@ def test_fold_ensemble_logits_equal_nnunets_ensembling_of_the_same_folds(two_fol
 @pytest.mark.slow
 def test_train_with_the_fold_ensemble(kd_env, two_fold_teacher: Path, capsys) -> None:
     rc = main([*TRAIN, "4", "--teacher", str(two_fold_teacher), "--teacher-folds", "all-folds",
-               "--method", "reco+logits", "--kd-weight", "1", "--schedule", "constant", *SHORT, "--overwrite"])
+               "--method", "reco+logits", "--kd-weight", "1", "--schedule", "constant", *SHORT,
+               "--overwrite"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "teacher folds:  [0, 1]" in out

@@ -370,7 +370,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"                {note}")
     unlabelled = _check_before_training(settings, sp.plans, args.configuration, sp.path.parent)
     if unlabelled is not None:  # writes only below $nnUNet_preprocessed/<dataset>/unlabelled; resumable
-        unlabelled.preprocess(sp.plans, args.configuration, read_json(sp.path.parent / "dataset.json"))
+        unlabelled.preprocess(sp.plans, args.configuration,
+                             read_json(sp.path.parent / "dataset.json", "preprocessed dataset.json"))
 
     write_json_no_clobber(sp.path, sp.plans, overwrite=args.overwrite)
     if not resume:
