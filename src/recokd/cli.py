@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recokd.data.cli",
     "recokd.nnunet.plans_cli",
     "recokd.nnunet.cli",
+    "recokd.nnunet.pseudo_label_cli",
     "recokd.deploy.predict_cli",
     "recokd.evaluation.cli",
     "recokd.methods_cli",

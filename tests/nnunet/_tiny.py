@@ -89,15 +89,17 @@ def load_tiny_dataset_json(dirs: dict[str, Path]) -> dict:
 
 
 def nnunet_checkpoint(plans: dict, dataset_json: dict, configuration: str = "3d_fullres",
-                      fold: int | str = 0, prefix: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
+                      fold: int | str = 0, prefix: str = "", seed: int = 1
+                      ) -> tuple[dict, dict[str, torch.Tensor]]:
     """A checkpoint dict with the keys ``nnUNetTrainer.save_checkpoint`` writes (nnunetv2 2.8),
-    for a network built from ``plans`` the way the trainer builds it; returns it and the weights."""
+    for a network built from ``plans`` the way the trainer builds it (random weights drawn with
+    ``seed``); returns it and the weights."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     net = nnUNetTrainer.build_network_architecture(pm, cm, 1, 3, enable_deep_supervision=True)
     with torch.no_grad():  # make the weights recognisable (fresh He init would also differ)
         for p in net.parameters():

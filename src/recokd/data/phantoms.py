@@ -22,8 +22,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,8 +37,8 @@ from recokd.data.anatomy import (
     validate_imaging,
     validate_small_scale,
 )
+from recokd.data.raw_dataset import check_dataset_destination, move_into_place, temporary_sibling
 from recokd.errors import UserError
-from recokd.nnunet.layout import dataset_folder_name
 
 __all__ = [
     "FILE_ENDING",
@@ -102,13 +100,6 @@ def _write_volume(array: np.ndarray, spacing_zyx: Sequence[float], path: Path) -
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
-def _existing_with_id(folder: Path, dataset_id: int) -> list[Path]:
-    """Directories ``Dataset{id:03d}_*`` in ``folder`` (empty if ``folder`` does not exist)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob(dataset_folder_name(dataset_id, "*")) if p.is_dir())
-
-
 def write_phantom_dataset(
     dataset_id: int,
     *,
@@ -153,38 +144,14 @@ def write_phantom_dataset(
             f"name: expected letters, digits, '_' or '-' (starting with a letter or digit), got {name!r}"
         )
     raw = resolve_raw_dir(raw_dir)
-    folder_name = dataset_folder_name(dataset_id, name)
-    target = raw / folder_name
-    clashes = [p for p in _existing_with_id(raw, dataset_id) if p.name != folder_name]
-    if clashes:
-        raise UserError(
-            f"dataset_id: {raw} already holds {', '.join(p.name for p in clashes)} with id {dataset_id}; "
-            f"nnU-Net finds datasets by id, so choose another id (it is not deleted, even with overwrite)"
-        )
-    if target.exists() and not overwrite:
-        raise UserError(f"{target} already exists; pass --overwrite to replace it")
-    if target.exists() and not target.is_dir():
-        raise UserError(f"{target} exists and is not a directory; remove it or choose another name")
-    for var in ("nnUNet_preprocessed", "nnUNet_results"):
-        env = os.environ.get(var, "")
-        stale = _existing_with_id(Path(env), dataset_id) if env else []
-        if stale:
-            warnings.warn(
-                f"{var} already holds {', '.join(str(p) for p in stale)}: it belongs to an earlier "
-                f"dataset {dataset_id}; re-run nnUNetv2_plan_and_preprocess -d {dataset_id} before training",
-                UserWarning,
-                stacklevel=2,
-            )
+    target = check_dataset_destination(raw, dataset_id, name, overwrite)
 
-    raw.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder_name}-", dir=raw))
+    tmp = temporary_sibling(target)
     try:
         settings = (name, num_cases, num_test_cases, seed, shp, spc, noise_hu, psf_mm, float(small_scale))
         counts = _write_cases(tmp, *settings, progress)
         _write_dataset_json(tmp, *settings, counts)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        move_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
