@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recokd.nnunet.plans_cli",
     "recokd.nnunet.cli",
     "recokd.nnunet.pseudo_label_cli",
+    "recokd.nnunet.distil_cli",
     "recokd.deploy.predict_cli",
     "recokd.evaluation.cli",
     "recokd.methods_cli",

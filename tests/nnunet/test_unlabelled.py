@@ -151,3 +151,58 @@ def test_train_with_the_fold_ensemble(kd_env, two_fold_teacher: Path, capsys) ->
     settings = json.loads((fold / "recokd_settings.json").read_text())
     assert settings["teacher_fold"] == 0 and settings["teacher_ensemble_folds"] == [1]
     assert "ReCo-KD teacher ensemble: folds [0, 1]" in next(fold.glob("training_log_*.txt")).read_text()
+
+
+@pytest.mark.slow
+def test_distil_a_model_folder_alone_on_unlabelled_scans(kd_env, two_fold_teacher: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`recokd distil` with nothing but the teacher's results folder (copied away; nnU-Net's folders point
+    at empty ones, so its training dataset is out of reach) and 6 new phantoms without their labels."""
+    import subprocess
+    import sys
+
+    from recokd.data.phantoms import write_phantom_dataset
+
+    model = tmp_path / "released" / two_fold_teacher.name
+    shutil.copytree(two_fold_teacher, model)
+    hidden = write_phantom_dataset(991, num_cases=6, seed=11, shape=(32, 32, 32), name="Clinic",
+                                   raw_dir=tmp_path / "clinic")
+    scans = hidden / "imagesTr"
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (tmp_path / "empty" / var).mkdir(parents=True)
+        monkeypatch.setenv(var, str(tmp_path / "empty" / var))
+    out = tmp_path / "distilled"
+    command = ["distil", str(model), "-i", str(scans), "-o", str(out), "-t", "2", "--epochs", "1",
+               "--iters-per-epoch", "2", "--val-iters", "1", "--seed", "0", "--disable-tta",
+               "--device", "cpu"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"agreement with the teacher on 2 held-out scans \(Dice of student vs teacher "
+                     r"segmentation\): mean \d\.\d{3}", printed), printed
+    student = out / "nnUNet_results" / DATASET_NAME / MODEL / "fold_0"
+    settings = json.loads((student / "recokd_settings.json").read_text())
+    assert settings["label_free"] and settings["teacher_ensemble_folds"] == [1]
+    assert settings["teacher"] == str(model.resolve())
+    labels = sorted((out / "nnUNet_raw" / DATASET_NAME / "labelsTr").iterdir())
+    assert len(labels) == 6  # the teacher's segmentations of the 6 scans
+    assert not list(Path(tmp_path / "empty").rglob("*.json"))  # the user's nnU-Net folders untouched
+
+    # the same command again: refused (the folder exists); with --c every step is found complete
+    assert main(command) == 2
+    assert "pass --c to continue it" in capsys.readouterr().err
+    assert main([*command, "--c"]) == 0
+    assert "[training]" in capsys.readouterr().out
+
+    # the student folder as nnU-Net's own predictor takes it, in the distillation's folders
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(out / var))
+    pred = tmp_path / "pred"
+    assert main(["predict", "-i", str(scans), "-o", str(pred), "-d", DATASET_NAME, "-c", CONFIGURATION,
+                 "-f", "0", "-p", STUDENT_PLANS, "--device", "cpu"]) == 0
+    assert main(["evaluate", str(pred), str(hidden / "labelsTr")]) == 0  # against the hidden ground truth
+    stock = subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_predict"), "-i", str(scans), "-o",
+                            str(tmp_path / "stock"), "-d", DATASET_NAME, "-c", CONFIGURATION, "-f", "0",
+                            "-tr", "nnUNetTrainerReCoKD", "-p", STUDENT_PLANS, "-device", "cpu",
+                            "--disable_tta"], capture_output=True, text=True, timeout=600)
+    assert stock.returncode == 0, stock.stderr[-2000:]
+    assert len(list((tmp_path / "stock").glob("*.nii.gz"))) == 6
