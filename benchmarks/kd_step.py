@@ -21,6 +21,11 @@ machine slows them alike; reported is the median of ``--repeats`` rounds and the
     python benchmarks/kd_step.py [--repeats 7] [--warmup 2] [--size 64] [--threads N] [--device cpu]
                                  [--compiled]
 
+``--folds F`` adds the soft-target steps of distillation beyond the labels (docs/method.md section 8):
+``soft_f1``, ReCo-KD + logit KD (``reco+logits``, the teacher runs in full), and ``soft_fF``, the same
+with a teacher of ``F`` folds (``F - 1`` more networks in the ensemble, their logits averaged); the cost
+of each added fold is printed.
+
 ``--compiled`` adds ``kd_compiled``: the ``kd`` step with ``ReCoKD(compile=True)`` (torch.compile-d
 fused statistics; compiled during the warm-up rounds).
 """
@@ -100,7 +105,7 @@ def sgd(params) -> torch.optim.Optimizer:
 
 
 def make_steps(size: int, t: int, num_classes: int, device: torch.device,
-               compiled: bool = False) -> dict[str, Callable[[], float]]:
+               compiled: bool = False, folds: int = 0) -> dict[str, Callable[[], float]]:
     teacher, student, kd_method, taps = build(size, t, num_classes, device)
     kd_compiled_method = build_kd_method("reco", kd_method.student_channels, kd_method.teacher_channels,
                                          num_classes, compile=True).to(device) if compiled else None
@@ -138,9 +143,10 @@ def make_steps(size: int, t: int, num_classes: int, device: torch.device,
             loss = seg_loss(student(x), target)
         return finish(loss, opt_plain)
 
-    def distillation_step(method, opt: torch.optim.Optimizer) -> Callable[[], float]:
-        """One ``nnUNetTrainerReCoKD.train_step`` with ``method`` (encoder-only teacher)."""
-        dist = Distiller(teacher, student, method, taps)
+    def distillation_step(method, opt: torch.optim.Optimizer, ensemble=()) -> Callable[[], float]:
+        """One ``nnUNetTrainerReCoKD.train_step`` with ``method`` (encoder-only teacher unless the method
+        reads logits; ``ensemble``: the teacher's further folds)."""
+        dist = Distiller(teacher, student, method, taps, ensemble=ensemble)
 
         def step() -> float:
             opt.zero_grad(set_to_none=True)
@@ -167,6 +173,19 @@ def make_steps(size: int, t: int, num_classes: int, device: torch.device,
         return finish(loss, opt_kd, list(kd_method.parameters()))
 
     steps = {"plain": plain, "kd": kd, "kd_full_teacher": kd_full_teacher}
+    if folds:
+        soft = build_kd_method("reco+logits", kd_method.student_channels, kd_method.teacher_channels,
+                               num_classes).to(device)
+        opt_soft = sgd([*student.parameters(), *soft.parameters()])
+        members = []
+        for f in range(1, folds):
+            torch.manual_seed(f)
+            member = plain_unet(TEACHER_WIDTHS, num_classes)
+            member.apply(InitWeights_He(1e-2))
+            members.append(member.to(device).eval().requires_grad_(False))
+        steps["soft_f1"] = distillation_step(soft, opt_soft)
+        if folds > 1:
+            steps[f"soft_f{folds}"] = distillation_step(soft, opt_soft, members)
     if kd_compiled_method is not None:
         opt_c = sgd([*student.parameters(), *kd_compiled_method.parameters()])
         steps["kd_compiled"] = distillation_step(kd_compiled_method, opt_c)
@@ -192,13 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, default=4)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--folds", type=int, default=0,
+                   help="add the soft-target steps (reco+logits) with a teacher of 1 and of this many folds")
     p.add_argument("--compiled", action="store_true",
                    help="add kd_compiled: the KD step with ReCoKD(compile=True) (compiled during warm-up)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    steps = make_steps(args.size, args.t, args.classes, device, compiled=args.compiled)
+    steps = make_steps(args.size, args.t, args.classes, device, compiled=args.compiled, folds=args.folds)
     for _ in range(args.warmup):
         for fn in steps.values():
             fn()
@@ -218,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"KD step / plain student step = {ratio:.2f} (target <= 1.8: "
           f"{'met' if ratio <= 1.8 else 'NOT met'}); the encoder-only teacher saves "
           f"{1 - med['kd'] / med['kd_full_teacher']:.0%} of the full-teacher KD step")
+    if args.folds > 1:
+        all_folds, one_fold = med[f"soft_f{args.folds}"], med["soft_f1"]
+        per_fold = (all_folds - one_fold) / (args.folds - 1)
+        print(f"fold ensemble: each added fold costs {per_fold * 1000:.1f} ms per step = "
+              f"{per_fold / med['plain']:.2f} x the plain student step ({args.folds} folds: "
+              f"x{all_folds / med['plain']:.2f}, one fold: x{one_fold / med['plain']:.2f})")
     if "kd_compiled" in med:
         print(f"compiled KD step / plain student step = {med['kd_compiled'] / med['plain']:.2f}")
     return 0
