@@ -47,3 +47,20 @@ def test_readme_python_example_runs_and_trains_the_student() -> None:
         [n for n, p in used.items() if p.grad is None]
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is frozen
     namespace["optimizer"].step()
+
+
+def test_readme_pseudo_label_commands_parse_with_the_real_parser() -> None:
+    """Every ``recokd`` line of the README's pseudo-label block is a valid command line (flags exist and
+    take the values shown); ``tests/nnunet/test_pseudo_label*.py`` run the command itself."""
+    import shlex
+
+    from recokd.cli import build_parser
+
+    (block,) = code_blocks("README.md", "## Pseudo-labels: recokd pseudo-label", "bash")
+    lines = block.replace("\\\n", " ").splitlines()
+    commands = [shlex.split(line, comments=True) for line in lines if line.startswith("recokd ")]
+    assert commands
+    for argv in commands:
+        args = build_parser().parse_args(argv[1:])
+        assert args.command == "pseudo-label" and args.func.__module__ == "recokd.nnunet.pseudo_label_cli"
+        assert args.scans and args.dataset.startswith("Dataset")
