@@ -47,3 +47,29 @@ def test_readme_python_example_runs_and_trains_the_student() -> None:
         [n for n, p in used.items() if p.grad is None]
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is frozen
     namespace["optimizer"].step()
+
+
+def _recokd_lines(heading: str) -> list[list[str]]:
+    import shlex
+
+    lines = "".join(code_blocks("README.md", heading, "bash")).replace("\\\n", " ").splitlines()
+    commands = [shlex.split(line, comments=True) for line in lines if line.startswith("recokd ")]
+    assert commands
+    return commands
+
+
+def test_readme_unlabelled_scans_commands_parse_with_the_real_parser() -> None:
+    """Every ``recokd`` line of "Distil on your own unlabelled scans" is a valid command line (flags exist
+    and take the values shown); tests/nnunet/test_unlabelled.py and test_pseudo_label*.py run them."""
+    from recokd.cli import build_parser
+
+    commands = {argv[1] for argv in _recokd_lines("## Distil on your own unlabelled scans")}
+    assert commands == {"train", "distil", "pseudo-label"}
+    for argv in _recokd_lines("## Distil on your own unlabelled scans"):
+        args = build_parser().parse_args(argv[1:])
+        if args.command == "train":
+            assert args.unlabelled and args.teacher_folds
+    for argv in _recokd_lines("### Pseudo-labels: recokd pseudo-label"):
+        args = build_parser().parse_args(argv[1:])
+        assert args.command == "pseudo-label" and args.func.__module__ == "recokd.nnunet.pseudo_label_cli"
+        assert args.scans and args.dataset.startswith("Dataset")

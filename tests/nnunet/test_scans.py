@@ -98,6 +98,20 @@ def test_unreadable_and_nan_images(tmp_path: Path) -> None:
         check_scan_folder(folder, DATASET_JSON)
 
 
+def test_channels_nnunets_reader_refuses(tmp_path: Path) -> None:
+    folder = _scans(tmp_path / "geometry", cases=("a",))
+    itk = sitk.GetImageFromArray(np.ones((4, 5, 6), np.float32))
+    itk.SetSpacing((1.0, 1.0, 2.0))  # channel 1 on another grid than channel 0
+    sitk.WriteImage(itk, str(folder / "a_0001.nii.gz"))
+    with pytest.raises(UserError, match=r"^-i: nnU-Net's image reader SimpleITKIO refuses case a "
+                                        r"\(a_0000\.nii\.gz, a_0001\.nii\.gz\): ERROR! Not all input images "
+                                        r"have the same spacing"):
+        check_scan_folder(folder, DATASET_JSON, what="-i")
+    plans = {"image_reader_writer": "NibabelIO"}  # the plans' reader is the one used
+    with pytest.raises(UserError, match=r"image reader NibabelIO refuses case a"):
+        check_scan_folder(folder, DATASET_JSON, plans=plans)
+
+
 def _raw_dataset(folder: Path, cases=("l1", "l2")) -> Path:
     _scans(folder / "imagesTr", cases=cases)
     (folder / "labelsTr").mkdir()

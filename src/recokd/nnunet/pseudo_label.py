@@ -150,7 +150,7 @@ def plan_pseudo_labels(model_folder: str | Path, scans: str | Path, dataset: str
         labelled_folder = _resolve_labelled(labelled)
         cases = labelled_cases(labelled_folder, what="--labelled")
         _check_labelled_fits(model, labelled_folder)
-    found = check_scan_folder(scans, model.dataset_json, exclude_case_ids=cases, what="-i")
+    found = check_scan_folder(scans, model.dataset_json, exclude_case_ids=cases, plans=model.plans, what="-i")
     dataset_id, name = parse_dataset_folder_name(target.name)
     if labelled_folder is not None and labelled_folder.resolve() == target.resolve():
         raise UserError(f"-o {target} is the --labelled dataset: write the pseudo-labels to a new dataset")

@@ -10,6 +10,8 @@ unreadable images, NaN voxels).
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,15 +32,17 @@ def _some(names: list[str], shown: int = 3) -> str:
 
 
 def check_scan_folder(folder: str | Path, dataset_json: dict, *, exclude_case_ids: Iterable[str] = (),
-                      check_images: bool = True, what: str = "scans folder") -> dict[str, list[Path]]:
+                      check_images: bool = True, plans: dict | None = None, what: str = "scans folder"
+                      ) -> dict[str, list[Path]]:
     """The cases of a folder of raw scans, ``{case_id: [channel 0 file, channel 1 file, ...]}``, sorted by id.
 
     ``dataset_json``: the model's dataset.json (its ``file_ending`` and ``channel_names``). Raises a
     one-line :class:`UserError` naming ``what`` and the file when: the folder does not exist or holds no
     file; a file does not end in ``file_ending``; a file lacks the ``_XXXX`` channel suffix; a case has
     missing or extra channels; a case id is one of ``exclude_case_ids`` (e.g. the labelled cases the scans
-    join); with ``check_images``, an image cannot be read or has NaN / infinite voxels. Sub-folders and
-    hidden files are ignored, as nnU-Net does.
+    join); with ``check_images``, an image cannot be read or has NaN / infinite voxels, or nnU-Net's image
+    reader (the one of ``plans``, else the one nnU-Net picks for the file ending) refuses a case, e.g.
+    channels of different shape or spacing. Sub-folders and hidden files are ignored, as nnU-Net does.
     """
     from nnunetv2.utilities.utils import create_paths_fn
 
@@ -65,7 +69,37 @@ def check_scan_folder(folder: str | Path, dataset_json: dict, *, exclude_case_id
         for paths in out.values():
             for path in paths:
                 check_image_file(path)
+        check_cases_with_nnunet_reader(out, nnunet_reader_class(dataset_json, plans, out), what)
     return out
+
+
+def nnunet_reader_class(dataset_json: dict, plans: dict | None, cases: dict[str, list[Path]]) -> type:
+    """The image reader nnU-Net's preprocessing uses: the plans' ``image_reader_writer``, or without plans
+    the one nnU-Net picks from dataset.json (``overwrite_image_reader_writer``, else the file ending)."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    if plans is not None:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        return PlansManager(plans).image_reader_writer_class
+    example = str(next(iter(cases.values()))[0])
+    with contextlib.redirect_stdout(io.StringIO()):
+        return determine_reader_writer_from_dataset_json(dataset_json, example, verbose=False)
+
+
+def check_cases_with_nnunet_reader(cases: dict[str, list[Path]], reader_class: type, what: str) -> None:
+    """Read every case with nnU-Net's image reader ``reader_class`` (e.g. ``SimpleITKIO``), as its
+    preprocessing will; a :class:`UserError` naming the case and nnU-Net's complaint if it refuses one."""
+    reader = reader_class()
+    for case, files in cases.items():
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(said):
+                reader.read_images([str(p) for p in files])
+        except Exception as e:  # noqa: BLE001 - nnU-Net's readers raise bare RuntimeErrors after printing why
+            detail = " ".join(said.getvalue().split())[:300] or f"{type(e).__name__}: {e}"
+            raise UserError(f"{what}: nnU-Net's image reader {reader_class.__name__} refuses case {case} "
+                            f"({', '.join(p.name for p in files)}): {detail}") from None
 
 
 def labelled_cases(raw_dataset: str | Path, what: str = "labelled dataset"
