@@ -74,9 +74,15 @@ class DistilRequest:
         """``OUT/<nnUNet_raw|nnUNet_preprocessed|nnUNet_results>``."""
         return self.out / var
 
+    @property
+    def trainer(self) -> str:
+        """The KD trainer of ``train_args`` (``-tr``), else nnU-Net's augmenting one."""
+        args = self.train_args
+        return args[args.index("-tr") + 1] if "-tr" in args else KD_TRAINER
+
     def student_folder(self) -> Path:
-        return model_folder(self.folder("nnUNet_results"), self.dataset_name, KD_TRAINER, self.student_plans,
-                            self.model.configuration) / fold_folder_name(self.fold)
+        return model_folder(self.folder("nnUNet_results"), self.dataset_name, self.trainer,
+                            self.student_plans, self.model.configuration) / fold_folder_name(self.fold)
 
     def record(self) -> dict[str, Any]:
         return json_ready({

@@ -7,7 +7,7 @@ import argparse
 
 from recokd.cli_types import kd_option, positive_int
 from recokd.nnunet.devices import add_device_argument
-from recokd.nnunet.layout import CHECKPOINT_FINAL
+from recokd.nnunet.layout import CHECKPOINT_FINAL, KD_TRAINER, KD_TRAINERS
 from recokd.nnunet.optim import OPTIMIZER_NAMES
 
 _DESCRIPTION = """\
@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="checkpoint file name in each fold (default: %(default)s)")
     p.add_argument("--fold", type=int, default=0,
                    help="nnU-Net fold of the scans the student trains on (0-4; default: 0)")
+    p.add_argument("-tr", dest="trainer", choices=KD_TRAINERS, default=KD_TRAINER,
+                   help="KD trainer: with nnU-Net's data augmentation (default) or without it")
     p.add_argument("--method", default="reco+logits",
                    help="KD method spec (default: %(default)s: MS-SARD + MS-CA + logit KD soft targets)")
     p.add_argument("--kd-option", type=kd_option, action="append", default=[], metavar="KEY=VALUE",
@@ -69,8 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _train_args(args: argparse.Namespace) -> list[str]:
     """The ``recokd train`` flags this call passes on."""
-    out = ["--method", args.method, "--kd-weight", str(args.kd_weight), "--schedule", "constant",
-           "--warmup", "0"]
+    out = ["-tr", args.trainer, "--method", args.method, "--kd-weight", str(args.kd_weight),
+           "--schedule", "constant", "--warmup", "0"]
     for key, value in args.kd_option:
         import json
 
@@ -103,5 +105,5 @@ def _distil(args: argparse.Namespace) -> int:
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         print(f"  export {var}={request.folder(var)}")
     print(f"  recokd predict -i INPUT -o OUTPUT -d {request.dataset_name} -c {request.model.configuration} "
-          f"-f {request.fold} -p {request.student_plans}")
+          f"-f {request.fold} -p {request.student_plans} -tr {request.trainer}")
     return 0
