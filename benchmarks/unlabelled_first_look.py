@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             run(recokd("evaluate", str(predictions), str(full / "labelsTs"), "--dataset-json",
                        str(full / "dataset.json")), env)
         table[name] = json.loads(summary.read_text())
-    write_report(out, table, teacher_epochs, student_epochs, iters, few, cases)
+    write_report(out, table, teacher_epochs, student_epochs, iters, (len(split["train"]), len(split["val"])),
+                 cases, test_cases)
     return 0
 
 
@@ -190,7 +191,7 @@ def prepare_with_teacher_plans(dataset_id: int, raw_folder: Path, env: dict[str,
 
 
 def write_report(out: Path, table: dict[str, dict], teacher_epochs: int, student_epochs: int, iters: int,
-                 few: int, cases: int) -> None:
+                 split: tuple[int, int], cases: int, test_cases: int) -> None:
     """results.json (each model's evaluation summary) and results.md (the table)."""
     rows = {name: (float(ev["foreground_mean"]["dice"]), float(ev["groups"]["small"]["dice"]))
             for name, ev in table.items()}
@@ -199,9 +200,9 @@ def write_report(out: Path, table: dict[str, dict], teacher_epochs: int, student
         "# Distillation beyond the labels: a first look (one seed, phantoms)\n",
         f"Teacher: stock nnU-Net, SGD, no augmentation, {teacher_epochs} x {iters} iterations on {cases} "
         f"labelled phantoms. Students t=3, nnU-Net's AdamW, no augmentation, {student_epochs} x {iters} "
-        f"iterations, seed 0; KD reco+logits at weight 1, constant (not swept). {few} labelled phantoms "
-        f"(nnU-Net fold 0: {few - few // 4} train / {few // 4} validation), {cases - few} unlabelled. "
-        "Dice on the 16 held-out test phantoms against their ground truth.\n",
+        f"iterations, seed 0; KD reco+logits at weight 1, constant (not swept). {sum(split)} labelled "
+        f"phantoms (nnU-Net fold 0: {split[0]} train / {split[1]} validation), {cases - sum(split)} unlabelled. "
+        f"Dice on the {test_cases} held-out test phantoms against their ground truth.\n",
         "| model | mean Dice | small-structure Dice | gap closed vs labelled-only |",
         "|---|---:|---:|---:|",
     ]
