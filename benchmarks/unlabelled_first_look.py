@@ -201,7 +201,8 @@ def write_report(out: Path, table: dict[str, dict], teacher_epochs: int, student
         f"Teacher: stock nnU-Net, SGD, no augmentation, {teacher_epochs} x {iters} iterations on {cases} "
         f"labelled phantoms. Students t=3, nnU-Net's AdamW, no augmentation, {student_epochs} x {iters} "
         f"iterations, seed 0; KD reco+logits at weight 1, constant (not swept). {sum(split)} labelled "
-        f"phantoms (nnU-Net fold 0: {split[0]} train / {split[1]} validation), {cases - sum(split)} unlabelled. "
+        f"phantoms (nnU-Net fold 0: {split[0]} train / {split[1]} validation), {cases - sum(split)} "
+        "unlabelled. "
         f"Dice on the {test_cases} held-out test phantoms against their ground truth.\n",
         "| model | mean Dice | small-structure Dice | gap closed vs labelled-only |",
         "|---|---:|---:|---:|",
