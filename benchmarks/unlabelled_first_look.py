@@ -112,13 +112,16 @@ def main(argv: list[str] | None = None) -> int:
              "--optimizer", "adam", "--seed", "0", "--device", "cpu"]
     kd = ["-t", "3", "--method", "reco+logits", "--kd-weight", "1", "--schedule", "constant", "--warmup", "0"]
 
-    # labelled only
-    run(recokd("student-plans", str(LABELLED), "-c", CONFIG, "-t", "3"), env)
-    folder = res / NAMES[LABELLED] / f"nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t3__{CONFIG}"
-    if not (folder / "fold_0/checkpoint_final.pth").is_file():
-        run([str(BIN / "nnUNetv2_train"), str(LABELLED), CONFIG, "0", "-tr", "nnUNetTrainerShortNoDA", "-p",
-             "nnUNetPlans_recokd_t3", "-device", "cpu"], train_env, **short, **adam)
-    results["labelled"] = folder
+    def stock_student(dataset_id: int) -> Path:
+        """The t=3 student of ``dataset_id`` trained by stock nnU-Net (AdamW, seed 0); its model folder."""
+        run(recokd("student-plans", str(dataset_id), "-c", CONFIG, "-t", "3"), env)
+        folder = res / NAMES[dataset_id] / f"nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t3__{CONFIG}"
+        if not (folder / "fold_0/checkpoint_final.pth").is_file():
+            run([str(BIN / "nnUNetv2_train"), str(dataset_id), CONFIG, "0", "-tr", "nnUNetTrainerShortNoDA",
+                 "-p", "nnUNetPlans_recokd_t3", "-device", "cpu"], train_env, **short, **adam)
+        return folder
+
+    results["labelled"] = stock_student(LABELLED)
 
     # labelled + unlabelled scans
     folder = res / NAMES[LABELLED] / f"nnUNetTrainerReCoKDNoDA__nnUNetPlans_recokd_t3__{CONFIG}"
@@ -149,12 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     pseudo_split = pre / NAMES[PSEUDO] / "splits_final.json"
     if not pseudo_split.is_file():
         pseudo_split.write_text(json.dumps([{"train": split["train"] + ids[few:], "val": split["val"]}]))
-    run(recokd("student-plans", str(PSEUDO), "-c", CONFIG, "-t", "3"), env)
-    folder = res / NAMES[PSEUDO] / f"nnUNetTrainerShortNoDA__nnUNetPlans_recokd_t3__{CONFIG}"
-    if not (folder / "fold_0/checkpoint_final.pth").is_file():
-        run([str(BIN / "nnUNetv2_train"), str(PSEUDO), CONFIG, "0", "-tr", "nnUNetTrainerShortNoDA", "-p",
-             "nnUNetPlans_recokd_t3", "-device", "cpu"], train_env, **short, **adam)
-    results["pseudo"] = folder
+    results["pseudo"] = stock_student(PSEUDO)
 
     # predict the test phantoms with each, evaluate against the hidden labels
     table: dict[str, dict] = {}
