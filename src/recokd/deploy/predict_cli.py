@@ -99,6 +99,11 @@ def _predict(args: argparse.Namespace) -> int:
     model = model_folder(results, dataset_name, args.trainer, plans, args.configuration)
     if not model.is_dir():
         raise UserError(f"model folder {model} does not exist")
+    from recokd.json_files import read_json
+    from recokd.nnunet.plans import refuse_cascade
+
+    refuse_cascade(read_json(model / "plans.json", "plans file"), args.configuration, "recokd predict",
+                   str(model / "plans.json"))
     folds: list[int | str] | None = None
     if args.folds is not None:
         folds = [parse_fold(f, "-f") for f in args.folds]
@@ -117,8 +122,6 @@ def _predict(args: argparse.Namespace) -> int:
     from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
 
     in_dir, out_dir = Path(args.input), Path(args.output)
-    from recokd.json_files import read_json
-
     dataset_json = read_json(model / "dataset.json", "dataset.json")
     for key in ("file_ending", "channel_names"):
         if key not in dataset_json:

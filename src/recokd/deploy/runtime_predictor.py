@@ -78,6 +78,9 @@ class nnUNetRuntimePredictor(_nnunet_predictor_class()):  # noqa: N801 (nnU-Net'
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+        from recokd.deploy.model import check_same_preprocessing
+        from recokd.nnunet.plans import refuse_cascade
+
         plans, dataset_json = sidecar["plans"], sidecar["dataset_json"]
         if model_dir is not None:
             model_dir = Path(model_dir).expanduser()
@@ -89,6 +92,9 @@ class nnUNetRuntimePredictor(_nnunet_predictor_class()):  # noqa: N801 (nnU-Net'
             if plans.get("plans_name") != sidecar.get("plans_identifier"):
                 raise UserError(f"{model_dir / 'plans.json'} is plans {plans.get('plans_name')!r} but "
                                 f"{source} was exported from plans {sidecar.get('plans_identifier')!r}")
+            check_same_preprocessing(sidecar, source, plans, dataset_json, model_dir)
+        refuse_cascade(plans, sidecar["configuration"], "recokd's ONNX Runtime / OpenVINO prediction",
+                       str(source))
         try:
             plans_manager = PlansManager(plans)
             configuration_manager = plans_manager.get_configuration(sidecar["configuration"])
