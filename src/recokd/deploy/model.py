@@ -170,8 +170,8 @@ def check_same_preprocessing(sidecar: dict[str, Any], source: Path, plans: dict,
     ``plans``/``dataset_json``). A sidecar written before the fingerprint existed is checked on the
     fingerprint of the plans and dataset.json it carries (every sidecar has them)."""
     configuration = sidecar["configuration"]
-    exported = sidecar.get("preprocessing") or preprocessing_fingerprint(sidecar["plans"], sidecar["dataset_json"],
-                                                                         configuration)
+    exported = sidecar.get("preprocessing") or preprocessing_fingerprint(
+        sidecar["plans"], sidecar["dataset_json"], configuration)
     here = preprocessing_fingerprint(plans, dataset_json, configuration)
     differ = [k for k in dict.fromkeys([*exported, *here]) if exported.get(k) != here.get(k)]
     if not differ:

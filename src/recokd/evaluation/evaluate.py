@@ -143,8 +143,8 @@ def ignore_label_from_dataset_json(content: Mapping[str, Any], path: str = "data
         return None
     value = labels[IGNORE_NAME]
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise UserError(f"{path} labels[{IGNORE_NAME}]: expected one integer label value >= 1 (nnU-Net's ignore "
-                        f"label), got {value!r}")
+        raise UserError(f"{path} labels[{IGNORE_NAME}]: expected one integer label value >= 1 (nnU-Net's "
+                        f"ignore label), got {value!r}")
     return int(value)
 
 
