@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -299,7 +298,7 @@ def test_evaluate_masks_the_ignore_label_as_nnunet(tmp_path, capsys):
 def tiny_2d(tmp_path_factory):
     """The really planned tiny dataset of tests/nnunet/_tiny.py in a private $nnUNet_preprocessed,
     with its 2d configuration preprocessed too, and a 2d teacher of its plans in $nnUNet_results."""
-    from tests.nnunet._tiny import TINY_NAME, tiny_nnunet_dirs
+    from tests.nnunet._tiny import TINY_ID, TINY_NAME, tiny_nnunet_dirs
 
     shared = tiny_nnunet_dirs(tmp_path_factory)
     root = tmp_path_factory.mktemp("faults_2d")
@@ -311,7 +310,7 @@ def tiny_2d(tmp_path_factory):
             mp.setenv(f"nnUNet_{key}", str(folder))
         from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
 
-        preprocess([TINY_NAME], "nnUNetPlans", configurations=("2d",), num_processes=(1,), verbose=False,
+        preprocess([TINY_ID], "nnUNetPlans", configurations=("2d",), num_processes=(1,), verbose=False,
                    show_progress_bar=False)
     folder = dirs["preprocessed"] / TINY_NAME
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
@@ -369,8 +368,8 @@ def test_train_2d_after_3d_needs_no_overwrite(tiny_env, capsys, monkeypatch):
     teacher = tiny_env["teacher_2d"]
     before = checksum(teacher, tiny_env["preprocessed"] / "Dataset901_RecoKDTiny" / "nnUNetPlans_2d")
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setitem(os.environ, "nnUNet_compile", "false")
-    assert main(["train", "901", "2d", "0", "--teacher", str(teacher), "--device", "cpu", "--epochs", "1",
+    monkeypatch.setenv("nnUNet_compile", "false")
+    assert main(["train", "901", "2d", "all", "--teacher", str(teacher), "--device", "cpu", "--epochs", "1",
                  "--iters-per-epoch", "1", "--val-iters", "1"]) == 0
     assert "Traceback" not in capsys.readouterr().err
     merged = json.loads(path.read_text())
@@ -379,5 +378,5 @@ def test_train_2d_after_3d_needs_no_overwrite(tiny_env, capsys, monkeypatch):
     widths_2d = merged["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"]
     assert widths_2d != plans_3d["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"]
     fold = tiny_env["results"] / "Dataset901_RecoKDTiny" / "nnUNetTrainerReCoKD__nnUNetPlans_recokd_t2__2d"
-    assert (fold / "fold_0" / "checkpoint_final.pth").is_file()
+    assert (fold / "fold_all" / "checkpoint_final.pth").is_file()
     assert checksum(teacher, tiny_env["preprocessed"] / "Dataset901_RecoKDTiny" / "nnUNetPlans_2d") == before
