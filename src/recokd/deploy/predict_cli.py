@@ -99,11 +99,6 @@ def _predict(args: argparse.Namespace) -> int:
     model = model_folder(results, dataset_name, args.trainer, plans, args.configuration)
     if not model.is_dir():
         raise UserError(f"model folder {model} does not exist")
-    from recokd.json_files import read_json
-    from recokd.nnunet.plans import refuse_cascade
-
-    refuse_cascade(read_json(model / "plans.json", "plans file"), args.configuration, "recokd predict",
-                   str(model / "plans.json"))
     folds: list[int | str] | None = None
     if args.folds is not None:
         folds = [parse_fold(f, "-f") for f in args.folds]
@@ -119,8 +114,12 @@ def _predict(args: argparse.Namespace) -> int:
     if not 0 < args.step_size <= 1:
         raise UserError(f"--step-size must be in (0, 1], got {args.step_size}")
 
+    from recokd.json_files import read_json
     from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
+    from recokd.nnunet.plans import refuse_cascade
 
+    refuse_cascade(read_json(model / "plans.json", "plans file"), args.configuration, "recokd predict",
+                   str(model / "plans.json"))
     in_dir, out_dir = Path(args.input), Path(args.output)
     dataset_json = read_json(model / "dataset.json", "dataset.json")
     for key in ("file_ending", "channel_names"):
