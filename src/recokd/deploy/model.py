@@ -176,12 +176,13 @@ def check_same_preprocessing(sidecar: dict[str, Any], source: Path, plans: dict,
     differ = [k for k in dict.fromkeys([*exported, *here]) if exported.get(k) != here.get(k)]
     if not differ:
         return
-    shown = "; ".join(f"{k} {exported.get(k)} vs {here.get(k)}" for k in differ[:3])
-    more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+    listed = [k for k in differ if k != "dataset_name"]  # the names are in the message already
+    shown = "; ".join(f"{k} {exported.get(k)} vs {here.get(k)}" for k in listed[:3])
+    more = f" (and {len(listed) - 3} more)" if len(listed) > 3 else ""
+    other = f" with other preprocessing ({configuration}: {shown}{more})" if listed else ""
     raise UserError(
         f"{source} was exported from dataset {exported.get('dataset_name')} but {model_dir} is dataset "
-        f"{here.get('dataset_name')} with other preprocessing ({configuration}: {shown}{more}); export the "
-        f"model of {model_dir} instead"
+        f"{here.get('dataset_name')}{other}; export the model of {model_dir} instead"
     )
 
 
