@@ -67,14 +67,17 @@ def tiny_plans(widths: list[int], patch: list[int], name: str = "nnUNetPlans") -
 
 
 def write_results_folder(root: Path, plans: dict, dataset_json: dict = TINY_DATASET_JSON,
-                         folder_name: str = TRAINER_FOLDER) -> Path:
+                         folder_name: str = TRAINER_FOLDER, configuration: str = "3d_fullres") -> Path:
     """``root/<folder_name>`` laid out as nnU-Net's training output: plans.json, dataset.json and
-    fold_0/checkpoint_final.pth (nnUNetTrainer's checkpoint keys, perturbed He-initialised weights)."""
+    fold_0/checkpoint_final.pth (nnUNetTrainer's checkpoint keys, perturbed He-initialised weights of
+    ``configuration``'s network, mirroring on every axis of its patch)."""
     folder = root / folder_name
     (folder / "fold_0").mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans, indent=4))
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=4))
-    checkpoint, _ = nnunet_checkpoint(copy.deepcopy(plans), dict(dataset_json))
+    checkpoint, _ = nnunet_checkpoint(copy.deepcopy(plans), dict(dataset_json), configuration)
+    patch = plans["configurations"][configuration].get("patch_size", [0, 0, 0])
+    checkpoint["inference_allowed_mirroring_axes"] = tuple(range(len(patch)))
     torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
     return folder
 

@@ -242,12 +242,13 @@ def test_recokd_predict_backend_openvino_matches_torch(cases, tmp_path, monkeypa
 # ---------------------------------------------------------------------------- int8
 
 
-def write_preprocessed(root: Path, plans: dict, n_cases: int, validation: list[str]) -> Path:
-    """``root/<dataset>/<data_identifier>`` with ``n_cases`` nnU-Net blosc2 cases (image + seg with
-    a foreground cube) and a splits_final.json whose fold 0 validates on ``validation``."""
+def write_preprocessed(root: Path, plans: dict, n_cases: int, validation: list[str],
+                       configuration: str = "3d_fullres") -> Path:
+    """``root/<dataset>/<data_identifier of configuration>`` with ``n_cases`` nnU-Net blosc2 cases (image +
+    seg with a foreground cube) and a splits_final.json whose fold 0 validates on ``validation``."""
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-    folder = root / plans["dataset_name"] / plans["configurations"]["3d_fullres"]["data_identifier"]
+    folder = root / plans["dataset_name"] / plans["configurations"][configuration]["data_identifier"]
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     names = [f"case_{i:02d}" for i in range(n_cases)]

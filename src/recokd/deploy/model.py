@@ -126,7 +126,64 @@ def model_description(model: InferenceModel) -> dict[str, Any]:
         "deep_supervision": False,
         "plans": json_ready(loaded.plans_manager.plans),  # as loaded: tuples, numpy scalars
         "dataset_json": json_ready(loaded.dataset_json),
+        "preprocessing": preprocessing_fingerprint(loaded.plans_manager.plans, loaded.dataset_json,
+                                                   loaded.configuration_name),
     }
+
+
+#: configuration entries of the plans that decide what the network is fed (and how its output is
+#: written back): a model run through another dataset's or plans' values sees different inputs
+FINGERPRINT_CONFIGURATION_KEYS = ("spacing", "patch_size", "normalization_schemes", "use_mask_for_norm",
+                                  "preprocessor_name", "resampling_fn_data", "resampling_fn_data_kwargs",
+                                  "resampling_fn_seg", "resampling_fn_seg_kwargs",
+                                  "resampling_fn_probabilities", "resampling_fn_probabilities_kwargs")
+#: plans-level entries (CT normalisation reads the intensity properties)
+FINGERPRINT_PLANS_KEYS = ("dataset_name", "transpose_forward", "transpose_backward",
+                          "foreground_intensity_properties_per_channel")
+#: dataset.json entries (input channels and their order, output labels)
+FINGERPRINT_DATASET_KEYS = ("channel_names", "labels", "regions_class_order")
+
+
+def preprocessing_fingerprint(plans: dict, dataset_json: dict, configuration: str) -> dict[str, Any]:
+    """What must match for an exported network to be run through a results folder's preprocessing:
+    the dataset name, the configuration's target spacing, patch size, normalisation schemes,
+    resampling, the axis transposition and intensity statistics of the plans, and dataset.json's
+    channels and labels (JSON-ready; ``None`` for an entry that is absent). Written into every
+    exported model's sidecar (``preprocessing``) by ``recokd export`` and ``recokd quantize``."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    try:
+        config = PlansManager(plans).get_configuration(configuration).configuration
+    except Exception as e:  # nnU-Net raises bare KeyErrors/asserts on malformed plans
+        raise UserError(f"plans {plans.get('plans_name')!r}: could not read configuration {configuration!r} "
+                        f"({type(e).__name__}: {e})") from e
+    fingerprint = {k: plans.get(k) for k in FINGERPRINT_PLANS_KEYS}
+    fingerprint.update({k: config.get(k) for k in FINGERPRINT_CONFIGURATION_KEYS})
+    fingerprint.update({k: dataset_json.get(k) for k in FINGERPRINT_DATASET_KEYS})
+    return json.loads(json.dumps(json_ready(fingerprint)))  # tuples -> lists, as read back from a file
+
+
+def check_same_preprocessing(sidecar: dict[str, Any], source: Path, plans: dict, dataset_json: dict,
+                             model_dir: Path) -> None:
+    """:class:`UserError` naming both datasets and the first entries that differ when the exported
+    model ``source`` (its ``sidecar``) was not made for the preprocessing of ``model_dir`` (its
+    ``plans``/``dataset_json``). A sidecar written before the fingerprint existed is checked on the
+    fingerprint of the plans and dataset.json it carries (every sidecar has them)."""
+    configuration = sidecar["configuration"]
+    exported = sidecar.get("preprocessing") or preprocessing_fingerprint(
+        sidecar["plans"], sidecar["dataset_json"], configuration)
+    here = preprocessing_fingerprint(plans, dataset_json, configuration)
+    differ = [k for k in dict.fromkeys([*exported, *here]) if exported.get(k) != here.get(k)]
+    if not differ:
+        return
+    listed = [k for k in differ if k != "dataset_name"]  # the names are in the message already
+    shown = "; ".join(f"{k} {exported.get(k)} vs {here.get(k)}" for k in listed[:3])
+    more = f" (and {len(listed) - 3} more)" if len(listed) > 3 else ""
+    other = f" with other preprocessing ({configuration}: {shown}{more})" if listed else ""
+    raise UserError(
+        f"{source} was exported from dataset {exported.get('dataset_name')} but {model_dir} is dataset "
+        f"{here.get('dataset_name')}{other}; export the model of {model_dir} instead"
+    )
 
 
 def read_sidecar_file(file: Path, written_by: str) -> dict[str, Any]:

@@ -114,11 +114,13 @@ def _predict(args: argparse.Namespace) -> int:
     if not 0 < args.step_size <= 1:
         raise UserError(f"--step-size must be in (0, 1], got {args.step_size}")
 
-    from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
-
-    in_dir, out_dir = Path(args.input), Path(args.output)
     from recokd.json_files import read_json
+    from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
+    from recokd.nnunet.plans import refuse_cascade
 
+    refuse_cascade(read_json(model / "plans.json", "plans file"), args.configuration, "recokd predict",
+                   str(model / "plans.json"))
+    in_dir, out_dir = Path(args.input), Path(args.output)
     dataset_json = read_json(model / "dataset.json", "dataset.json")
     for key in ("file_ending", "channel_names"):
         if key not in dataset_json:
@@ -135,6 +137,7 @@ def _predict(args: argparse.Namespace) -> int:
         _check_runtime_flags(args)
         if folds is not None and len(folds) != 1:
             raise UserError(f"--backend {args.backend} runs one network: give one fold with -f, got {folds}")
+        _check_exported_model(args, model)
     else:
         runtime_only = (("--onnx", args.onnx, "onnxruntime"), ("--openvino", args.openvino, "openvino"),
                         ("--threads", args.threads, "onnxruntime or openvino"))
@@ -192,6 +195,24 @@ def _check_runtime_flags(args: argparse.Namespace) -> None:
     given = getattr(args, own_flag.removeprefix("--"))
     if given is not None and not Path(given).exists():
         raise UserError(f"{own_flag} {given} does not exist (write it with 'recokd export {own_flag}')")
+
+
+def _check_exported_model(args: argparse.Namespace, model: Path) -> None:
+    """A given ``--onnx``/``--openvino`` model must have been exported for ``model``'s plans and
+    preprocessing (its sidecar is read, before the output folder is made)."""
+    from recokd.deploy.runtime_predictor import plans_for_exported_model
+
+    if args.backend == "onnxruntime" and args.onnx is not None:
+        from recokd.deploy.onnx_export import read_sidecar
+
+        plans_for_exported_model(read_sidecar(args.onnx), Path(args.onnx), model)
+    elif args.backend == "openvino" and args.openvino is not None:
+        from recokd.deploy.model import read_sidecar_file
+        from recokd.deploy.openvino_backend import SIDECAR_FILE
+
+        folder = Path(args.openvino)
+        sidecar = read_sidecar_file(folder / SIDECAR_FILE, "'recokd export --openvino' / 'recokd quantize'")
+        plans_for_exported_model(sidecar, folder, model)
 
 
 def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | str] | None, in_dir: Path,

@@ -9,8 +9,9 @@ cases from ``splits_final.json`` (all cases where there is no split file or for 
 ``calibration_cases`` of them evenly spaced in sorted order, never the fold's validation cases.
 From each case ``tiles_per_case`` patch-sized tiles are cut: alternately centred on a random
 foreground voxel (``seg > 0``, so that the small structures' activations are in the statistics)
-and at a uniformly random position; volumes smaller than the patch are zero-padded as nnU-Net's
-predictor pads them. Seeded, so the same command gives the same set.
+and at a uniformly random position (a 2d configuration: from the slice of that voxel / a random
+slice); volumes smaller than the patch are zero-padded as nnU-Net's predictor pads them.
+Seeded, so the same command gives the same set.
 
 Quantization: the fp32 model is converted to OpenVINO (:mod:`recokd.deploy.openvino_backend`)
 and ``nncf.quantize`` inserts int8 fake-quantize operations from the calibration statistics
@@ -103,18 +104,23 @@ def _crop(data: np.ndarray, start: list[int], patch: list[int]) -> np.ndarray:
 
 def case_tiles(data: np.ndarray, seg: np.ndarray, patch: list[int], count: int,
                rng: np.random.Generator) -> list[np.ndarray]:
-    """``count`` patch-sized tiles of ``data`` (C, *spatial): even ones centred on a random
-    foreground voxel of ``seg`` (uniform where there is none), odd ones uniformly placed."""
+    """``count`` patch-sized tiles ``(1, C, *patch)`` of ``data`` (C, *spatial): even ones centred on a
+    random foreground voxel of ``seg`` (uniform where there is none), odd ones uniformly placed. A
+    2d configuration's patch (one axis fewer than the volume) is cut from one slice, as nnU-Net's
+    2d networks see the volume."""
     shape = data.shape[1:]
+    if len(patch) not in (len(shape), len(shape) - 1):
+        raise UserError(f"patch {patch} does not fit preprocessed data of shape {tuple(shape)}")
+    box = [1] * (len(shape) - len(patch)) + list(patch)  # a 2d patch: a box one slice thick
     foreground = np.argwhere(np.asarray(seg)[0] > 0)
     tiles = []
     for i in range(count):
         if i % 2 == 0 and len(foreground):
             centre = foreground[rng.integers(len(foreground))]
-            start = [int(c) - p // 2 for c, p in zip(centre, patch, strict=True)]
+            start = [int(c) - p // 2 for c, p in zip(centre, box, strict=True)]
         else:
-            start = [int(rng.integers(0, max(n - p, 0) + 1)) for n, p in zip(shape, patch, strict=True)]
-        tiles.append(_crop(data, start, patch)[None])
+            start = [int(rng.integers(0, max(n - p, 0) + 1)) for n, p in zip(shape, box, strict=True)]
+        tiles.append(_crop(data, start, box).reshape(1, data.shape[0], *patch))
     return tiles
 
 

@@ -78,17 +78,7 @@ class nnUNetRuntimePredictor(_nnunet_predictor_class()):  # noqa: N801 (nnU-Net'
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        plans, dataset_json = sidecar["plans"], sidecar["dataset_json"]
-        if model_dir is not None:
-            model_dir = Path(model_dir).expanduser()
-            if not model_dir.is_dir():
-                raise UserError(f"--model {model_dir} is not a folder (expected an nnU-Net results folder "
-                                "Trainer__Plans__Configuration with plans.json and dataset.json)")
-            plans = read_json(model_dir / "plans.json", "plans file")
-            dataset_json = read_json(model_dir / "dataset.json", "dataset.json")
-            if plans.get("plans_name") != sidecar.get("plans_identifier"):
-                raise UserError(f"{model_dir / 'plans.json'} is plans {plans.get('plans_name')!r} but "
-                                f"{source} was exported from plans {sidecar.get('plans_identifier')!r}")
+        plans, dataset_json = plans_for_exported_model(sidecar, source, model_dir)
         try:
             plans_manager = PlansManager(plans)
             configuration_manager = plans_manager.get_configuration(sidecar["configuration"])
@@ -113,6 +103,32 @@ class nnUNetRuntimePredictor(_nnunet_predictor_class()):  # noqa: N801 (nnU-Net'
         self.allowed_mirroring_axes = None if axes is None else tuple(int(a) for a in axes)
         self.network = network
         self.list_of_parameters = [{}]  # one "fold"; its (empty) state dict loads into the network
+
+
+def plans_for_exported_model(sidecar: dict[str, Any], source: Path,
+                             model_dir: str | Path | None = None) -> tuple[dict, dict]:
+    """The plans and dataset.json to run the exported model ``source`` (its ``sidecar``) with: the
+    sidecar's copies, or those of the results folder ``model_dir``, which must be the same plans
+    identifier and the same preprocessing (:func:`recokd.deploy.model.check_same_preprocessing`).
+    A cascade stage is refused (nothing here feeds it the previous stage's segmentations)."""
+    from recokd.deploy.model import check_same_preprocessing
+    from recokd.nnunet.plans import refuse_cascade
+
+    plans, dataset_json = sidecar["plans"], sidecar["dataset_json"]
+    if model_dir is not None:
+        model_dir = Path(model_dir).expanduser()
+        if not model_dir.is_dir():
+            raise UserError(f"--model {model_dir} is not a folder (expected an nnU-Net results folder "
+                            "Trainer__Plans__Configuration with plans.json and dataset.json)")
+        plans = read_json(model_dir / "plans.json", "plans file")
+        dataset_json = read_json(model_dir / "dataset.json", "dataset.json")
+        if plans.get("plans_name") != sidecar.get("plans_identifier"):
+            raise UserError(f"{model_dir / 'plans.json'} is plans {plans.get('plans_name')!r} but "
+                            f"{source} was exported from plans {sidecar.get('plans_identifier')!r}")
+        check_same_preprocessing(sidecar, source, plans, dataset_json, model_dir)
+    refuse_cascade(plans, sidecar["configuration"], "recokd's ONNX Runtime / OpenVINO prediction",
+                   str(source))
+    return plans, dataset_json
 
 
 def predict_folder_with(

@@ -19,6 +19,9 @@ one there) or in GT_DIR's parent (the raw dataset folder), else from the values 
 
 Empty masks: both empty -> Dice 1, HD95 0, NSD 1; exactly one empty -> Dice 0, NSD 0 and HD95 NaN
 (left out of means and counted), or --hd95-empty-max MM. The convention is recorded in the files.
+
+Ignore label: where the dataset.json has nnU-Net's 'ignore' label, the voxels the ground truth marks
+with it count for no class (set to background in both masks), as in nnU-Net's own evaluation.
 """
 
 

@@ -47,11 +47,15 @@ __all__ = [
     "evaluate_folders",
     "find_dataset_json",
     "groups_from_dataset_json",
+    "ignore_label_from_dataset_json",
     "labels_from_dataset_json",
+    "mask_ignored",
     "read_segmentation",
 ]
 
 SUMMARY_NAME = "summary.json"
+#: nnU-Net's name for the label of unannotated voxels (dataset.json ``labels``)
+IGNORE_NAME = "ignore"
 PER_CASE_NAME = "per_case.csv"
 BOXPLOT_NAME = "dice_boxplot.png"
 #: version of the layout of ``summary.json`` / ``per_case.csv``
@@ -70,6 +74,9 @@ _DEFINITIONS = {
            "header; not MONAI's default boundary-voxel count)",
     "per_class": "mean and sample sd (n-1; null if n<2) over cases; NaN HD95 left out and counted",
     "foreground_mean": "mean of the per-class means over foreground classes (each class weighs the same)",
+    "ignore_label": "voxels with dataset.json's 'ignore' label in the ground truth are set to background in "
+                    "both the ground truth and the prediction before scoring, so they count for no class "
+                    "(nnU-Net's compute_metrics leaves them out of TP/FP/FN; per case: ignored_voxels)",
 }
 
 
@@ -124,11 +131,32 @@ def labels_from_dataset_json(content: Mapping[str, Any], path: str = "dataset.js
     labels = content.get("labels")
     if not isinstance(labels, Mapping):
         raise UserError(f"{path}: no 'labels' mapping (expected e.g. {{'background': 0, 'liver': 1}})")
-    if "ignore" in labels:
-        raise UserError(f"{path}: datasets with an 'ignore' label are not supported by recokd evaluate; "
-                        "pass --labels for the classes to score")
-    fg = {k: v for k, v in labels.items() if not (k == "background" or v == 0 or v == [0] or v == (0,))}
+    fg = {k: v for k, v in labels.items()
+          if not (k in ("background", IGNORE_NAME) or v == 0 or v == [0] or v == (0,))}
     return _check_labels(fg, f"{path} labels")
+
+
+def ignore_label_from_dataset_json(content: Mapping[str, Any], path: str = "dataset.json") -> int | None:
+    """The value of nnU-Net's ``ignore`` label (voxels left unannotated), or ``None`` if there is none."""
+    labels = content.get("labels")
+    if not isinstance(labels, Mapping) or IGNORE_NAME not in labels:
+        return None
+    value = labels[IGNORE_NAME]
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{path} labels[{IGNORE_NAME}]: expected one integer label value >= 1 (nnU-Net's "
+                        f"ignore label), got {value!r}")
+    return int(value)
+
+
+def mask_ignored(prediction: np.ndarray, reference: np.ndarray,
+                 ignore_label: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """``prediction`` and ``reference`` with the voxels that the reference marks ``ignore_label`` set to
+    background in both, and how many there were: those voxels count for no class, as in nnU-Net's
+    ``compute_metrics`` (which leaves them out of TP, FP and FN)."""
+    if ignore_label is None:
+        return prediction, reference, 0
+    ignored = reference == ignore_label
+    return np.where(ignored, 0, prediction), np.where(ignored, 0, reference), int(ignored.sum())
 
 
 def groups_from_dataset_json(content: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, list[str]]:
@@ -303,6 +331,8 @@ class EvaluationResult:
     file_ending: str = ".nii.gz"
     reader: str = "SimpleITKIO"
     warnings: list[str] = field(default_factory=list)
+    #: nnU-Net's ignore label of the dataset: its voxels (in the reference) were scored for no class
+    ignore_label: int | None = None
 
     @property
     def cases(self) -> list[str]:
@@ -354,6 +384,7 @@ class EvaluationResult:
             "num_cases": len(self.per_case),
             "cases": [{"case": c, **self.case_geometry[c]} for c in self.per_case],
             "labels": {k: list(v) if isinstance(v, tuple) else v for k, v in self.labels.items()},
+            "ignore_label": self.ignore_label,
             "empty_mask_convention": self.convention.as_dict(),
             "nsd_tolerance_mm": dict(self.nsd_tolerance_mm),
             "definitions": dict(_DEFINITIONS),
@@ -488,6 +519,7 @@ def evaluate_folders(
         lab, source = labels_from_dataset_json(dj, str(dj_path)), f"dataset.json ({dj_path})"
     else:
         lab, source = _labels_from_files(reader, matched), "values found in the files"
+    ignore_label = ignore_label_from_dataset_json(dj, str(dj_path)) if dj is not None else None
     names = list(lab)
     tolerances = resolve_tolerances(names, nsd_tolerance_mm)
     if class_groups is not None:
@@ -509,6 +541,7 @@ def evaluate_folders(
         g_seg, g_spc, g_world = _read_with_world(reader, g_path)
         _check_geometry(case, p_path, g_path, p_seg.shape, g_seg.shape, p_spc, g_spc, spacing_tolerance_mm)
         _check_world(case, p_path, g_path, p_world, g_world, spacing_tolerance_mm)
+        p_seg, g_seg, ignored = mask_ignored(p_seg, g_seg, ignore_label)
         for what, seg in (("prediction", p_seg), ("ground truth", g_seg)):
             unknown = sorted(set(np.unique(seg).tolist()) - known - {0})
             if unknown:
@@ -516,11 +549,14 @@ def evaluate_folders(
                              "not scored")
         per_case[case] = compute_case_metrics(p_seg, g_seg, lab, g_spc, tolerances, convention)
         geometry[case] = {"shape": list(g_seg.shape), "spacing_mm": list(g_spc)}
+        if ignore_label is not None:
+            geometry[case]["ignored_voxels"] = ignored
 
     result = EvaluationResult(
         pred_dir=pred, gt_dir=gt, labels=lab, per_case=per_case, case_geometry=geometry,
         nsd_tolerance_mm=tolerances, convention=convention, class_groups=groups, labels_source=source,
         dataset_json=dj_path, file_ending=file_ending, reader=reader_cls.__name__, warnings=notes,
+        ignore_label=ignore_label,
     )
     if out_dir is not None:
         result.write(out_dir, overwrite=overwrite)

@@ -13,7 +13,7 @@ Conventions (also written into every JSON/CSV/table this module produces):
 - **Latency**: wall clock of nnU-Net's ``nnUNetPredictor.predict_sliding_window_return_logits`` on
   one full preprocessed-space volume (padding, tiling with ``tile_step_size``, Gaussian weighting,
   fp16 accumulation, mirroring if on), after ``warmup`` runs, median of ``repeats`` runs; with and
-  without mirroring test-time augmentation (3D: 8 network passes per tile with it, 1 without).
+  without mirroring test-time augmentation (3D: 8 network passes per tile with it, 1 without; 2d: 4).
   **Backends** (:mod:`recokd.deploy.backends`): who runs the network inside that sliding window.
   By default on the CPU ``torch-onednn`` (:mod:`recokd.deploy.cpu_conv`'s per-layer choice of
   oneDNN for 3D convolutions, what ``recokd predict`` runs); ``torch`` is stock nnU-Net (whose
@@ -28,7 +28,8 @@ Conventions (also written into every JSON/CSV/table this module produces):
   the machine's measured fp32 matmul rate (``torch.mm`` of two 2048^2 float32 matrices on the same
   threads, median of 5): how much of the hardware the sliding window uses.
   The volume is either synthetic (standard normal, i.e. like z-scored data, of ``volume_shape``; by
-  default twice the first model's patch size per axis) or a real case preprocessed by the model's
+  default twice the first model's patch size per axis; a 2d configuration's patch slides over every
+  slice of a 3D volume, by default 8 slices of twice its patch) or a real case preprocessed by the model's
   own nnU-Net preprocessor (preprocessing itself is not timed). Torch threads are set to
   ``threads`` (note: ``nnUNetv2_predict``/``recokd predict`` cap torch threads at
   ``nnUNet_def_n_proc``, 8 by default; this profile does not).
@@ -72,6 +73,8 @@ if TYPE_CHECKING:
 FLOPS_UNIT = "FLOPs (2 per multiply-add)"
 FLOPS_COUNTER = "torch.utils.flop_counter.FlopCounterMode (conv, transposed conv, matmul; batch 1, one patch)"
 MIRROR_MODES = ("off", "on")
+#: slices of the default synthetic volume of a 2d configuration (its in-plane size: twice the patch)
+DEFAULT_2D_SLICES = 8
 
 
 @dataclass(frozen=True)
@@ -393,12 +396,28 @@ def _load_volume(model, settings: ProfileSettings, device: torch.device) -> tupl
             raise UserError(f"--case {', '.join(settings.case_files)}: nnU-Net's preprocessing failed "
                             f"({type(e).__name__}: {e})") from e
         return torch.from_numpy(data).float(), "case: " + ", ".join(settings.case_files)
-    shape = tuple(settings.volume_shape or [2 * p for p in model.patch_size])
-    if len(shape) != len(model.patch_size):
-        raise UserError(f"volume shape {shape} has {len(shape)} axes, the model's patch {model.patch_size} "
-                        f"has {len(model.patch_size)}")
+    shape = volume_shape_for(model.patch_size, settings.volume_shape)
     generator = torch.Generator().manual_seed(settings.seed)
     return torch.randn(loaded.num_input_channels, *shape, generator=generator), "synthetic (standard normal)"
+
+
+def volume_shape_for(patch_size: list[int], volume_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The 3D preprocessed-space volume ``(z, y, x)`` a model with ``patch_size`` is timed on.
+
+    nnU-Net's predictor always takes a volume: a 3D patch slides over it, a 2d configuration's
+    patch ``(y, x)`` slides over every slice. Default: twice the patch per axis; for a 2d patch
+    :data:`DEFAULT_2D_SLICES` slices of twice the patch. A 2-axis ``volume_shape`` given for a 2d
+    model is one slice."""
+    if volume_shape is None:
+        shape = tuple(2 * p for p in patch_size)
+        return (DEFAULT_2D_SLICES, *shape) if len(patch_size) == 2 else shape
+    shape = tuple(volume_shape)
+    if len(patch_size) == 2 and len(shape) == 2:
+        return (1, *shape)
+    if len(shape) != 3:
+        raise UserError(f"volume shape {shape} has {len(shape)} axes; the model's patch {patch_size} needs a "
+                        "3D volume (z y x)")
+    return shape
 
 
 def make_predictor(model, settings: ProfileSettings, device: torch.device, network: nn.Module | None = None):
@@ -425,9 +444,10 @@ def make_predictor(model, settings: ProfileSettings, device: torch.device, netwo
 
 
 def n_tiles(predictor, volume_shape: tuple[int, ...]) -> int:
-    patch = predictor.configuration_manager.patch_size
-    if len(patch) == len(volume_shape):  # pad_nd_image pads smaller volumes up to the patch
-        volume_shape = tuple(max(s, p) for s, p in zip(volume_shape, patch, strict=True))
+    """Tiles of the sliding window over ``volume_shape`` (a 2d patch: per slice, every slice)."""
+    patch = tuple(predictor.configuration_manager.patch_size)
+    k = len(patch)  # pad_nd_image pads the last len(patch) axes of smaller volumes up to the patch
+    volume_shape = (*volume_shape[:-k], *(max(s, p) for s, p in zip(volume_shape[-k:], patch, strict=True)))
     return len(predictor._internal_get_sliding_window_slicers(tuple(volume_shape)))
 
 

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--volume-shape", type=_positive_int, nargs="+", metavar="N",
                      help="synthetic volume size in preprocessed space, e.g. 128 128 128 (default: twice "
-                          "the first model's patch size)")
+                          "the first model's patch size; a 2d model: 8 slices of twice its patch)")
     src.add_argument("--case", nargs="+", metavar="FILE",
                      help="a real image (one file per input channel), preprocessed by each model's nnU-Net "
                           "preprocessor (not timed)")

@@ -317,9 +317,9 @@ def _train(args: argparse.Namespace) -> int:
     from recokd.nnunet import add_ext_trainer_dir_to_env, ext_trainer_dir
     from recokd.nnunet.plans import (
         make_student_plans,
+        refuse_cascade,
         resolve_dataset_name,
         student_plans_identifier,
-        write_json_no_clobber,
     )
     from recokd.nnunet.settings import SETTINGS_FILE, read_settings, write_settings
 
@@ -364,6 +364,7 @@ def _train(args: argparse.Namespace) -> int:
     # every check first (nothing is written before this line)
     sp = make_student_plans(dataset_name, args.p, args.configuration, args.t, c_min=args.c_min,
                             overwrite=args.overwrite, dry_run=True)
+    refuse_cascade(sp.plans, args.configuration, "recokd train", f"plans file {sp.path.parent / args.p}.json")
     print(f"student plans:  {sp.identifier} ({sp.path}; widths {sp.student_widths}, "
           f"{sp.student_params:,} parameters = 1/{sp.teacher_params / sp.student_params:.1f} of the teacher)")
     if note := sp.saturation_note():
@@ -373,7 +374,7 @@ def _train(args: argparse.Namespace) -> int:
         unlabelled.preprocess(sp.plans, args.configuration,
                              read_json(sp.path.parent / "dataset.json", "preprocessed dataset.json"))
 
-    write_json_no_clobber(sp.path, sp.plans, overwrite=args.overwrite)
+    sp.write(overwrite=args.overwrite)  # a merge of this configuration into the file needs no --overwrite
     if not resume:
         if args.overwrite and out.exists():
             shutil.rmtree(out)

@@ -99,6 +99,15 @@ class StudentPlans:
     written: bool
     #: the student plans (what is, or would be, in ``path``)
     plans: dict = dataclasses.field(default_factory=dict, repr=False)
+    #: True when ``path`` holds another configuration's student plans and ``plans`` only adds this
+    #: configuration's scaled architecture to it (:func:`merge_student_configuration`): writing
+    #: ``plans`` there loses nothing and needs no ``--overwrite``
+    merges_into_existing: bool = False
+
+    def write(self, overwrite: bool = False) -> bool:
+        """Write :attr:`plans` to :attr:`path` (after a ``dry_run``): a merge into the existing
+        file needs no ``overwrite``, any other different content does. True if written."""
+        return write_json_no_clobber(self.path, self.plans, overwrite=overwrite or self.merges_into_existing)
 
     @property
     def param_ratio(self) -> float:
@@ -213,6 +222,35 @@ def configurations_sharing_architecture(plans: dict, configuration: str) -> list
         except UserError:  # an unrelated broken configuration does not concern us
             continue
     return shared
+
+
+def previous_stage(plans: dict, configuration: str) -> str | None:
+    """The configuration a cascade stage takes its input segmentations from (nnU-Net's
+    ``previous_stage``, e.g. ``3d_lowres`` for ``3d_cascade_fullres``), else ``None``. Follows
+    ``inherits_from`` like nnU-Net's ``PlansManager`` (the nearest definition wins)."""
+    configs = _configurations(plans, "plans")
+    name, visited = configuration, set()
+    while isinstance(configs.get(name), dict) and name not in visited:
+        visited.add(name)
+        if "previous_stage" in configs[name]:
+            return configs[name]["previous_stage"]
+        name = configs[name].get("inherits_from")
+    return None
+
+
+def refuse_cascade(plans: dict, configuration: str, who: str, where: str) -> None:
+    """:class:`UserError` when ``configuration`` of ``plans`` (read from ``where``) is a cascade stage,
+    which ``who`` (e.g. ``"recokd train"``) does not support: nothing in reco-kd trains the student's
+    previous stage or feeds its segmentations to the network (README, "nnU-Net configurations")."""
+    previous = previous_stage(plans, configuration)
+    if previous is None:
+        return
+    raise UserError(
+        f"{where}: configuration {configuration!r} is a cascade stage (its network also takes the "
+        f"segmentations of the {previous!r} stage), which {who} does not support; use a "
+        "single-stage configuration (3d_fullres, 3d_lowres or 2d), or nnU-Net's own nnUNetv2_train / "
+        "nnUNetv2_predict -prev_stage_predictions for a cascade"
+    )
 
 
 def network_class_short_name(plans: dict, configuration: str) -> str:
@@ -514,6 +552,7 @@ def make_student_plans(
 
     student = scale_plans(plans, configuration, t, c_min, new_identifier=new_identifier)
     out_file = folder / f"{new_identifier}.json"
+    merges = False
     if out_file.is_file():  # another configuration's student may live in the same file: keep it
         try:
             existing = json.loads(out_file.read_text(encoding="utf-8"))
@@ -521,15 +560,15 @@ def make_student_plans(
             existing = None
         merged = merge_student_configuration(existing, student, plans, configuration)
         if merged is not None:  # adds this configuration's widths and loses nothing: no --overwrite needed
-            student, overwrite = merged, True
+            student, merges = merged, True
     teacher_params = count_parameters(plans, configuration, dataset_json, where=f"plans file {plans_file}")
     student_params = count_parameters(student, configuration, dataset_json, where="student plans")
 
     if dry_run:
-        check_json_no_clobber(out_file, student, overwrite=overwrite)
+        check_json_no_clobber(out_file, student, overwrite=overwrite or merges)
         written = False
     else:
-        written = write_json_no_clobber(out_file, student, overwrite=overwrite)
+        written = write_json_no_clobber(out_file, student, overwrite=overwrite or merges)
     identifier = data_identifier(student, configuration)
     return StudentPlans(
         path=out_file,
@@ -548,4 +587,5 @@ def make_student_plans(
         preprocessed_data=folder / identifier if identifier else folder,
         written=written,
         plans=student,
+        merges_into_existing=merges,
     )
