@@ -90,8 +90,10 @@ def _find_plans(dataset_folder: Path, trainer: str, configuration: str) -> str:
 
 def _predict(args: argparse.Namespace) -> int:
     from recokd.nnunet import add_ext_trainer_dir_to_env
+    from recokd.nnunet.inputs import check_output_outside_input
     from recokd.nnunet.plans import resolve_dataset_name
 
+    check_output_outside_input(Path(args.input), Path(args.output))
     results = env_folder("nnUNet_results", must_exist=False)
     dataset_name = resolve_dataset_name(args.dataset)
     dataset_folder = results / dataset_name
@@ -164,15 +166,13 @@ def _predict(args: argparse.Namespace) -> int:
         patch = tuple(predictor.configuration_manager.patch_size)
         channels = len(predictor.dataset_json["channel_names"])
         use_fastest_cpu_conv3d(predictor.network, torch.zeros(1, channels, *patch))
-    if args.npp == 0 and args.nps == 0:  # as nnUNetv2_predict: everything in this process
-        predictor.predict_from_files_sequential(str(in_dir), str(out_dir),
-                                                save_probabilities=args.save_probabilities,
-                                                overwrite=not args.continue_prediction)
-    else:
-        predictor.predict_from_files(str(in_dir), str(out_dir), save_probabilities=args.save_probabilities,
-                                     overwrite=not args.continue_prediction,
-                                     num_processes_preprocessing=max(1, args.npp),
-                                     num_processes_segmentation_export=max(1, args.nps))
+    from recokd.nnunet.prediction_export import predict_folder_atomically
+
+    predict_folder_atomically(predictor, in_dir, out_dir, continue_prediction=args.continue_prediction,
+                              save_probabilities=args.save_probabilities,
+                              sequential=args.npp == 0 and args.nps == 0,  # as nnUNetv2_predict: all here
+                              num_processes_preprocessing=max(1, args.npp),
+                              num_processes_export=max(1, args.nps))
     print(f"predicted {len(cases)} case(s) with {model} into {out_dir}")
     return 0
 

@@ -136,11 +136,17 @@ def predict_folder_with(
     ``continue_prediction``). ``sequential`` runs preprocessing and export in this process
     (``predict_from_files_sequential``) instead of nnU-Net's worker pools. Returns the case ids.
     """
-    from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
+    from recokd.nnunet.inputs import (
+        check_output_folder_writable,
+        check_output_outside_input,
+        prediction_cases,
+    )
+    from recokd.nnunet.prediction_export import predict_folder_atomically
 
     if overwrite and continue_prediction:
         raise UserError("--overwrite and --continue-prediction exclude each other")
     in_dir, out_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
+    check_output_outside_input(in_dir, out_dir)
     if not in_dir.is_dir():
         raise UserError(f"input folder {in_dir} does not exist")
     load()
@@ -152,13 +158,8 @@ def predict_folder_with(
                         f"{existing[0]}{file_ending}); pass --overwrite to replace them or "
                         "--continue-prediction to skip them")
     check_output_folder_writable(out_dir)
-    if sequential:
-        predictor.predict_from_files_sequential(str(in_dir), str(out_dir),
-                                                save_probabilities=save_probabilities,
-                                                overwrite=not continue_prediction)
-    else:
-        predictor.predict_from_files(str(in_dir), str(out_dir), save_probabilities=save_probabilities,
-                                     overwrite=not continue_prediction,
-                                     num_processes_preprocessing=num_processes_preprocessing,
-                                     num_processes_segmentation_export=num_processes_export)
+    predict_folder_atomically(predictor, in_dir, out_dir, continue_prediction=continue_prediction,
+                              save_probabilities=save_probabilities, sequential=sequential,
+                              num_processes_preprocessing=num_processes_preprocessing,
+                              num_processes_export=num_processes_export)
     return list(cases)
