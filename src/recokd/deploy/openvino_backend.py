@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,11 @@ def write_model_folder(model, sidecar: dict[str, Any], out_dir: Path, flag: str 
             raise UserError(f"cannot write the OpenVINO model into {out_dir} ({reason or e})") from None
 
 
+def read_sidecar(folder: str | Path) -> dict[str, Any]:
+    """The sidecar (``recokd.json``) of an OpenVINO model folder."""
+    return read_sidecar_file(Path(folder) / SIDECAR_FILE, "'recokd export --openvino' / 'recokd quantize'")
+
+
 def read_model_folder(folder: str | Path) -> tuple[dict[str, Any], Any, Path]:
     """(sidecar, ``openvino.Model``, folder) of a folder written by ``recokd export --openvino`` or
     ``recokd quantize``."""
@@ -183,7 +189,7 @@ def read_model_folder(folder: str | Path) -> tuple[dict[str, Any], Any, Path]:
     if not folder.is_dir():
         raise UserError(f"--openvino {folder} is not a folder (expected {MODEL_XML}, {MODEL_BIN} and "
                         f"{SIDECAR_FILE} from 'recokd export --openvino' or 'recokd quantize')")
-    sidecar = read_sidecar_file(folder / SIDECAR_FILE, "'recokd export --openvino' / 'recokd quantize'")
+    sidecar = read_sidecar(folder)
     if sidecar.get("backend") != "openvino":
         raise UserError(f"{folder / SIDECAR_FILE} describes a {sidecar.get('backend')!r} model, not an "
                         "OpenVINO one")
@@ -274,18 +280,25 @@ class nnUNetOpenVINOPredictor(_runtime_predictor_base()):  # noqa: N801 (nnU-Net
 
     static_shapes: bool = True
 
-    def initialize_from_openvino(self, folder: str | Path, model_dir: str | Path | None = None) -> None:
-        """Load the model folder ``folder`` and the plans/dataset.json it needs (its sidecar, or
-        ``model_dir``: see ``initialize_from_sidecar``)."""
-        sidecar, model, folder = read_model_folder(folder)
-        runner = OpenVINONetwork(model, threads=self.threads, static_shapes=self.static_shapes)
-        self.initialize_from_sidecar(sidecar, folder, runner, model_dir)
+    def initialize_from_openvino(self, folders: str | Path | Sequence[str | Path],
+                                 model_dir: str | Path | None = None) -> None:
+        """Load the model folder(s) ``folders`` (one, or one per fold: nnU-Net's fold ensemble) and
+        the plans/dataset.json they need (the first one's sidecar, or ``model_dir``: see
+        ``initialize_from_sidecar``)."""
+        paths = [folders] if isinstance(folders, str | Path) else list(folders)
+        models = []
+        for path in paths:
+            sidecar, model, folder = read_model_folder(path)
+            models.append((sidecar, folder, OpenVINONetwork(model, threads=self.threads,
+                                                            static_shapes=self.static_shapes)))
+        self.initialize_from_sidecar(*models[0], model_dir)
+        self.add_folds(models[1:])
 
 
 def predict_folder(
     input_dir: str | Path,
     output_dir: str | Path,
-    folder: str | Path,
+    folder: str | Path | Sequence[str | Path],
     *,
     model_dir: str | Path | None = None,
     step_size: float = 0.5,
@@ -293,7 +306,8 @@ def predict_folder(
     threads: int | None = None,
     **options,
 ) -> list[str]:
-    """Segment every case of ``input_dir`` with the OpenVINO model folder ``folder``;
+    """Segment every case of ``input_dir`` with the OpenVINO model folder ``folder`` (or several,
+    one per fold: their ensemble);
     ``options``: see :func:`recokd.deploy.runtime_predictor.predict_folder_with`."""
     from recokd.deploy.runtime_predictor import predict_folder_with
 

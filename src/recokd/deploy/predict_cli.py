@@ -59,15 +59,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "oneDNN where that is faster: recokd.deploy.cpu_conv)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
                    help="who runs the network: torch (nnU-Net's predictor, default), onnxruntime or openvino "
-                        "(CPU; nnU-Net's preprocessing, sliding window and export with the network call on "
-                        "ONNX Runtime / OpenVINO; one fold)")
-    p.add_argument("--onnx", default=None, metavar="FILE.onnx",
-                   help="with --backend onnxruntime: a model exported by 'recokd export --onnx' (default: "
-                        "export the fold's checkpoint to a temporary file first)")
-    p.add_argument("--openvino", default=None, metavar="DIR",
-                   help="with --backend openvino: a model folder written by 'recokd export --openvino' "
-                        "(fp32) or 'recokd quantize' (int8) (default: convert the fold's checkpoint to fp32 "
-                        "first)")
+                        "(CPU; nnU-Net's preprocessing, sliding window, fold ensemble and export with the "
+                        "network call on ONNX Runtime / OpenVINO)")
+    p.add_argument("--onnx", default=None, nargs="+", metavar="FILE.onnx",
+                   help="with --backend onnxruntime: model(s) exported by 'recokd export --onnx', one per "
+                        "fold (several: their ensemble) (default: export the checkpoint of each fold of -f "
+                        "to a temporary file first)")
+    p.add_argument("--openvino", default=None, nargs="+", metavar="DIR",
+                   help="with --backend openvino: model folder(s) written by 'recokd export --openvino' "
+                        "(fp32) or 'recokd quantize' (int8), one per fold (several: their ensemble) "
+                        "(default: convert the checkpoint of each fold of -f to fp32 first)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="with --backend onnxruntime/openvino: the runtime's threads and torch threads "
                         "(default: the libraries' defaults)")
@@ -135,8 +136,6 @@ def _predict(args: argparse.Namespace) -> int:
                         "--continue-prediction to skip them")
     if args.backend != "torch":
         _check_runtime_flags(args)
-        if folds is not None and len(folds) != 1:
-            raise UserError(f"--backend {args.backend} runs one network: give one fold with -f, got {folds}")
     else:
         runtime_only = (("--onnx", args.onnx, "onnxruntime"), ("--openvino", args.openvino, "openvino"),
                         ("--threads", args.threads, "onnxruntime or openvino"))
@@ -189,21 +188,22 @@ def _check_runtime_flags(args: argparse.Namespace) -> None:
                         f"--backend {backend}")
     if args.device != "cpu":
         raise UserError(f"--backend {backend} runs on the CPU: pass --device cpu")
-    given = getattr(args, own_flag.removeprefix("--"))
-    if given is not None and not Path(given).exists():
-        raise UserError(f"{own_flag} {given} does not exist (write it with 'recokd export {own_flag}')")
+    for given in getattr(args, own_flag.removeprefix("--")) or []:
+        if not Path(given).exists():
+            raise UserError(f"{own_flag} {given} does not exist (write it with 'recokd export {own_flag}')")
 
 
 def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | str] | None, in_dir: Path,
                      out_dir: Path, num_cases: int) -> int:
     """``recokd predict --backend onnxruntime|openvino``: nnU-Net's predictor with the network call on
-    the runtime, from ``--onnx``/``--openvino`` or a fresh export of the fold's checkpoint (checked
-    against PyTorch)."""
+    the runtime, from ``--onnx``/``--openvino`` or a fresh export of each fold's checkpoint (checked
+    against PyTorch); several folds are ensembled as nnU-Net does (mean of the folds' logits)."""
     import tempfile
 
     backend = args.backend
-    first = sorted(model.glob(f"fold_*/{args.checkpoint}"))[0].parent.name.removeprefix("fold_")
-    fold = folds[0] if folds else parse_fold(first)
+    if folds is None:  # as nnU-Net's predictor: every fold with the checkpoint
+        folds = [parse_fold(p.parent.name.removeprefix("fold_"))
+                 for p in sorted(model.glob(f"fold_*/{args.checkpoint}"))]
     kwargs = dict(model_dir=model, step_size=args.step_size, mirroring=not args.disable_tta,
                   threads=args.threads, overwrite=args.overwrite,
                   continue_prediction=args.continue_prediction,
@@ -211,29 +211,34 @@ def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | st
                   sequential=args.npp == 0 and args.nps == 0, save_probabilities=args.save_probabilities)
     if backend == "onnxruntime":
         from recokd.deploy.onnx_export import export_onnx as export
+        from recokd.deploy.onnx_export import read_sidecar
         from recokd.deploy.onnx_predictor import predict_folder
 
         given, runtime = args.onnx, "ONNX Runtime"
     else:
-        from recokd.deploy.openvino_backend import SIDECAR_FILE, predict_folder
         from recokd.deploy.openvino_backend import export_openvino as export
+        from recokd.deploy.openvino_backend import predict_folder, read_sidecar
 
         given, runtime = args.openvino, "OpenVINO"
     if given is not None:
-        exported = Path(given)
+        exported = [Path(g) for g in given]
         predict_folder(in_dir, out_dir, exported, **kwargs)
-        if backend == "openvino":  # the folder was read and checked by the prediction: only its label here
-            from recokd.json_files import read_json
-
-            sidecar = read_json(exported / SIDECAR_FILE, "OpenVINO model sidecar")
-            runtime += f" {sidecar.get('precision', 'fp32')}"
+        sidecars = [read_sidecar(e) for e in exported]  # checked by the prediction: only their labels here
+        folds = [s.get("fold", "?") for s in sidecars]
+        if backend == "openvino":
+            runtime += " " + "/".join(dict.fromkeys(s.get("precision", "fp32") for s in sidecars))
     else:
         with tempfile.TemporaryDirectory(prefix=f"recokd_{backend}_") as tmp:
-            exported = Path(tmp) / ("model.onnx" if backend == "onnxruntime" else "model")
-            result = export(model, exported, fold=fold, checkpoint=args.checkpoint)
-            print(f"exported fold {fold} for {runtime} (max |{backend} - torch| = {result.max_abs_diff:.3g})")
+            exported = []
+            for fold in folds:
+                target = Path(tmp) / (f"fold_{fold}.onnx" if backend == "onnxruntime" else f"fold_{fold}")
+                result = export(model, target, fold=fold, checkpoint=args.checkpoint)
+                print(f"exported fold {fold} for {runtime} (max |{backend} - torch| = "
+                      f"{result.max_abs_diff:.3g})")
+                exported.append(target)
             predict_folder(in_dir, out_dir, exported, **kwargs)
         if backend == "openvino":
             runtime += " fp32"
-    print(f"predicted {num_cases} case(s) with {model} (fold {fold}, {runtime}, CPU) into {out_dir}")
+    which = f"fold {folds[0]}" if len(folds) == 1 else f"ensemble of folds {', '.join(map(str, folds))}"
+    print(f"predicted {num_cases} case(s) with {model} ({which}, {runtime}, CPU) into {out_dir}")
     return 0
