@@ -8,7 +8,8 @@ then the dataset's image writer; ``.npz`` + ``.pkl`` with probabilities), straig
 
 :func:`export_prediction_atomically` is nnU-Net's function writing under partial names
 (:mod:`recokd.atomic_files`) and renaming when complete, the segmentation last (the file nnU-Net
-checks). :func:`predict_folder_atomically` installs it for the duration of one prediction as the
+checks), after reading it back (SimpleITK's writer reports no error on a full disk: it leaves an
+empty file). :func:`predict_folder_atomically` installs it for the duration of one prediction as the
 export nnU-Net's predictor module calls (the module's ``export_prediction_from_logits`` name, looked
 up at each call by ``predict_from_data_iterator`` and ``predict_from_files_sequential``; the workers
 receive the function by reference, so they import it from here), removes partial files of killed
@@ -22,7 +23,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from recokd.atomic_files import atomic_paths, partial_path, remove_stale_partials, writing_into
+from recokd.atomic_files import (
+    DiskFullError,
+    atomic_paths,
+    looks_full,
+    partial_path,
+    remove_stale_partials,
+    writing_into,
+)
+from recokd.errors import UserError
 
 
 def export_prediction_atomically(predicted_array_or_file: Any, properties_dict: dict,
@@ -42,12 +51,27 @@ def export_prediction_atomically(predicted_array_or_file: Any, properties_dict: 
     suffixes = [".npz", ".pkl"] if save_probabilities else []
     targets = [out.with_name(out.name + s) for s in [*suffixes, dataset_json_dict_or_file["file_ending"]]]
     extra = {} if num_threads_torch is None else {"num_threads_torch": num_threads_torch}
-    with atomic_paths(*targets):
+    with atomic_paths(*targets) as partials:
         # nnU-Net appends the endings to the partial name of OUT: the partial names atomic_paths renames
         truncated = partial_path(out)
         export_prediction_from_logits(predicted_array_or_file, properties_dict, configuration_manager,
                                       plans_manager, dataset_json_dict_or_file, str(truncated),
                                       save_probabilities, **extra)
+        check_readable(plans_manager.image_reader_writer_class(), partials[-1], targets[-1])
+
+
+def check_readable(reader_writer: Any, written: Path, target: Path) -> None:
+    """Read the segmentation just written to ``written`` (the partial name of ``target``) back with
+    the dataset's reader. SimpleITK's writer reports no error when the disk fills (ITK 2.5 leaves an
+    empty or truncated file and returns): this is what catches it, as a :class:`DiskFullError` when
+    the disk is full, else a :class:`UserError` naming ``target``."""
+    try:
+        reader_writer.read_seg(str(written))
+    except Exception as e:  # noqa: BLE001 - any reader failure means the file is not what was written
+        if looks_full(target.parent):
+            raise DiskFullError(target.parent) from None
+        raise UserError(f"{target}: the segmentation nnU-Net's writer wrote cannot be read back "
+                        f"({type(e).__name__}: {str(e).strip()[:200]})") from None
 
 
 @contextlib.contextmanager
