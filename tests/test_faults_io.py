@@ -273,13 +273,17 @@ def _reference_prediction(command: list[str], out: Path, capsys) -> tuple[list[s
     return readable_segmentations(out), page_bytes(*side)
 
 
-@pytest.mark.parametrize("command", ["predict", "predict-onnx"])
+@pytest.mark.parametrize("command", ["predict", "predict-onnx",
+                                     pytest.param("predict with worker pools", marks=pytest.mark.slow)])
 def test_predict_on_a_full_disk_then_continue(nnunet_env, images, tmp_path, capsys, command):
     """The disk fills when the segmentation is written (room was left for nnU-Net's JSON files only):
-    one line, no segmentation file; with room again, --continue-prediction completes it."""
+    one line, no segmentation file; with room again, --continue-prediction completes it. With worker
+    pools, the export runs in nnU-Net's spawned export process (the atomic export imported there)."""
     write_case(images, "case_b", (16, 24, 18), seed=2)
     if command == "predict":
         args = ["predict", "-i", str(images), *PREDICT]
+    elif command == "predict with worker pools":
+        args = ["predict", "-i", str(images), *PREDICT[:-4], "-npp", "1", "-nps", "1"]
     else:
         from recokd.deploy.onnx_export import export_onnx
 
