@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import signal
@@ -297,6 +298,7 @@ def test_predict_on_a_full_disk_then_continue(nnunet_env, images, tmp_path, caps
         fails_cleanly([*args, "-o", str(out)], capsys, [str(out), "no space left on device"], [images])
         assert readable_segmentations(out) == []
         no_partials(out)
+        complete_json_files(out)
         filler.unlink()
         assert main([*args, "-o", str(out), "--continue-prediction"]) == 0
         assert readable_segmentations(out) == names
@@ -304,6 +306,23 @@ def test_predict_on_a_full_disk_then_continue(nnunet_env, images, tmp_path, caps
             a = sitk.GetArrayFromImage(sitk.ReadImage(str(out / name)))
             b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "reference" / name)))
             assert np.array_equal(a, b)
+
+
+def complete_json_files(folder: Path) -> None:
+    """Every file left in ``folder`` is a complete JSON file (nnU-Net's dataset.json, plans.json, ...)."""
+    for f in folder.iterdir():
+        assert f.suffix == ".json" and json.loads(f.read_text()) is not None, f
+
+
+def test_predict_on_a_disk_full_from_the_start(nnunet_env, images, tmp_path, capsys):
+    """No room even for nnU-Net's JSON files beside the predictions: one line, no empty file left."""
+    with small_filesystem(tmp_path / "disk", 64 * 1024) as disk:
+        out = disk / "pred"
+        out.mkdir()
+        fill(disk)
+        fails_cleanly(["predict", "-i", str(images), *PREDICT, "-o", str(out)], capsys,
+                      [str(out), "no space left on device"], [images])
+        assert list(out.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------- a real kill

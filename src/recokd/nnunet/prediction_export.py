@@ -12,8 +12,9 @@ checks), after reading it back (SimpleITK's writer reports no error on a full di
 empty file). :func:`predict_folder_atomically` installs it for the duration of one prediction as the
 export nnU-Net's predictor module calls (the module's ``export_prediction_from_logits`` name, looked
 up at each call by ``predict_from_data_iterator`` and ``predict_from_files_sequential``; the workers
-receive the function by reference, so they import it from here), removes partial files of killed
-runs, and turns a full disk into one line naming the output folder.
+receive the function by reference, so they import it from here), with nnU-Net's JSON files beside
+the predictions written the same way, removes partial files of killed runs, and turns a full disk
+into one line naming the output folder.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from recokd.atomic_files import (
     DiskFullError,
+    atomic_path,
     atomic_paths,
     looks_full,
     partial_path,
@@ -74,17 +76,28 @@ def check_readable(reader_writer: Any, written: Path, target: Path) -> None:
                         f"({type(e).__name__}: {str(e).strip()[:200]})") from None
 
 
+def save_json_atomically(obj: Any, file: str, indent: int = 4, sort_keys: bool = True) -> None:
+    """batchgenerators' ``save_json`` (nnU-Net writes the prediction's ``dataset.json``, ``plans.json``
+    and ``predict_from_raw_data_args.json`` with it) through a partial file."""
+    import json
+
+    with atomic_path(file) as partial, open(partial, "w") as f:
+        json.dump(obj, f, sort_keys=sort_keys, indent=indent)
+
+
 @contextlib.contextmanager
 def atomic_nnunet_export() -> Iterator[None]:
-    """Within the block, nnU-Net's predictor exports with :func:`export_prediction_atomically`."""
+    """Within the block, nnU-Net's predictor exports with :func:`export_prediction_atomically` and
+    writes its JSON files with :func:`save_json_atomically`."""
     import nnunetv2.inference.predict_from_raw_data as predict_module
 
-    original = predict_module.export_prediction_from_logits
+    originals = predict_module.export_prediction_from_logits, predict_module.save_json
     predict_module.export_prediction_from_logits = export_prediction_atomically
+    predict_module.save_json = save_json_atomically
     try:
         yield
     finally:
-        predict_module.export_prediction_from_logits = original
+        predict_module.export_prediction_from_logits, predict_module.save_json = originals
 
 
 def predict_folder_atomically(predictor: Any, in_dir: Path, out_dir: Path, *, continue_prediction: bool,
