@@ -71,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # stdout closed early (``recokd methods | head``): stop quietly
         _silence_stdout()
         return 1
+    except Exception as e:  # a full disk met where no command named its folder: still one line
+        from recokd.atomic_files import DiskFullError, is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        print(f"recokd {args.command}: error: {DiskFullError.of(e)}", file=sys.stderr)
+        return 2
 
 
 def _silence_stdout() -> None:

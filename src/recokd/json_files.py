@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from recokd.atomic_files import atomic_path
 from recokd.errors import UserError
 
 
@@ -26,20 +26,14 @@ def read_json(path: str | Path, what: str) -> Any:
 
 
 def write_json_atomic(path: str | Path, data: Any, *, indent: int = 2) -> Path:
-    """Write ``data`` (made :func:`json_ready`) as JSON to ``path``: a temporary file in the same folder,
-    then an atomic rename, so that a reader never sees half a file and a crash leaves the old one.
-    Creates the folder; returns the path."""
+    """Write ``data`` (made :func:`json_ready`) as JSON to ``path`` through a partial file renamed
+    into place (:func:`recokd.atomic_files.atomic_path`), so that a reader never sees half a file and
+    a crash leaves the old one. Creates the folder; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(json_ready(data), f, indent=indent, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as partial, open(partial, "w", encoding="utf-8") as f:
+        json.dump(json_ready(data), f, indent=indent, allow_nan=False)
+        f.write("\n")
     return path
 
 

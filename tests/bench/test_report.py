@@ -233,3 +233,54 @@ def test_load_run_result_reads_what_the_worker_writes(tmp_path: Path) -> None:
         assert loaded.case_dice[case] == pytest.approx(expected)
     assert loaded.case_dice["case0"] == 1.0 and loaded.case_dice["case1"] < 1.0
     assert math.isclose(np.mean(list(loaded.case_dice.values())), loaded.mean_dice)
+
+
+def _finished_run(folder: Path, method: str, t: int | None, seed: int | None) -> None:
+    """The files of a finished bench run: result.json and the evaluation's summary.json/per_case.csv."""
+    evaluation = folder / "evaluation"
+    evaluation.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"method": method, "t": t, "seed": seed, "device": "cpu",
+                                                    "wall_s": 1.0, "evaluation": str(evaluation)}))
+    (evaluation / "summary.json").write_text(json.dumps({
+        "foreground_mean": {"dice": 0.8, "hd95_mm": 2.0}, "per_class": {c: {"dice": 0.8} for c in CLASSES}}))
+    (evaluation / "per_case.csv").write_text("case,class,dice\nc1,organ,0.9\nc1,vessel,0.7\n")
+
+
+@pytest.mark.parametrize("report_dir", [None, "more-seeds"])
+def test_reports_show_paths_relative_to_their_folder(tmp_path: Path, report_dir: str | None) -> None:
+    """No absolute path in results.md or runs.csv (committed reports must not name the machine they
+    were made on); every path shown resolves from the report's folder to the real file."""
+    from recokd.bench.config import RunSpec, Selection, Study
+    from recokd.bench.runner import BenchRunner, Layout
+
+    data = tmp_path / "data"
+    teacher = data / "nnUNet_results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres"
+    study = Study(dataset="Dataset004_Hippocampus", phantoms=None, teacher=str(teacher), epochs=2,
+                  iters_per_epoch=3, val_iters=1, kd_weight=0.01)
+    out = tmp_path / "bench"
+    reports = out / report_dir if report_dir else out
+    runner = BenchRunner(out, study, Selection(["reco"], [2], [0]), progress=False, print_table=False,
+                         report_dir=reports if report_dir else None, echo=lambda _: None)
+    raw = data / "nnUNet_raw/Dataset004_Hippocampus"
+    layout = Layout(out, study.dataset, data / "nnUNet_raw", data / "nnUNet_preprocessed", raw / "imagesTs",
+                    raw / "labelsTs", teacher, {2: "nnUNetPlans_recokd_t2"})
+    specs = [RunSpec("teacher", None, None), RunSpec("nokd", 2, 0), RunSpec("reco", 2, 0)]
+    for spec in specs:
+        _finished_run(spec.folder(out), spec.method, spec.t, spec.seed)
+    case = layout.test_images / "hippocampus_001_0000.nii.gz"
+    profile = {"label": "t2", "parameters": 1, "flops_per_patch": 1, "latency_s": 0.1,
+               "profile": {"threads": 2, "volume_shape": [8, 8, 8], "volume_source": f"case: {case}"},
+               "settings": {"repeats": 3}, "environment": {"platform": "x86_64"}}
+    runner.write_report(layout, {s: "done" for s in specs}, {"t2": profile})
+
+    md = (reports / "results.md").read_text()
+    rows = list(csv.DictReader((reports / "runs.csv").open()))
+    assert str(tmp_path) not in md and str(tmp_path) not in (reports / "runs.csv").read_text()
+    up = "../" if report_dir else ""
+    assert f"({up}../data/nnUNet_raw/Dataset004_Hippocampus)" in md
+    assert f"teacher: existing model {up}../data/nnUNet_results/Dataset004_Hippocampus/" in md
+    assert f"case: {up}../data/nnUNet_raw/Dataset004_Hippocampus/imagesTs/hippocampus_001_0000.nii.gz" in md
+    assert "paths: relative to the folder of this report" in md
+    assert [r["folder"] for r in rows] == [f"{up}{f}" for f in ("teacher", "runs/t2/nokd/seed0",
+                                                                 "runs/t2/reco/seed0")]
+    assert all((reports / r["folder"] / "result.json").is_file() for r in rows)

@@ -277,9 +277,10 @@ def test_predict_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     (tmp_path / "Dataset555_X" / "nnUNetTrainerReCoKD__A__3d_fullres").mkdir(parents=True)
     (tmp_path / "Dataset555_X" / "nnUNetTrainerReCoKD__B__3d_fullres").mkdir(parents=True)
     out = str(tmp_path / "o")
-    assert main(["predict", "-i", str(tmp_path), "-o", out, "-d", "555", "--device", "cpu"]) == 2
+    images = str(tmp_path / "images")  # an output folder inside the input folder would be refused first
+    assert main(["predict", "-i", images, "-o", out, "-d", "555", "--device", "cpu"]) == 2
     assert "several plans" in capsys.readouterr().err
-    assert main(["predict", "-i", str(tmp_path), "-o", str(tmp_path / "o"), "-d", "555", "-p", "A",
+    assert main(["predict", "-i", images, "-o", str(tmp_path / "o"), "-d", "555", "-p", "A",
                  "--device", "cpu"]) == 2
     assert "no fold of" in capsys.readouterr().err
 

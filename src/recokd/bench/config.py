@@ -225,9 +225,11 @@ class Study:
         """Trainer of the KD students (``recokd train -tr``)."""
         return layout.kd_trainer(self.augmentation)
 
-    def schedule_text(self) -> str:
+    def schedule_text(self, teacher_shown: str | None = None) -> str:
+        """The training schedule in words; ``teacher_shown``: the teacher's path as the report shows it
+        (default: as given)."""
         teacher = (
-            f"teacher: existing model {self.teacher}"
+            f"teacher: existing model {teacher_shown or self.teacher}"
             if self.teacher
             else f"teacher: stock nnU-Net ({self.stock_trainer}, {OPTIMIZER_TEXT[self.teacher_optimizer]}) "
             f"{self.teacher_epochs} epoch(s) x {self.iters_per_epoch} iterations, seed {self.teacher_seed}"

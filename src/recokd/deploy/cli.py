@@ -89,8 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-i", dest="input", required=True, help="input folder (nnU-Net file naming)")
     p.add_argument("-o", dest="output", required=True, help="output folder")
-    p.add_argument("--onnx", required=True,
-                   help="ONNX file written by 'recokd export' (its .json sidecar beside it)")
+    p.add_argument("--onnx", required=True, nargs="+", metavar="FILE.onnx",
+                   help="ONNX file written by 'recokd export' (its .json sidecar beside it); several, one "
+                        "per fold: their ensemble (mean of the folds' logits, as nnU-Net)")
     p.add_argument("--model", default=None, metavar="MODEL_DIR",
                    help="optional nnU-Net results folder to take plans.json/dataset.json from (default: the "
                         "sidecar's copies)")
@@ -166,5 +167,6 @@ def _predict_onnx(args: argparse.Namespace) -> int:
                            continue_prediction=args.continue_prediction, num_processes_preprocessing=args.npp,
                            num_processes_export=args.nps, sequential=args.sequential,
                            save_probabilities=args.save_probabilities)
-    print(f"predicted {len(cases)} case(s) with {args.onnx} (ONNX Runtime, CPU) into {args.output}")
+    models = " + ".join(args.onnx)
+    print(f"predicted {len(cases)} case(s) with {models} (ONNX Runtime, CPU) into {args.output}")
     return 0

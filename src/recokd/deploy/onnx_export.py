@@ -29,15 +29,14 @@ network was trained with, so the ``.onnx`` file and its sidecar are all that
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recokd.atomic_files import DiskFullError, atomic_paths, is_disk_full, looks_full
 from recokd.deploy.model import (
     InferenceModel,
     load_inference_model,
@@ -214,16 +213,17 @@ def export_onnx(
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(1, loaded.num_input_channels, *model_.patch_size, generator=generator)
 
-    tmp_onnx = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.tmp.onnx")
-    tmp_sidecar = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_paths(onnx_path, sidecar) as (tmp_onnx, tmp_sidecar):
         try:
             export_network(network, example, tmp_onnx, opset, exporter)
         except UserError:
             raise
-        except OSError as e:  # a file-system problem: another exporter would not help
-            raise UserError(f"cannot write the ONNX file next to {onnx_path} ({e.strerror or e})") from None
         except Exception as e:
+            if is_disk_full(e) or looks_full(onnx_path.parent):
+                raise DiskFullError(onnx_path.parent) from None
+            if isinstance(e, OSError):  # a file-system problem: another exporter would not help
+                raise UserError(f"cannot write the ONNX file next to {onnx_path} ({e.strerror or e})"
+                                ) from None
             other = "torchscript" if exporter == "dynamo" else "dynamo"
             raise UserError(f"ONNX export of {loaded.checkpoint_path} with the {exporter} exporter failed "
                             f"({type(e).__name__}: {e}); try --exporter {other}") from e
@@ -245,12 +245,6 @@ def export_onnx(
         with open(tmp_sidecar, "w", encoding="utf-8") as f:
             json.dump(sidecar_content(model_, result, tolerance), f, indent=4)
             f.write("\n")
-        os.replace(tmp_onnx, onnx_path)
-        os.replace(tmp_sidecar, sidecar)
-    finally:
-        for tmp in (tmp_onnx, tmp_sidecar):
-            with contextlib.suppress(OSError):  # nothing to clean up, or not allowed to: never mask the error
-                tmp.unlink()
     return result
 
 

@@ -10,6 +10,7 @@ two classes tie to ~1e-3 after the predictor's fp16 accumulation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -38,9 +39,18 @@ class OnnxNetwork(nn.Module):
 class nnUNetONNXPredictor(nnUNetRuntimePredictor):  # noqa: N801 (nnU-Net's naming)
     """nnU-Net's predictor running an exported network on ONNX Runtime (CPU)."""
 
-    def initialize_from_onnx(self, onnx_file: str | Path, model_dir: str | Path | None = None) -> None:
-        """Load ``onnx_file`` and the plans/dataset.json it needs (its sidecar, or ``model_dir``:
-        see :meth:`~recokd.deploy.runtime_predictor.nnUNetRuntimePredictor.initialize_from_sidecar`)."""
+    def initialize_from_onnx(self, onnx_files: str | Path | Sequence[str | Path],
+                             model_dir: str | Path | None = None) -> None:
+        """Load ``onnx_files`` (one file, or one per fold: nnU-Net's fold ensemble) and the
+        plans/dataset.json they need (the first one's sidecar, or ``model_dir``: see
+        :meth:`~recokd.deploy.runtime_predictor.nnUNetRuntimePredictor.initialize_from_sidecar`)."""
+        files = [onnx_files] if isinstance(onnx_files, str | Path) else list(onnx_files)
+        first, *others = [self._load_onnx(f) for f in files]
+        self.initialize_from_sidecar(*first, model_dir)
+        self.add_folds(others)
+
+    def _load_onnx(self, onnx_file: str | Path) -> tuple[dict, Path, OnnxNetwork]:
+        """(sidecar, file, network) of one exported ONNX model."""
         onnx_file = Path(onnx_file).expanduser()
         if not onnx_file.is_file():
             raise UserError(f"--onnx {onnx_file} does not exist")
@@ -53,14 +63,13 @@ class nnUNetONNXPredictor(nnUNetRuntimePredictor):  # noqa: N801 (nnU-Net's nami
         if input_name not in names_in or output_name not in names_out:
             raise UserError(f"{onnx_file}: expected input {input_name!r} and output {output_name!r}, the "
                             f"graph has inputs {names_in} and outputs {names_out}")
-        self.initialize_from_sidecar(sidecar, onnx_file, OnnxNetwork(session, input_name, output_name),
-                                     model_dir)
+        return sidecar, onnx_file, OnnxNetwork(session, input_name, output_name)
 
 
 def predict_folder(
     input_dir: str | Path,
     output_dir: str | Path,
-    onnx_file: str | Path,
+    onnx_file: str | Path | Sequence[str | Path],
     *,
     model_dir: str | Path | None = None,
     step_size: float = 0.5,
@@ -68,7 +77,8 @@ def predict_folder(
     threads: int | None = None,
     **options,
 ) -> list[str]:
-    """Segment every case of ``input_dir`` with ``onnx_file`` on ONNX Runtime;
+    """Segment every case of ``input_dir`` with ``onnx_file`` (or several, one per fold: their
+    ensemble) on ONNX Runtime;
     ``options``: see :func:`recokd.deploy.runtime_predictor.predict_folder_with`."""
     predictor = nnUNetONNXPredictor(tile_step_size=step_size, use_mirroring=mirroring, threads=threads)
     return predict_folder_with(predictor, lambda: predictor.initialize_from_onnx(onnx_file, model_dir),

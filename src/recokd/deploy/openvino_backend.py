@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recokd.atomic_files import DiskFullError, atomic_paths, is_disk_full, looks_full
 from recokd.deploy.model import InferenceModel, load_inference_model, model_description, read_sidecar_file
 from recokd.errors import UserError
 from recokd.nnunet.layout import CHECKPOINT_FINAL
@@ -152,33 +153,32 @@ def check_model_folder_target(out_dir: Path, overwrite: bool, flag: str) -> None
 
 def write_model_folder(model, sidecar: dict[str, Any], out_dir: Path, flag: str = "-o") -> None:
     """Save ``model`` (uncompressed IR) and ``sidecar`` into ``out_dir`` (created if needed):
-    written under temporary names, renamed into place only when everything was written (a failure
-    leaves nothing half-done)."""
+    written under partial names, renamed into place only when everything was written (a failure or
+    a kill leaves nothing half-done; :mod:`recokd.atomic_files`); a full disk is one line."""
     import json
 
     from recokd.nnunet.inputs import check_output_folder_writable
 
     ov = require_openvino()
     check_output_folder_writable(out_dir, flag=flag)
-    tag = f".tmp{os.getpid()}"
-    tmp_xml, tmp_bin = out_dir / f"{tag}.xml", out_dir / f"{tag}.bin"
-    tmp_sidecar = out_dir / f"{tag}.json"
-    try:
+    # OpenVINO writes <name>.bin next to <name>.xml: the partial names of model.bin and model.xml pair up
+    targets = (out_dir / MODEL_BIN, out_dir / MODEL_XML, out_dir / SIDECAR_FILE)
+    with atomic_paths(*targets) as (_, tmp_xml, tmp_sidecar):
         try:
             ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
             with open(tmp_sidecar, "w", encoding="utf-8") as f:
                 json.dump(sidecar, f, indent=4)
                 f.write("\n")
-        except OSError as e:
-            raise UserError(f"cannot write the OpenVINO model into {out_dir} ({e.strerror or e})") from None
-        # OpenVINO reads <name>.bin next to <name>.xml: rename the pair together
-        os.replace(tmp_bin, out_dir / MODEL_BIN)
-        os.replace(tmp_xml, out_dir / MODEL_XML)
-        os.replace(tmp_sidecar, out_dir / SIDECAR_FILE)
-    finally:
-        for tmp in (tmp_xml, tmp_bin, tmp_sidecar):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        except Exception as e:  # OpenVINO's writer raises RuntimeError("... iostream error"), no errno
+            if is_disk_full(e) or looks_full(out_dir):
+                raise DiskFullError(out_dir) from None
+            reason = e.strerror if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            raise UserError(f"cannot write the OpenVINO model into {out_dir} ({reason or e})") from None
+
+
+def read_sidecar(folder: str | Path) -> dict[str, Any]:
+    """The sidecar (``recokd.json``) of an OpenVINO model folder."""
+    return read_sidecar_file(Path(folder) / SIDECAR_FILE, "'recokd export --openvino' / 'recokd quantize'")
 
 
 def read_model_folder(folder: str | Path) -> tuple[dict[str, Any], Any, Path]:
@@ -189,7 +189,7 @@ def read_model_folder(folder: str | Path) -> tuple[dict[str, Any], Any, Path]:
     if not folder.is_dir():
         raise UserError(f"--openvino {folder} is not a folder (expected {MODEL_XML}, {MODEL_BIN} and "
                         f"{SIDECAR_FILE} from 'recokd export --openvino' or 'recokd quantize')")
-    sidecar = read_sidecar_file(folder / SIDECAR_FILE, "'recokd export --openvino' / 'recokd quantize'")
+    sidecar = read_sidecar(folder)
     if sidecar.get("backend") != "openvino":
         raise UserError(f"{folder / SIDECAR_FILE} describes a {sidecar.get('backend')!r} model, not an "
                         "OpenVINO one")
@@ -280,18 +280,25 @@ class nnUNetOpenVINOPredictor(_runtime_predictor_base()):  # noqa: N801 (nnU-Net
 
     static_shapes: bool = True
 
-    def initialize_from_openvino(self, folder: str | Path, model_dir: str | Path | None = None) -> None:
-        """Load the model folder ``folder`` and the plans/dataset.json it needs (its sidecar, or
-        ``model_dir``: see ``initialize_from_sidecar``)."""
-        sidecar, model, folder = read_model_folder(folder)
-        runner = OpenVINONetwork(model, threads=self.threads, static_shapes=self.static_shapes)
-        self.initialize_from_sidecar(sidecar, folder, runner, model_dir)
+    def initialize_from_openvino(self, folders: str | Path | Sequence[str | Path],
+                                 model_dir: str | Path | None = None) -> None:
+        """Load the model folder(s) ``folders`` (one, or one per fold: nnU-Net's fold ensemble) and
+        the plans/dataset.json they need (the first one's sidecar, or ``model_dir``: see
+        ``initialize_from_sidecar``)."""
+        paths = [folders] if isinstance(folders, str | Path) else list(folders)
+        models = []
+        for path in paths:
+            sidecar, model, folder = read_model_folder(path)
+            models.append((sidecar, folder, OpenVINONetwork(model, threads=self.threads,
+                                                            static_shapes=self.static_shapes)))
+        self.initialize_from_sidecar(*models[0], model_dir)
+        self.add_folds(models[1:])
 
 
 def predict_folder(
     input_dir: str | Path,
     output_dir: str | Path,
-    folder: str | Path,
+    folder: str | Path | Sequence[str | Path],
     *,
     model_dir: str | Path | None = None,
     step_size: float = 0.5,
@@ -299,7 +306,8 @@ def predict_folder(
     threads: int | None = None,
     **options,
 ) -> list[str]:
-    """Segment every case of ``input_dir`` with the OpenVINO model folder ``folder``;
+    """Segment every case of ``input_dir`` with the OpenVINO model folder ``folder`` (or several,
+    one per fold: their ensemble);
     ``options``: see :func:`recokd.deploy.runtime_predictor.predict_folder_with`."""
     from recokd.deploy.runtime_predictor import predict_folder_with
 

@@ -59,15 +59,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "oneDNN where that is faster: recokd.deploy.cpu_conv)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
                    help="who runs the network: torch (nnU-Net's predictor, default), onnxruntime or openvino "
-                        "(CPU; nnU-Net's preprocessing, sliding window and export with the network call on "
-                        "ONNX Runtime / OpenVINO; one fold)")
-    p.add_argument("--onnx", default=None, metavar="FILE.onnx",
-                   help="with --backend onnxruntime: a model exported by 'recokd export --onnx' (default: "
-                        "export the fold's checkpoint to a temporary file first)")
-    p.add_argument("--openvino", default=None, metavar="DIR",
-                   help="with --backend openvino: a model folder written by 'recokd export --openvino' "
-                        "(fp32) or 'recokd quantize' (int8) (default: convert the fold's checkpoint to fp32 "
-                        "first)")
+                        "(CPU; nnU-Net's preprocessing, sliding window, fold ensemble and export with the "
+                        "network call on ONNX Runtime / OpenVINO)")
+    p.add_argument("--onnx", default=None, nargs="+", metavar="FILE.onnx",
+                   help="with --backend onnxruntime: model(s) exported by 'recokd export --onnx', one per "
+                        "fold (several: their ensemble) (default: export the checkpoint of each fold of -f "
+                        "to a temporary file first)")
+    p.add_argument("--openvino", default=None, nargs="+", metavar="DIR",
+                   help="with --backend openvino: model folder(s) written by 'recokd export --openvino' "
+                        "(fp32) or 'recokd quantize' (int8), one per fold (several: their ensemble) "
+                        "(default: convert the checkpoint of each fold of -f to fp32 first)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="with --backend onnxruntime/openvino: the runtime's threads and torch threads "
                         "(default: the libraries' defaults)")
@@ -90,8 +91,10 @@ def _find_plans(dataset_folder: Path, trainer: str, configuration: str) -> str:
 
 def _predict(args: argparse.Namespace) -> int:
     from recokd.nnunet import add_ext_trainer_dir_to_env
+    from recokd.nnunet.inputs import check_output_outside_input
     from recokd.nnunet.plans import resolve_dataset_name
 
+    check_output_outside_input(Path(args.input), Path(args.output))
     results = env_folder("nnUNet_results", must_exist=False)
     dataset_name = resolve_dataset_name(args.dataset)
     dataset_folder = results / dataset_name
@@ -135,9 +138,7 @@ def _predict(args: argparse.Namespace) -> int:
                         "--continue-prediction to skip them")
     if args.backend != "torch":
         _check_runtime_flags(args)
-        if folds is not None and len(folds) != 1:
-            raise UserError(f"--backend {args.backend} runs one network: give one fold with -f, got {folds}")
-        _check_exported_model(args, model)
+        _check_exported_models(args, model)
     else:
         runtime_only = (("--onnx", args.onnx, "onnxruntime"), ("--openvino", args.openvino, "openvino"),
                         ("--threads", args.threads, "onnxruntime or openvino"))
@@ -167,15 +168,13 @@ def _predict(args: argparse.Namespace) -> int:
         patch = tuple(predictor.configuration_manager.patch_size)
         channels = len(predictor.dataset_json["channel_names"])
         use_fastest_cpu_conv3d(predictor.network, torch.zeros(1, channels, *patch))
-    if args.npp == 0 and args.nps == 0:  # as nnUNetv2_predict: everything in this process
-        predictor.predict_from_files_sequential(str(in_dir), str(out_dir),
-                                                save_probabilities=args.save_probabilities,
-                                                overwrite=not args.continue_prediction)
-    else:
-        predictor.predict_from_files(str(in_dir), str(out_dir), save_probabilities=args.save_probabilities,
-                                     overwrite=not args.continue_prediction,
-                                     num_processes_preprocessing=max(1, args.npp),
-                                     num_processes_segmentation_export=max(1, args.nps))
+    from recokd.nnunet.prediction_export import predict_folder_atomically
+
+    predict_folder_atomically(predictor, in_dir, out_dir, continue_prediction=args.continue_prediction,
+                              save_probabilities=args.save_probabilities,
+                              sequential=args.npp == 0 and args.nps == 0,  # as nnUNetv2_predict: all here
+                              num_processes_preprocessing=max(1, args.npp),
+                              num_processes_export=max(1, args.nps))
     print(f"predicted {len(cases)} case(s) with {model} into {out_dir}")
     return 0
 
@@ -192,39 +191,41 @@ def _check_runtime_flags(args: argparse.Namespace) -> None:
                         f"--backend {backend}")
     if args.device != "cpu":
         raise UserError(f"--backend {backend} runs on the CPU: pass --device cpu")
-    given = getattr(args, own_flag.removeprefix("--"))
-    if given is not None and not Path(given).exists():
-        raise UserError(f"{own_flag} {given} does not exist (write it with 'recokd export {own_flag}')")
+    for given in getattr(args, own_flag.removeprefix("--")) or []:
+        if not Path(given).exists():
+            raise UserError(f"{own_flag} {given} does not exist (write it with 'recokd export {own_flag}')")
 
 
-def _check_exported_model(args: argparse.Namespace, model: Path) -> None:
-    """A given ``--onnx``/``--openvino`` model must have been exported for ``model``'s plans and
-    preprocessing (its sidecar is read, before the output folder is made)."""
+def _check_exported_models(args: argparse.Namespace, model: Path) -> None:
+    """Every given ``--onnx``/``--openvino`` model must have been exported for ``model``'s plans and
+    preprocessing (their sidecars are read, before the output folder is made)."""
     from recokd.deploy.runtime_predictor import plans_for_exported_model
 
     if args.backend == "onnxruntime" and args.onnx is not None:
         from recokd.deploy.onnx_export import read_sidecar
 
-        plans_for_exported_model(read_sidecar(args.onnx), Path(args.onnx), model)
+        for file in args.onnx:
+            plans_for_exported_model(read_sidecar(file), Path(file), model)
     elif args.backend == "openvino" and args.openvino is not None:
         from recokd.deploy.model import read_sidecar_file
         from recokd.deploy.openvino_backend import SIDECAR_FILE
 
-        folder = Path(args.openvino)
-        sidecar = read_sidecar_file(folder / SIDECAR_FILE, "'recokd export --openvino' / 'recokd quantize'")
-        plans_for_exported_model(sidecar, folder, model)
+        made_by = "'recokd export --openvino' / 'recokd quantize'"
+        for folder in map(Path, args.openvino):
+            plans_for_exported_model(read_sidecar_file(folder / SIDECAR_FILE, made_by), folder, model)
 
 
 def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | str] | None, in_dir: Path,
                      out_dir: Path, num_cases: int) -> int:
     """``recokd predict --backend onnxruntime|openvino``: nnU-Net's predictor with the network call on
-    the runtime, from ``--onnx``/``--openvino`` or a fresh export of the fold's checkpoint (checked
-    against PyTorch)."""
+    the runtime, from ``--onnx``/``--openvino`` or a fresh export of each fold's checkpoint (checked
+    against PyTorch); several folds are ensembled as nnU-Net does (mean of the folds' logits)."""
     import tempfile
 
     backend = args.backend
-    first = sorted(model.glob(f"fold_*/{args.checkpoint}"))[0].parent.name.removeprefix("fold_")
-    fold = folds[0] if folds else parse_fold(first)
+    if folds is None:  # as nnU-Net's predictor: every fold with the checkpoint
+        folds = [parse_fold(p.parent.name.removeprefix("fold_"))
+                 for p in sorted(model.glob(f"fold_*/{args.checkpoint}"))]
     kwargs = dict(model_dir=model, step_size=args.step_size, mirroring=not args.disable_tta,
                   threads=args.threads, overwrite=args.overwrite,
                   continue_prediction=args.continue_prediction,
@@ -232,29 +233,34 @@ def _predict_runtime(args: argparse.Namespace, model: Path, folds: list[int | st
                   sequential=args.npp == 0 and args.nps == 0, save_probabilities=args.save_probabilities)
     if backend == "onnxruntime":
         from recokd.deploy.onnx_export import export_onnx as export
+        from recokd.deploy.onnx_export import read_sidecar
         from recokd.deploy.onnx_predictor import predict_folder
 
         given, runtime = args.onnx, "ONNX Runtime"
     else:
-        from recokd.deploy.openvino_backend import SIDECAR_FILE, predict_folder
         from recokd.deploy.openvino_backend import export_openvino as export
+        from recokd.deploy.openvino_backend import predict_folder, read_sidecar
 
         given, runtime = args.openvino, "OpenVINO"
     if given is not None:
-        exported = Path(given)
+        exported = [Path(g) for g in given]
         predict_folder(in_dir, out_dir, exported, **kwargs)
-        if backend == "openvino":  # the folder was read and checked by the prediction: only its label here
-            from recokd.json_files import read_json
-
-            sidecar = read_json(exported / SIDECAR_FILE, "OpenVINO model sidecar")
-            runtime += f" {sidecar.get('precision', 'fp32')}"
+        sidecars = [read_sidecar(e) for e in exported]  # checked by the prediction: only their labels here
+        folds = [s.get("fold", "?") for s in sidecars]
+        if backend == "openvino":
+            runtime += " " + "/".join(dict.fromkeys(s.get("precision", "fp32") for s in sidecars))
     else:
         with tempfile.TemporaryDirectory(prefix=f"recokd_{backend}_") as tmp:
-            exported = Path(tmp) / ("model.onnx" if backend == "onnxruntime" else "model")
-            result = export(model, exported, fold=fold, checkpoint=args.checkpoint)
-            print(f"exported fold {fold} for {runtime} (max |{backend} - torch| = {result.max_abs_diff:.3g})")
+            exported = []
+            for fold in folds:
+                target = Path(tmp) / (f"fold_{fold}.onnx" if backend == "onnxruntime" else f"fold_{fold}")
+                result = export(model, target, fold=fold, checkpoint=args.checkpoint)
+                print(f"exported fold {fold} for {runtime} (max |{backend} - torch| = "
+                      f"{result.max_abs_diff:.3g})")
+                exported.append(target)
             predict_folder(in_dir, out_dir, exported, **kwargs)
         if backend == "openvino":
             runtime += " fp32"
-    print(f"predicted {num_cases} case(s) with {model} (fold {fold}, {runtime}, CPU) into {out_dir}")
+    which = f"fold {folds[0]}" if len(folds) == 1 else f"ensemble of folds {', '.join(map(str, folds))}"
+    print(f"predicted {num_cases} case(s) with {model} ({which}, {runtime}, CPU) into {out_dir}")
     return 0

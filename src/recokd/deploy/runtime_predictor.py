@@ -18,7 +18,12 @@ switches it to eval mode and loads each fold's state dict into it
 (loading the empty state dict ``{}`` is a no-op) with no further overrides, and mirroring stays
 nnU-Net's own code.
 
-One exported model is one fold; nnU-Net's fold ensembling is not available here.
+Several folds: one exported model is one fold; :meth:`nnUNetRuntimePredictor.add_folds` puts the
+folds' runtime networks behind one :class:`FoldEnsemble` module whose "state dict" is the index of
+the fold to run, and sets ``list_of_parameters`` to one such entry per fold. nnU-Net's own
+``predict_logits_from_preprocessed_data`` then does what it does for PyTorch folds: load each
+fold's entry, run the sliding window, and average the folds' logits (nnU-Net's fold ensemble; the
+softmax/argmax follows in its export).
 """
 
 from __future__ import annotations
@@ -34,6 +39,29 @@ from torch import nn
 
 from recokd.errors import UserError
 from recokd.json_files import read_json
+
+
+class FoldEnsemble(nn.Module):
+    """The runtime networks of several folds as one module for nnU-Net's predictor: ``forward`` runs
+    the fold selected by the buffer ``fold``, which nnU-Net's ``load_state_dict({"fold": i})`` sets
+    before each fold's sliding window (see the module doc)."""
+
+    def __init__(self, networks: list[nn.Module]):
+        super().__init__()
+        self.folds = nn.ModuleList(networks)
+        self.register_buffer("fold", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.folds[int(self.fold)](x)
+
+    def fold_states(self) -> list[dict[str, torch.Tensor]]:
+        """One "state dict" per fold, for nnU-Net's ``list_of_parameters``."""
+        return [{"fold": torch.tensor(i)} for i in range(len(self.folds))]
+
+
+#: sidecar entries that must agree between the folds of one ensemble
+ENSEMBLE_KEYS = ("plans_identifier", "configuration", "num_classes", "num_input_channels",
+                 "inference_allowed_mirroring_axes", "plans", "dataset_json")
 
 
 def _nnunet_predictor_class():
@@ -103,6 +131,23 @@ class nnUNetRuntimePredictor(_nnunet_predictor_class()):  # noqa: N801 (nnU-Net'
         self.allowed_mirroring_axes = None if axes is None else tuple(int(a) for a in axes)
         self.network = network
         self.list_of_parameters = [{}]  # one "fold"; its (empty) state dict loads into the network
+        self.sources = [source]
+
+    def add_folds(self, models: list[tuple[dict[str, Any], Path, nn.Module]]) -> None:
+        """Ensemble the model set up by :meth:`initialize_from_sidecar` with more folds, given as
+        ``(sidecar, source, network)``: each must describe the same plans, configuration,
+        dataset.json, classes, channels and mirroring axes (:data:`ENSEMBLE_KEYS`)."""
+        if not models:
+            return
+        first = self.sources[0]
+        for sidecar, source, _network in models:
+            differ = [k for k in ENSEMBLE_KEYS if sidecar.get(k) != self.sidecar.get(k)]
+            if differ:
+                raise UserError(f"{source} and {first} cannot be ensembled: their {', '.join(differ)} differ "
+                                "(export the folds of one trained model)")
+        self.network = FoldEnsemble([self.network, *(network for _, _, network in models)])
+        self.list_of_parameters = self.network.fold_states()
+        self.sources += [source for _, source, _ in models]
 
 
 def plans_for_exported_model(sidecar: dict[str, Any], source: Path,
@@ -152,11 +197,17 @@ def predict_folder_with(
     ``continue_prediction``). ``sequential`` runs preprocessing and export in this process
     (``predict_from_files_sequential``) instead of nnU-Net's worker pools. Returns the case ids.
     """
-    from recokd.nnunet.inputs import check_output_folder_writable, prediction_cases
+    from recokd.nnunet.inputs import (
+        check_output_folder_writable,
+        check_output_outside_input,
+        prediction_cases,
+    )
+    from recokd.nnunet.prediction_export import predict_folder_atomically
 
     if overwrite and continue_prediction:
         raise UserError("--overwrite and --continue-prediction exclude each other")
     in_dir, out_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
+    check_output_outside_input(in_dir, out_dir)
     if not in_dir.is_dir():
         raise UserError(f"input folder {in_dir} does not exist")
     load()
@@ -168,13 +219,8 @@ def predict_folder_with(
                         f"{existing[0]}{file_ending}); pass --overwrite to replace them or "
                         "--continue-prediction to skip them")
     check_output_folder_writable(out_dir)
-    if sequential:
-        predictor.predict_from_files_sequential(str(in_dir), str(out_dir),
-                                                save_probabilities=save_probabilities,
-                                                overwrite=not continue_prediction)
-    else:
-        predictor.predict_from_files(str(in_dir), str(out_dir), save_probabilities=save_probabilities,
-                                     overwrite=not continue_prediction,
-                                     num_processes_preprocessing=num_processes_preprocessing,
-                                     num_processes_segmentation_export=num_processes_export)
+    predict_folder_atomically(predictor, in_dir, out_dir, continue_prediction=continue_prediction,
+                              save_probabilities=save_probabilities, sequential=sequential,
+                              num_processes_preprocessing=num_processes_preprocessing,
+                              num_processes_export=num_processes_export)
     return list(cases)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from recokd.atomic_files import atomic_path, is_partial
 from recokd.errors import UserError
 from recokd.evaluation.metrics import (
     DEFAULT_CONVENTION,
@@ -219,8 +220,10 @@ def _infer_file_ending(folder: Path) -> str:
 
 
 def _list_cases(folder: Path, file_ending: str) -> dict[str, Path]:
+    """Case id -> file; partial files of a killed writer (:mod:`recokd.atomic_files`) are not cases."""
     return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
-            if p.is_file() and p.name.endswith(file_ending) and len(p.name) > len(file_ending)}
+            if p.is_file() and p.name.endswith(file_ending) and len(p.name) > len(file_ending)
+            and not is_partial(p.name)}
 
 
 def _match_cases(pred_dir: Path, gt_dir: Path, file_ending: str) -> list[tuple[str, Path, Path]]:
@@ -420,7 +423,7 @@ class EvaluationResult:
         check_writable(paths.values(), overwrite)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(paths["summary"], self.summary())
-        with paths["per_case"].open("w", newline="") as f:
+        with atomic_path(paths["per_case"]) as partial, partial.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
             writer.writeheader()
             for row in self.rows():

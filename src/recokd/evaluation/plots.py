@@ -47,7 +47,10 @@ def save_figure(fig: Figure, out_png: str | Path, overwrite: bool) -> Path:
         raise UserError(f"output: expected a .png file name, got {out}")
     check_writable([out], overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    from recokd.atomic_files import atomic_path
+
+    with atomic_path(out) as partial:
+        fig.savefig(partial, format="png")
     return out
 
 

@@ -385,13 +385,14 @@ def _train(args: argparse.Namespace) -> int:
 
     from nnunetv2.run.run_training import run_training
 
+    from recokd.atomic_files import writing_into
     from recokd.environ import temporary_environ
 
     set_nnunet_threads(device)
     env = {SETTINGS_ENV: str(settings_path)}  # read by the trainer (and by every DDP worker)
     if args.seed is not None:
         env[SEED_ENV] = str(args.seed)
-    with temporary_environ(**env):
+    with temporary_environ(**env), writing_into(out):
         run_training(dataset_name, args.configuration, fold, args.trainer, student_id, num_gpus=args.num_gpus,
                      export_validation_probabilities=args.npz, continue_training=resume, device=device)
 

@@ -111,3 +111,16 @@ def check_output_folder_writable(out_dir: Path, flag: str = "-o") -> None:
     except OSError as e:
         raise UserError(f"cannot write into the output folder {out_dir} ({e.strerror or e}); choose a "
                         f"writable folder with {flag}") from None
+
+
+def check_output_outside_input(in_dir: Path, out_dir: Path, flags: tuple[str, str] = ("-i", "-o")) -> None:
+    """Refuse an output folder that is the input folder or inside it: predictions written next to the
+    images would be read as images (or refused as misnamed ones) by the next run on that folder.
+    Symlinks are resolved; neither folder needs to exist."""
+    inside = Path(in_dir).expanduser().resolve()
+    out = Path(out_dir).expanduser().resolve()
+    if out == inside or inside in out.parents:
+        where = "is" if out == inside else "is inside"
+        raise UserError(f"{flags[1]} {out_dir} {where} the input folder {flags[0]} {in_dir}: predictions "
+                        "written there would be taken for input images by the next run; choose an output "
+                        "folder outside the input folder")

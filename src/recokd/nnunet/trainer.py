@@ -59,7 +59,6 @@ optimiser step (the KD method is built identically on every rank).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +71,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from torch import autocast
 from torch import distributed as dist
 
+from recokd.atomic_files import atomic_path
 from recokd.errors import UserError
 from recokd.kd.ema import unwrap
 from recokd.nnunet.ddp import all_reduce_mean_grads
@@ -524,13 +524,8 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             CHECKPOINT_KEY: extras,
         }
-        tmp = f"{filename}.tmp{os.getpid()}"
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, filename)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(filename) as partial:  # torch.save's RuntimeError on a full disk: one line
+            torch.save(checkpoint, partial)
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         """nnU-Net's ``load_checkpoint`` (also for a checkpoint dict) plus the KD state.
