@@ -492,6 +492,7 @@ class BenchRunner:
                     if claim is None or not claim_alive(claim):
                         shutil.rmtree(folder)
             if (folder / RESULT_FILE).is_file():
+                (folder / CLAIM_FILE).unlink(missing_ok=True)  # left by a job this command did not wait for
                 self._write(f"{self._prefix[spec]}: skip (done)")
                 self._resolve(spec, "done")
             else:

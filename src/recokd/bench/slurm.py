@@ -82,6 +82,18 @@ def slurm_claim_alive(claim: dict[str, Any]) -> bool:
         return False
 
 
+def stale_claim_text(claim: dict[str, Any]) -> str:
+    """What became of the owner of a claim that is no longer alive (a failed, cancelled or killed job)."""
+    if claim.get("executor") != "slurm":
+        return f"{describe(claim)} ended without finishing the run"
+    job = job_of(claim)
+    try:
+        state = job.state
+    except KeyError:
+        state = "UNKNOWN"
+    return f"{describe(claim)} ended {state} without finishing the run (log: {job.paths.stdout})"
+
+
 def check_slurm() -> None:
     """UserError unless Slurm's commands are here."""
     import shutil
@@ -156,6 +168,8 @@ class SlurmBench:
                     jobs[spec] = job_of(claim)
                     runner.note(spec, f"in flight as {describe(claim)} (submitted {claim.get('since')})")
                 else:
+                    if claim is not None:
+                        runner.note(spec, f"{stale_claim_text(claim)}: submitting it again")
                     todo.append(spec)
             teacher_job = next((j for s, j in jobs.items() if s.method == TEACHER), None)
             for spec in [s for s in todo if s.method == TEACHER]:
@@ -204,25 +218,28 @@ class SlurmBench:
                 missing = runner.teacher_missing(layout)
                 assert missing is not None
                 for other in sorted(left, key=lambda s: s.key):
-                    jobs[other].cancel(check=False)
-                    release_claim(other.folder(runner.out), read_claim(other.folder(runner.out)) or {})
+                    other_job = jobs[other]
+                    if not other_job.done():
+                        other_job.cancel(check=False)
+                    self._release(runner, other, other_job)
                     if other.method == NOKD:
-                        runner.finished(
-                            other,
-                            0.0,
-                            f"cancelled with the failed teacher job {job.job_id}; run the bench again",
-                            [],
-                        )
+                        why = f"Slurm job {other_job.job_id} cancelled: it waited for the failed teacher"
+                        runner.finished(other, 0.0, why, [])
                     else:
                         runner.no_teacher(other, missing)
                 left.clear()
 
     def _report(self, runner: RunEvents, spec: RunSpec, job: submitit.Job[Any], seconds: float) -> None:
+        self._release(runner, spec, job)
         folder = spec.folder(runner.out)
-        claim = read_claim(folder)
-        if claim is not None and str(claim.get("job_id")) == str(job.job_id):
-            release_claim(folder, claim)
         state = job.get_info(mode="force").get("State") or job.state
         runner.finished(
             spec, seconds, f"Slurm job {job.job_id} {state}", [folder / LOG_FILE, job.paths.stdout]
         )
+
+    def _release(self, runner: RunEvents, spec: RunSpec, job: submitit.Job[Any]) -> None:
+        """Remove the run's claim if it is still that of ``job``."""
+        folder = spec.folder(runner.out)
+        claim = read_claim(folder)
+        if claim is not None and str(claim.get("job_id")) == str(job.job_id):
+            release_claim(folder, claim)
