@@ -110,7 +110,7 @@ def test_bench_through_slurm_with_a_cancelled_job_equals_the_local_bench(tmp_pat
         # a student's job is cancelled once its worker is at work
         victim = out / "runs/t2/reco/seed1"
         log = victim / "run.log"
-        _wait_for(lambda: log.exists() and "=== run job" in log.read_text(), "the job of t2 reco seed 1")
+        _wait_for(lambda: log.exists() and "$ recokd train" in log.read_text(), "t2 reco seed 1 to train")
         job_id = re.search(r'"job_id": "([^"]+)"', (victim / "claim.json").read_text()).group(1)
         subprocess.run(["scancel", job_id], check=True)
         _wait_for(

@@ -406,7 +406,12 @@ def build_executor(args: argparse.Namespace) -> tuple[LocalExecutor | SlurmBench
         return LocalExecutor(jobs=args.jobs, gpus=gpus), device
     if args.jobs != 1:
         raise UserError("--jobs applies to --executor local; Slurm runs as many jobs at once as it can")
-    from recokd.bench.slurm import SlurmBench, check_slurm
+    try:
+        from recokd.bench.slurm import SlurmBench, check_slurm
+    except ImportError as e:
+        raise UserError(
+            f"--executor slurm needs submitit ({e}); install it with: pip install 'reco-kd[cluster]'"
+        ) from None
 
     check_slurm()
     gpus_per_job = args.slurm_gpus_per_job
@@ -455,7 +460,7 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"{'resuming the' if resumed else 'new'} bench in {out}: {n} runs (teacher, then for t in "
         f"{selection.ts} and seeds {selection.seeds}: no KD + {', '.join(selection.methods)}); "
-        f"device {device}"
+        f"device {device}; {executor.summary()}"
     )
     runner = BenchRunner(
         out,

@@ -104,6 +104,10 @@ class LocalExecutor:
     jobs: int = 1
     gpus: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        gpus = f", GPUs {','.join(self.gpus)}" if self.gpus else ""
+        return f"{self.jobs} local run(s) at a time{gpus}"
+
     def execute(self, runner: RunEvents, layout: Layout, specs: list[RunSpec]) -> None:
         free: queue.Queue[str | None] = queue.Queue()
         for slot in range(self.jobs):

@@ -111,12 +111,18 @@ class SlurmBench:
     def __init__(self, settings: SlurmSettings):
         self.settings = settings
 
-    def _executor(self, folder: Path, dependency: str | None) -> submitit.SlurmExecutor:
+    def summary(self) -> str:
         s = self.settings
-        ex = submitit.SlurmExecutor(folder=folder / "%j", python=shlex.quote(sys.executable))
+        asked = [f"partition {s.partition}" if s.partition else "default partition",
+                 f"{s.gpus_per_job} GPU(s)", f"{s.time_min} min"]
+        return f"one Slurm job per run ({', '.join(asked)} each)"
+
+    def parameters(self, dependency: str | None) -> dict[str, Any]:
+        """submitit's ``SlurmExecutor.update_parameters`` of every job (``dependency``: ``afterok:12``)."""
+        s = self.settings
         extra: dict[str, Any] = dict(s.options)
         if s.mem is not None:
-            extra["mem"] = s.mem
+            extra["mem"] = s.mem  # Slurm's syntax (32G), not submitit's number of GB
         params: dict[str, Any] = {"job_name": "recokd-bench", "time": s.time_min, "stderr_to_stdout": True}
         if s.partition:
             params["partition"] = s.partition
@@ -128,7 +134,11 @@ class SlurmBench:
             params["dependency"] = dependency
         if extra:
             params["additional_parameters"] = extra
-        ex.update_parameters(**params)
+        return params
+
+    def _executor(self, folder: Path, dependency: str | None) -> submitit.SlurmExecutor:
+        ex = submitit.SlurmExecutor(folder=folder / "%j", python=shlex.quote(sys.executable))
+        ex.update_parameters(**self.parameters(dependency))
         return ex
 
     def _call(self, runner: RunEvents, layout: Layout, spec: RunSpec) -> SlurmRun:

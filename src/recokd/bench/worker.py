@@ -223,7 +223,8 @@ def main(argv: list[str]) -> int:
         return 2
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     print(
-        f"=== {job['kind']} job {argv[0]} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')})",
+        f"=== {job['kind']} job {argv[0]} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')})",
         flush=True,
     )
     try:
