@@ -12,9 +12,12 @@ Folder layout (``OUT`` = ``-o``)::
     OUT/runs.csv, summary.csv, results.md, dice_vs_latency.png, per_class_dice.png
 
 A run is finished when its ``result.json`` exists (written after its evaluation); finished runs
-are never repeated (unless ``--rerun``). An unfinished run is started over: a fold folder without
-``checkpoint_final.pth`` is deleted (``recokd train --overwrite``) and trained again; a fold with
-``checkpoint_final.pth`` is only predicted and evaluated.
+are never repeated (unless ``--rerun``). An unfinished run is resumed: a fold with ``checkpoint_final.pth``
+is only predicted and evaluated, one with ``checkpoint_latest.pth`` continues its training from it, any
+other fold folder is deleted (``recokd train --overwrite``) and trained again. The runs are executed by
+:mod:`recokd.bench.executors` (local worker processes, ``--jobs N`` at once) or :mod:`recokd.bench.slurm`
+(one Slurm job per run); a run in flight is claimed (:mod:`recokd.bench.claims`), so that two commands
+on one folder never run it twice.
 """
 
 from __future__ import annotations
