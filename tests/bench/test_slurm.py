@@ -129,7 +129,7 @@ def test_bench_through_slurm_with_a_cancelled_job_equals_the_local_bench(tmp_pat
             rf"{job_id}_0_log.out\): submitting it again", third
         ), third
         assert third.count("submitted as Slurm job") == 1, third
-        assert "t2 reco seed 1: done in" in third and not list(out.rglob("claim.json"))
+        assert "t2 reco seed 1: done (mean Dice" in third and not list(out.rglob("claim.json"))
         text, _ = local_bench.communicate(timeout=600)
     finally:
         if local_bench.poll() is None:

@@ -548,18 +548,18 @@ class BenchRunner:
             env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # torch deprecation notices
         return self.training_progress
 
-    def finished(self, spec: RunSpec, seconds: float, detail: str, logs: list[Path]) -> None:
-        """A run's worker or job ended: done if it wrote ``result.json``, else failed (``detail``: exit code
-        or job state, and ``logs`` named in the messages and the report)."""
+    def finished(self, spec: RunSpec, seconds: float | None, detail: str, logs: list[Path]) -> None:
+        """A run's worker or job ended (after ``seconds``, if known): done if it wrote ``result.json``, else
+        failed (``detail``: exit code or job state, and ``logs`` named in the messages and the report)."""
         folder = spec.folder(self.out)
+        after = f" in {seconds:.0f} s" if seconds is not None else ""
         if (folder / RESULT_FILE).is_file():
             res = report.load_run_result(folder)
-            self.note(spec, f"done in {seconds:.0f} s (mean Dice {res.mean_dice:.3f})")
+            self.note(spec, f"done{after} (mean Dice {res.mean_dice:.3f})")
             self._resolve(spec, "done")
             return
         where = f"{detail}; log: {', '.join(map(str, logs))}" if logs else detail
-        self.note(spec, f"FAILED ({detail}) after {seconds:.0f} s" + (f"; log: {', '.join(map(str, logs))}"
-                                                                   if logs else ""))
+        self.note(spec, f"FAILED ({where})" + (f" after {seconds:.0f} s" if seconds is not None else ""))
         self.failures.append(f"{spec.label}: failed ({where})")
         self._resolve(spec, "failed", where)
 

@@ -214,7 +214,6 @@ class SlurmBench:
         jobs = self.submit(runner, layout, specs)
         if not self.settings.wait or not jobs:
             return
-        started = time.perf_counter()
         of = {id(job): spec for spec, job in jobs.items()}
         left = set(jobs)
         for job in submitit.helpers.as_completed(list(jobs.values()), poll_frequency=self.settings.poll_s):
@@ -222,7 +221,7 @@ class SlurmBench:
             if spec not in left:
                 continue  # cancelled below (its teacher failed) and reported then
             left.discard(spec)
-            self._report(runner, spec, job, time.perf_counter() - started)
+            self._report(runner, spec, job)
             if spec.method == TEACHER and runner.teacher_missing(layout) is not None:
                 # the students wait for the teacher's job to end well: they never will
                 missing = runner.teacher_missing(layout)
@@ -234,17 +233,17 @@ class SlurmBench:
                     self._release(runner, other, other_job)
                     if other.method == NOKD:
                         why = f"Slurm job {other_job.job_id} cancelled: it waited for the failed teacher"
-                        runner.finished(other, 0.0, why, [])
+                        runner.finished(other, None, why, [])
                     else:
                         runner.no_teacher(other, missing)
                 left.clear()
 
-    def _report(self, runner: RunEvents, spec: RunSpec, job: submitit.Job[Any], seconds: float) -> None:
+    def _report(self, runner: RunEvents, spec: RunSpec, job: submitit.Job[Any]) -> None:
         self._release(runner, spec, job)
         folder = spec.folder(runner.out)
         state = job.get_info(mode="force").get("State") or job.state
         runner.finished(
-            spec, seconds, f"Slurm job {job.job_id} {state}", [folder / LOG_FILE, job.paths.stdout]
+            spec, None, f"Slurm job {job.job_id} {state}", [folder / LOG_FILE, job.paths.stdout]
         )
 
     def _release(self, runner: RunEvents, spec: RunSpec, job: submitit.Job[Any]) -> None:
