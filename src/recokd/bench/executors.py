@@ -6,10 +6,10 @@ to the runner, which they tell about every run through :class:`RunEvents`.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -83,8 +83,6 @@ class RunEvents(Protocol):
 def visible_gpus() -> list[str]:
     """The GPUs a local run may be given (``CUDA_VISIBLE_DEVICES``' entries, else 0..count-1); [] without
     CUDA."""
-    import os
-
     import torch
 
     if not torch.cuda.is_available():
@@ -129,7 +127,7 @@ class LocalExecutor:
             runner.no_teacher(spec, missing)
             return
         folder = spec.folder(runner.out)
-        claim = local_claim(thread=threading.get_ident())
+        claim = local_claim()
         with bench_lock(runner.out):
             other = claim_run(folder, claim, claim_alive)
         if other is not None:
