@@ -558,8 +558,10 @@ class BenchRunner:
             self.note(spec, f"done{after} (mean Dice {res.mean_dice:.3f})")
             self._resolve(spec, "done")
             return
-        where = f"{detail}; log: {', '.join(map(str, logs))}" if logs else detail
-        self.note(spec, f"FAILED ({where})" + (f" after {seconds:.0f} s" if seconds is not None else ""))
+        named = f"; log: {', '.join(map(str, logs))}" if logs else ""
+        where = detail + named
+        took = f" after {seconds:.0f} s" if seconds is not None else ""
+        self.note(spec, f"FAILED ({detail}){took}{named}")
         self.failures.append(f"{spec.label}: failed ({where})")
         self._resolve(spec, "failed", where)
 
