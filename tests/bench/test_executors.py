@@ -5,6 +5,7 @@ claimed by a live process left alone, a stopped training continued from its last
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import re
@@ -101,6 +102,17 @@ def test_bench_options_of_the_other_executor_are_refused(
     assert not (tmp_path / "b").exists()
 
 
+def test_overwrite_refuses_a_folder_with_runs_in_flight(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "b/runs/t2/reco/seed0"
+    run.mkdir(parents=True)
+    (run / CLAIM_FILE).write_text(json.dumps(local_claim()))  # this process: alive
+    assert main(["bench", "--phantoms", "-o", str(tmp_path / "b"), "--overwrite"]) == 2
+    assert f"runs in flight (process {os.getpid()} on host" in capsys.readouterr().err
+    assert (run / CLAIM_FILE).is_file()
+
+
 def _claimer(folder: str, start: mp.Barrier, done: mp.Event, results: mp.Queue) -> None:
     start.wait()
     from recokd.bench.claims import bench_lock
@@ -136,12 +148,12 @@ def test_stale_claims_are_replaced_and_foreign_hosts_respected(tmp_path: Path) -
     gone.join()
     dead = {**local_claim(), "pid": gone.pid}
     (folder).mkdir()
-    (folder / CLAIM_FILE).write_text(__import__("json").dumps(dead))
+    (folder / CLAIM_FILE).write_text(json.dumps(dead))
     mine = local_claim(n=1)
     assert claim_run(folder, mine, local_claim_alive) is None and read_claim(folder) == mine
     assert claim_run(folder, local_claim(n=2), local_claim_alive) == mine  # this process is alive
     foreign = {**dead, "host": socket.gethostname() + "-elsewhere"}
-    (folder / CLAIM_FILE).write_text(__import__("json").dumps(foreign))
+    (folder / CLAIM_FILE).write_text(json.dumps(foreign))
     assert claim_run(folder, mine, local_claim_alive) == foreign  # cannot be checked from here: kept
 
 
@@ -155,7 +167,7 @@ def test_local_jobs_run_students_two_at_a_time_one_gpu_each(
     # a live claim (this process) on one run: it is not started here
     claimed = RunSpec("nokd", 2, 1).folder(layout.out)
     claimed.mkdir(parents=True)
-    (claimed / CLAIM_FILE).write_text(__import__("json").dumps(local_claim()))
+    (claimed / CLAIM_FILE).write_text(json.dumps(local_claim()))
     status = runner.run_all(layout)  # real workers: every run fails fast (no dataset, no teacher)
     out = capsys.readouterr().out
     assert status[RunSpec("nokd", 2, 1)] == "in flight" and not (claimed / "run.log").exists()

@@ -452,6 +452,15 @@ def _run(args: argparse.Namespace) -> int:
     study = build_study(args)
     study.check_kd_options(selection.methods)
     if args.overwrite and out.exists():
+        from recokd.bench.claims import CLAIM_FILE, describe, read_claim
+        from recokd.bench.executors import claim_alive
+
+        claims = [c for c in (read_claim(p.parent) for p in out.rglob(CLAIM_FILE)) if c and claim_alive(c)]
+        if claims:
+            raise UserError(
+                f"--overwrite: {out} has runs in flight ({', '.join(describe(c) for c in claims)}); cancel "
+                "them (scancel) or let them finish before starting the bench over"
+            )
         if not (out / CONFIG_FILE).is_file() and any(out.iterdir()):
             print(f"--overwrite: {out} is not a bench folder; deleting its content")
         shutil.rmtree(out)
