@@ -6,6 +6,7 @@ import argparse
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recokd.bench.config import (
     CONFIG_FILE,
@@ -24,6 +25,10 @@ from recokd.errors import UserError
 from recokd.nnunet.layout import KD_TRAINER_NO_DA, SHORT_TRAINER_NO_DA, dataset_folder_name, parse_fold
 from recokd.nnunet.optim import OPTIMIZER_NAMES
 from recokd.nnunet.settings import SCHEDULE_NAMES
+
+if TYPE_CHECKING:
+    from recokd.bench.executors import LocalExecutor
+    from recokd.bench.slurm import SlurmBench
 
 _PHANTOM_ARGS = (
     "phantom_cases", "phantom_test_cases", "phantom_shape", "phantom_seed", "phantom_small_scale"
@@ -245,6 +250,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="delete the output folder's content first (also one holding another bench)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("where the runs run (see README: Running a study on a cluster)")
+    g.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: worker processes on this machine; slurm: one Slurm job per run, submitted through "
+        "submitit (the bench folder must be on a filesystem the compute nodes share) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="local: N runs at once, each on its own GPU (CUDA_VISIBLE_DEVICES) when there are GPUs "
+        "(default: %(default)s)",
+    )
+    g.add_argument("--slurm-partition", default=None, help="slurm: the partition of the jobs")
+    g.add_argument(
+        "--slurm-gpus-per-job", type=int, default=None, metavar="N",
+        help="slurm: GPUs per job (default: 1 with --device cuda/auto, else 0)",
+    )
+    g.add_argument(
+        "--slurm-time", default="1-00:00:00", metavar="TIME",
+        help="slurm: time limit per job, minutes or [D-]HH:MM:SS; a run stopped by it is requeued and "
+        "continues from its last checkpoint (default: %(default)s)",
+    )
+    g.add_argument("--slurm-mem", default=None, metavar="MEM", help="slurm: memory per job, e.g. 32G")
+    g.add_argument("--slurm-cpus", type=_positive_int, default=None, metavar="N", help="slurm: CPUs per job")
+    g.add_argument(
+        "--slurm-option", action="append", default=None, metavar="KEY=VALUE",
+        help="slurm: a further sbatch option of every job, repeatable, e.g. --slurm-option account=myproject "
+        "--slurm-option qos=normal",
+    )
+    g.add_argument(
+        "--no-wait", action="store_true",
+        help="slurm: submit the jobs and return; the same command again waits for them and writes the report",
+    )
     p.add_argument(
         "--report-dir",
         metavar="DIR",
@@ -343,12 +385,66 @@ def build_selection(args: argparse.Namespace) -> Selection:
     return selection
 
 
+def build_executor(args: argparse.Namespace) -> tuple[LocalExecutor | SlurmBench, str]:
+    """The executor of ``--executor`` with its options (checked) and the training device."""
+    from recokd.bench.executors import LocalExecutor, SlurmSettings, parse_sbatch_option, parse_slurm_time
+
+    slurm_given = [
+        f"--{name.replace('_', '-')}" for name in ("slurm_partition", "slurm_gpus_per_job", "slurm_mem",
+                                                  "slurm_cpus", "slurm_option")
+        if getattr(args, name) is not None
+    ] + (["--no-wait"] if args.no_wait else [])
+    if args.executor == "local":
+        if slurm_given:
+            raise UserError(f"{', '.join(slurm_given)} apply to --executor slurm only")
+        device = _device(args.device)
+        gpus: list[str] = []
+        if device == "cuda":
+            from recokd.bench.executors import visible_gpus
+
+            gpus = visible_gpus()
+        return LocalExecutor(jobs=args.jobs, gpus=gpus), device
+    if args.jobs != 1:
+        raise UserError("--jobs applies to --executor local; Slurm runs as many jobs at once as it can")
+    try:
+        from recokd.bench.slurm import SlurmBench, check_slurm
+    except ImportError as e:
+        raise UserError(
+            f"--executor slurm needs submitit ({e}); install it with: pip install 'reco-kd[cluster]'"
+        ) from None
+
+    check_slurm()
+    gpus_per_job = args.slurm_gpus_per_job
+    if gpus_per_job is not None and gpus_per_job < 0:
+        raise UserError(f"--slurm-gpus-per-job must be >= 0, got {gpus_per_job}")
+    # the device is the compute nodes', not this login node's
+    if args.device == "cpu":
+        device = "cpu"
+        gpus_per_job = gpus_per_job or 0
+    else:
+        if gpus_per_job == 0:
+            raise UserError(
+                f"--device {args.device} with --slurm-gpus-per-job 0: give --device cpu or some GPUs"
+            )
+        device, gpus_per_job = "cuda", gpus_per_job or 1
+    settings = SlurmSettings(
+        partition=args.slurm_partition,
+        gpus_per_job=gpus_per_job,
+        time_min=parse_slurm_time(args.slurm_time),
+        mem=args.slurm_mem,
+        cpus=args.slurm_cpus,
+        options=dict(parse_sbatch_option(o) for o in args.slurm_option or []),
+        wait=not args.no_wait,
+    )
+    return SlurmBench(settings), device
+
+
 def _run(args: argparse.Namespace) -> int:
     from recokd.bench.config import check_or_write_config
     from recokd.bench.runner import BenchRunner
 
     selection = build_selection(args)
-    device = _device(args.device)
+    executor, device = build_executor(args)
     out = Path(args.output).expanduser().resolve()
     report_dir = Path(args.report_dir).expanduser().resolve() if args.report_dir else None
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
@@ -356,6 +452,15 @@ def _run(args: argparse.Namespace) -> int:
     study = build_study(args)
     study.check_kd_options(selection.methods)
     if args.overwrite and out.exists():
+        from recokd.bench.claims import CLAIM_FILE, describe, read_claim
+        from recokd.bench.executors import claim_alive
+
+        claims = [c for c in (read_claim(p.parent) for p in out.rglob(CLAIM_FILE)) if c and claim_alive(c)]
+        if claims:
+            raise UserError(
+                f"--overwrite: {out} has runs in flight ({', '.join(describe(c) for c in claims)}); cancel "
+                "them (scancel) or let them finish before starting the bench over"
+            )
         if not (out / CONFIG_FILE).is_file() and any(out.iterdir()):
             print(f"--overwrite: {out} is not a bench folder; deleting its content")
         shutil.rmtree(out)
@@ -364,7 +469,7 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"{'resuming the' if resumed else 'new'} bench in {out}: {n} runs (teacher, then for t in "
         f"{selection.ts} and seeds {selection.seeds}: no KD + {', '.join(selection.methods)}); "
-        f"device {device}"
+        f"device {device}; {executor.summary()}"
     )
     runner = BenchRunner(
         out,
@@ -377,5 +482,6 @@ def _run(args: argparse.Namespace) -> int:
         profile_threads=args.profile_threads,
         progress=not args.no_progress,
         report_dir=report_dir,
+        executor=executor,
     )
     return runner.run()

@@ -12,9 +12,12 @@ Folder layout (``OUT`` = ``-o``)::
     OUT/runs.csv, summary.csv, results.md, dice_vs_latency.png, per_class_dice.png
 
 A run is finished when its ``result.json`` exists (written after its evaluation); finished runs
-are never repeated (unless ``--rerun``). An unfinished run is started over: a fold folder without
-``checkpoint_final.pth`` is deleted (``recokd train --overwrite``) and trained again; a fold with
-``checkpoint_final.pth`` is only predicted and evaluated.
+are never repeated (unless ``--rerun``). An unfinished run is resumed: a fold with ``checkpoint_final.pth``
+is only predicted and evaluated, one with ``checkpoint_latest.pth`` continues its training from it, any
+other fold folder is deleted (``recokd train --overwrite``) and trained again. The runs are executed by
+:mod:`recokd.bench.executors` (local worker processes, ``--jobs N`` at once) or :mod:`recokd.bench.slurm`
+(one Slurm job per run); a run in flight is claimed (:mod:`recokd.bench.claims`), so that two commands
+on one folder never run it twice.
 """
 
 from __future__ import annotations
@@ -22,16 +25,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recokd.bench import report
+from recokd.bench.claims import CLAIM_FILE, bench_lock, describe, read_claim
 from recokd.bench.config import (
-    LOG_FILE,
     NOKD,
     RESULT_FILE,
     TEACHER,
@@ -40,10 +43,9 @@ from recokd.bench.config import (
     Study,
     plan_runs,
 )
-from recokd.bench.worker import command
+from recokd.bench.executors import LocalExecutor, claim_alive, launch
 from recokd.environ import temporary_environ
 from recokd.errors import UserError
-from recokd.json_files import write_json_atomic
 from recokd.nnunet.layout import (
     CHECKPOINT_FINAL,
     PROGRESS_DESC_ENV,
@@ -62,6 +64,9 @@ from recokd.nnunet.layout import (
     parse_dataset_folder_name,
     parse_model_folder_name,
 )
+
+if TYPE_CHECKING:
+    from recokd.bench.slurm import SlurmBench
 
 #: CPU-friendly nnU-Net settings (set unless the environment has them): augmentation in the main
 #: process, one export process, no torch.compile
@@ -237,6 +242,7 @@ class BenchRunner:
         print_table: bool = True,
         profile_on_test_case: bool = True,
         echo: Callable[[str], None] = print,
+        executor: LocalExecutor | SlurmBench | None = None,
     ):
         """``progress``: a bar over the runs; ``training_progress``: instead, each training run's own bar
         over its iterations (:mod:`recokd.nnunet.progress`) on this process's stderr, the workers'
@@ -261,7 +267,12 @@ class BenchRunner:
         self.print_table = print_table
         self.profile_on_test_case = profile_on_test_case
         self.echo = echo
+        self.executor = executor if executor is not None else LocalExecutor()
         self.failures: list[str] = []
+        #: why a run is not done (exit code or job state, and its logs), for the report
+        self.details: dict[RunSpec, str] = {}
+        self._lock = threading.Lock()
+        self._prefix: dict[RunSpec, str] = {}
         #: filled by :meth:`run`: the layout, every run's status, the profiles and the summary rows
         self.layout: Layout | None = None
         self.status: dict[RunSpec, str] = {}
@@ -302,14 +313,8 @@ class BenchRunner:
     def _launch(
         self, job: dict[str, Any], job_file: Path, log: Path, env: dict[str, str], show_stderr: bool = False
     ) -> int:
-        """Run ``job`` in a worker; its stdout (and, unless ``show_stderr``, its stderr) goes to ``log``."""
-        write_json_atomic(job_file, job)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("a", encoding="utf-8") as f:
-            f.write(f"\n##### {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(job_file))}\n")
-            f.flush()
-            stderr = None if show_stderr else subprocess.STDOUT
-            return subprocess.run(command(job_file), stdout=f, stderr=stderr, env=env, check=False).returncode
+        """Run ``job`` in a worker on this machine (:func:`recokd.bench.executors.launch`)."""
+        return launch(job, job_file, log, env, show_stderr=show_stderr)
 
     # ------------------------------------------------------------------ dataset and plans
 
@@ -470,52 +475,95 @@ class BenchRunner:
         return job, env
 
     def run_all(self, layout: Layout) -> dict[RunSpec, str]:
-        """Every planned run in order; returns ``spec -> "done" | "failed"``."""
+        """Every planned run not finished yet, through the executor; returns ``spec -> "done" | "failed" |
+        "in flight"`` (:attr:`details` says why a run is not done)."""
         from tqdm import tqdm
 
         runs = plan_runs(self.selection)
-        status: dict[RunSpec, str] = {}
-        bar = tqdm(total=len(runs), desc="bench", unit="run", disable=not self.progress, dynamic_ncols=True)
-        write = tqdm.write if self.progress else self.echo
-        for i, spec in enumerate(runs, 1):
-            prefix = f"[{i}/{len(runs)}] {spec.label}"
+        self.status = status = {}
+        self._prefix = {spec: f"[{i}/{len(runs)}] {spec.label}" for i, spec in enumerate(runs, 1)}
+        self._bar = tqdm(
+            total=len(runs), desc="bench", unit="run", disable=not self.progress, dynamic_ncols=True
+        )
+        self._write = tqdm.write if self.progress else self.echo
+        pending = []
+        for spec in runs:
             folder = spec.folder(self.out)
             if self.rerun and folder.exists():
-                shutil.rmtree(folder)
+                with bench_lock(self.out):
+                    claim = read_claim(folder)
+                    if claim is None or not claim_alive(claim):
+                        shutil.rmtree(folder)
             if (folder / RESULT_FILE).is_file():
-                write(f"{prefix}: skip (done)")
-                status[spec] = "done"
-                bar.update()
-                continue
-            teacher_ckpt = layout.teacher_model / fold_folder_name(self.study.fold) / CHECKPOINT_FINAL
-            if spec.method not in (TEACHER, NOKD) and not teacher_ckpt.is_file():
-                write(f"{prefix}: FAILED: no teacher ({teacher_ckpt} is missing; see the teacher run above)")
-                self.failures.append(f"{spec.label}: not run, the teacher is missing")
-                status[spec] = "failed"
-                bar.update()
-                continue
-            bar.set_postfix_str(spec.label)
-            job, env = self.run_job(layout, spec)
-            log = folder / LOG_FILE
-            if self.training_progress:
-                write(f"{prefix} ...")
-                env[PROGRESS_ENV] = "1"
-                env[PROGRESS_DESC_ENV] = spec.label
-                env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # torch deprecation notices
-            t0 = time.perf_counter()
-            rc = self._launch(job, folder / "job.json", log, env, show_stderr=self.training_progress)
-            dt = time.perf_counter() - t0
-            if rc == 0 and (folder / RESULT_FILE).is_file():
-                res = report.load_run_result(folder)
-                write(f"{prefix}: done in {dt:.0f} s (mean Dice {res.mean_dice:.3f})")
-                status[spec] = "done"
+                (folder / CLAIM_FILE).unlink(missing_ok=True)  # left by a job this command did not wait for
+                self._write(f"{self._prefix[spec]}: skip (done)")
+                self._resolve(spec, "done")
             else:
-                write(f"{prefix}: FAILED (exit code {rc}) after {dt:.0f} s; log: {log}")
-                self.failures.append(f"{spec.label}: failed (exit code {rc}); log: {log}")
-                status[spec] = "failed"
-            bar.update()
-        bar.close()
-        return status
+                pending.append(spec)
+        self.executor.execute(self, layout, pending)
+        for spec in pending:
+            if spec not in status:  # submitted, not waited for (--no-wait)
+                status[spec] = "in flight"
+        self._bar.close()
+        return {spec: status[spec] for spec in runs}
+
+    # the executor's events (recokd.bench.executors.RunEvents)
+
+    def _resolve(self, spec: RunSpec, state: str, detail: str | None = None) -> None:
+        with self._lock:
+            self.status[spec] = state
+            if detail is not None:
+                self.details[spec] = detail
+            self._bar.update()
+
+    def note(self, spec: RunSpec, text: str) -> None:
+        """A line about ``spec`` (``[i/n] label: text``)."""
+        self._write(f"{self._prefix[spec]}: {text}")
+
+    def teacher_missing(self, layout: Layout) -> Path | None:
+        """The teacher's final checkpoint if it does not exist (KD runs cannot start), else None."""
+        ckpt = layout.teacher_model / fold_folder_name(self.study.fold) / CHECKPOINT_FINAL
+        return None if ckpt.is_file() else ckpt
+
+    def no_teacher(self, spec: RunSpec, checkpoint: Path) -> None:
+        self.note(spec, f"FAILED: no teacher ({checkpoint} is missing; see the teacher run above)")
+        self.failures.append(f"{spec.label}: not run, the teacher is missing")
+        self._resolve(spec, "failed", "not run, the teacher is missing")
+
+    def claimed_elsewhere(self, spec: RunSpec, claim: dict[str, Any]) -> None:
+        path = spec.folder(self.out) / CLAIM_FILE
+        self.note(spec, f"being run by {describe(claim)} (claim {path}): not started here")
+        self.failures.append(
+            f"{spec.label}: being run by {describe(claim)}; run the bench again when it is over"
+        )
+        self._resolve(spec, "in flight", f"being run by {describe(claim)}")
+
+    def worker_options(self, spec: RunSpec, env: dict[str, str]) -> bool:
+        """Adds the training-progress variables to a run's ``env`` (``training_progress``); returns whether
+        the worker's stderr goes to the terminal rather than to its log."""
+        if self.training_progress:
+            self._write(f"{self._prefix[spec]} ...")
+            env[PROGRESS_ENV] = "1"
+            env[PROGRESS_DESC_ENV] = spec.label
+            env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # torch deprecation notices
+        return self.training_progress
+
+    def finished(self, spec: RunSpec, seconds: float | None, detail: str, logs: list[Path]) -> None:
+        """A run's worker or job ended (after ``seconds``, if known): done if it wrote ``result.json``, else
+        failed (``detail``: exit code or job state, and ``logs`` named in the messages and the report)."""
+        folder = spec.folder(self.out)
+        after = f" in {seconds:.0f} s" if seconds is not None else ""
+        if (folder / RESULT_FILE).is_file():
+            res = report.load_run_result(folder)
+            self.note(spec, f"done{after} (mean Dice {res.mean_dice:.3f})")
+            self._resolve(spec, "done")
+            return
+        named = f"; log: {', '.join(map(str, logs))}" if logs else ""
+        where = detail + named
+        took = f" after {seconds:.0f} s" if seconds is not None else ""
+        self.note(spec, f"FAILED ({detail}){took}{named}")
+        self.failures.append(f"{spec.label}: failed ({where})")
+        self._resolve(spec, "failed", where)
 
     # ------------------------------------------------------------------ profiles
 
@@ -572,7 +620,8 @@ class BenchRunner:
         self.report_dir.mkdir(parents=True, exist_ok=True)
         (self.report_dir / "runs.csv").write_text(report.runs_csv(results, self.report_dir), encoding="utf-8")
         (self.report_dir / "summary.csv").write_text(report.summary_csv(rows), encoding="utf-8")
-        missing = [f"{s.label}: {v}" for s, v in status.items() if v != "done"]
+        missing = [f"{s.label}: {v}" + (f" ({self.details[s]})" if s in self.details else "")
+                   for s, v in status.items() if v != "done"]
         setup = self.setup_lines(layout, results, profiles)
         text = report.results_markdown(
             rows, title=f"recokd bench: {layout.dataset}", setup=setup, small_classes=small, missing=missing
@@ -633,8 +682,16 @@ class BenchRunner:
 
     def run(self) -> int:
         started = time.perf_counter()
-        self.layout = layout = self.prepare()
+        with bench_lock(self.out):  # one command at a time writes the dataset and the student plans
+            self.layout = layout = self.prepare()
         self.status = status = self.run_all(layout)
+        flying = [spec for spec, state in status.items() if state == "in flight"]
+        if flying and not self.failures:  # --no-wait: the jobs were submitted
+            self.echo(
+                f"\n{len(flying)} run(s) in flight, {sum(v == 'done' for v in status.values())} done; run "
+                "the same command again to wait for them and write the report"
+            )
+            return 0
         self.profiles = profiles = self.profile_all(layout, status)
         self.rows = self.write_report(layout, status, profiles)
         names = [self.report_file if n == "results.md" else n for n in OUTPUT_FILES]

@@ -27,7 +27,8 @@ from typing import Any
 
 from recokd.errors import UserError
 from recokd.json_files import write_json_atomic
-from recokd.nnunet.layout import CHECKPOINT_FINAL, SHORT_ENV
+from recokd.nnunet.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST, SHORT_ENV
+from recokd.nnunet.settings import SETTINGS_FILE
 
 
 def command(job_file: Path) -> list[str]:
@@ -84,7 +85,9 @@ def _prepare(job: dict[str, Any]) -> None:
 
 
 def _train(job: dict[str, Any]) -> bool:
-    """Train unless the fold holds checkpoint_final.pth; returns whether it trained."""
+    """Train unless the fold holds checkpoint_final.pth; a fold with ``checkpoint_latest.pth`` (a run stopped
+    mid-training, e.g. by a scheduler's time limit) continues from it (nnU-Net's ``--c``), any other
+    unfinished fold is started over. Returns whether it trained."""
     train = job["train"]
     fold = Path(job["fold_folder"])
     if train is None:
@@ -92,11 +95,16 @@ def _train(job: dict[str, Any]) -> bool:
     if (fold / CHECKPOINT_FINAL).is_file():
         print(f"{fold / CHECKPOINT_FINAL} exists: training finished earlier, not repeated", flush=True)
         return False
-    restart = fold.exists()
-    if restart:
+    resume = (fold / CHECKPOINT_LATEST).is_file() and (
+        train["type"] != "recokd" or (fold / SETTINGS_FILE).is_file()
+    )
+    restart = fold.exists() and not resume
+    if resume:
+        print(f"{fold} holds an unfinished training: continuing it from {CHECKPOINT_LATEST}", flush=True)
+    elif restart:
         print(f"{fold} holds an unfinished training: starting it over", flush=True)
     if train["type"] == "recokd":
-        _cli([*train["argv"], *(["--overwrite"] if restart else [])])
+        _cli([*train["argv"], *(["--c"] if resume else ["--overwrite"] if restart else [])])
     else:
         import torch
         from nnunetv2.run.run_training import run_training
@@ -105,7 +113,7 @@ def _train(job: dict[str, Any]) -> bool:
             shutil.rmtree(fold)
         print(
             f"$ run_training {train['dataset']} {train['configuration']} {train['fold']} "
-            f"{train['trainer']} {train['plans']} "
+            f"{train['trainer']} {train['plans']}{' --c' if resume else ''} "
             f"({', '.join(f'{name}={os.environ.get(name)}' for name in SHORT_ENV)})",
             flush=True,
         )
@@ -116,6 +124,7 @@ def _train(job: dict[str, Any]) -> bool:
             fold_value,
             train["trainer"],
             train["plans"],
+            continue_training=resume,
             device=torch.device(train["device"]),
         )
     if not (fold / CHECKPOINT_FINAL).is_file():
@@ -214,7 +223,8 @@ def main(argv: list[str]) -> int:
         return 2
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     print(
-        f"=== {job['kind']} job {argv[0]} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')})",
+        f"=== {job['kind']} job {argv[0]} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')})",
         flush=True,
     )
     try:
