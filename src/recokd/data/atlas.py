@@ -42,8 +42,9 @@ detectable this way.
 Default dataset (``recokd atlas-dataset``): the 12 subcortical regions of AAL (caudate, putamen,
 pallidum, thalamus, hippocampus, amygdala; left and right apart), crop = their bounding box plus
 6 mm, resampled to 2 mm: a 34 x 41 x 47 (z, y, x) grid (65,518 voxels). Mean voxels per case
-(seed 0): amygdala 236 / 235 (the smallest structures; 1733 / 1965 mm^3 in the atlas), pallidum
-270 / 247, caudate 890 / 933, putamen 976 / 972, hippocampus 1030 / 934, thalamus 1129 / 992.
+(40 cases, seed 0; left / right): amygdala 217 / 239 (the smallest structures; 1733 / 1965 mm^3 in
+the atlas), pallidum 283 / 262, caudate 950 / 958, putamen 984 / 1020, hippocampus 937 / 923,
+thalamus 1070 / 1011.
 nnU-Net v2.8 plans it (40 cases) as one 40 x 48 x 48 patch (the whole case), batch 2, 4 stages of
 32-256 channels: ~1.9x the voxels per iteration of the phantom study's teacher (32^3, batch 3,
 ~1 s per iteration on an idle 2-core CPU), so a stock teacher gets roughly 1500 iterations in the
