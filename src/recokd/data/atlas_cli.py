@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
+
+from recokd.data.cli import add_dataset_arguments, print_next_steps
 
 _DESCRIPTION = """\
 Write Dataset<ID>_<NAME> into nnU-Net's raw folder ($nnUNet_raw or --raw): crops of a T1 MRI template
@@ -29,12 +30,7 @@ def register(subparsers: Any) -> None:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--id", dest="dataset_id", type=int, required=True, metavar="ID",
-                   help="nnU-Net dataset id, 1..999 (folder Dataset<ID:03d>_<NAME>)")
-    p.add_argument("--cases", type=int, default=40, help="training cases (default: 40)")
-    p.add_argument("--test-cases", type=int, default=0,
-                   help="held-out cases in imagesTs/labelsTs (default: 0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_dataset_arguments(p, "Subcortical")
     p.add_argument("--spacing", type=float, default=2.0, metavar="MM",
                    help="isotropic voxel size of the cases in mm (default: 2)")
     p.add_argument("--margin", type=float, default=6.0, metavar="MM",
@@ -47,15 +43,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--regions", nargs="+", default=list(DEFAULT_REGIONS), metavar="REGION",
                    help="atlas regions, by name or value, that become classes 1..K (default: "
                    + " ".join(DEFAULT_REGIONS) + ")")
-    p.add_argument("--name", default="Subcortical",
-                   help="dataset name and case prefix (default: Subcortical)")
-    p.add_argument("--raw", default=None, metavar="DIR", help="nnU-Net raw folder (default: $nnUNet_raw)")
     p.add_argument("--elastic", type=float, default=d.elastic_mm, metavar="MM",
                    help=f"standard deviation of the elastic displacement in mm (default: {d.elastic_mm:g})")
     p.add_argument("--noise", type=float, default=d.noise, metavar="SD",
                    help=f"noise sd relative to the template's 99th percentile (default: {d.noise:g})")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing folder of the same name (deletes only that folder)")
     p.set_defaults(func=run)
 
 
@@ -93,9 +84,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {info['label']:>5}  {region:<16}  {info['atlas_value']:>11}  {means[region]:>10.1f}")
     smallest = min(meta["regions"], key=lambda r: means[r])
     print(f"  smallest: {smallest} ({means[smallest]:.0f} voxels per case)")
-    raw_env = os.environ.get("nnUNet_raw", "")
-    if not raw_env or os.path.realpath(raw_env) != os.path.realpath(folder.parent):
-        print(f"note: nnU-Net reads datasets from $nnUNet_raw; "
-              f"set nnUNet_raw={folder.parent} before planning")
-    print(f"next: nnUNetv2_plan_and_preprocess -d {args.dataset_id} --verify_dataset_integrity")
+    print_next_steps(folder, args.dataset_id)
     return 0
