@@ -14,7 +14,9 @@
 # (regime 2 of the phantom study) and channel widths / 2^t (recokd student-plans). Knobs: STUDY (folder,
 # default benchmarks/results/atlas), PY (python, default .venv/bin/python), EPOCHS, STUDENT_TS (default
 # "2 3"; `STUDENT_TS=3 bash ... students` runs one of them, e.g. next to the teacher), TINY=1 (10 + 2 cases,
-# 2 iterations per epoch, 2 epochs: the figures mean nothing).
+# 2 iterations per epoch, 2 epochs: the figures mean nothing), THREADS (torch threads per training; default:
+# nnUNetv2_train's own, every core; THREADS=1 runs nnU-Net's same entry point with one thread, for runs side by
+# side on a loaded machine, where two-thread runs mostly wait for each other's threads).
 # Heavy folders (nnU-Net data and models) stay out of git (STUDY/.gitignore); the curves are committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,8 +65,13 @@ train() {  # train PLANS [VAR=VALUE ...]: stock nnU-Net, no augmentation, EPOCHS
     [ -f "$fold/checkpoint_latest.pth" ] && cont=(--c)
     run "$@" RECOKD_SHORT_EPOCHS="$EPOCHS" RECOKD_SHORT_ITERS="$ITERS" RECOKD_SHORT_VAL_ITERS="$VAL_ITERS" \
         RECOKD_SHORT_SAVE_EVERY=1 RECOKD_SEED=0 \
-        "$BIN/nnUNetv2_train" 811 3d_fullres 0 -tr nnUNetTrainerShortNoDA -p "$plans" -device cpu "${cont[@]}"
+        "${NNUNET_TRAIN[@]}" 811 3d_fullres 0 -tr nnUNetTrainerShortNoDA -p "$plans" -device cpu "${cont[@]}"
 }
+NNUNET_TRAIN=("$BIN/nnUNetv2_train")
+if [ -n "${THREADS:-}" ]; then  # nnUNetv2_train sets torch's threads to multiprocessing.cpu_count() on the CPU
+    NNUNET_TRAIN=("$PY" -c "import multiprocessing, sys; n = int(sys.argv.pop(1)); multiprocessing.cpu_count = lambda: n; \
+from nnunetv2.run.run_training import run_training_entry; run_training_entry()" "$THREADS")
+fi
 if want teacher; then
     train nnUNetPlans
 fi
