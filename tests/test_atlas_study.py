@@ -26,7 +26,7 @@ pytestmark = [
 SECTION = "## Real anatomy: subcortical structures (issue 28)"
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_atlas_study_commands_run_as_written(tmp_path: Path) -> None:
     (block,) = code_blocks("benchmarks/RESULTS.md", SECTION, "bash")
     study = tmp_path / "atlas"
