@@ -152,6 +152,7 @@ class AtlasPair:
 
     @property
     def class_names(self) -> list[str]:
+        """Names of classes 1..K, in label order."""
         return [name for _, name in self.regions]
 
 
