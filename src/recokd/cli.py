@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recokd.demo",
     "recokd.bench",
     "recokd.data.cli",
+    "recokd.data.atlas_cli",
     "recokd.nnunet.plans_cli",
     "recokd.nnunet.cli",
     "recokd.nnunet.pseudo_label_cli",

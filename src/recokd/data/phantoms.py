@@ -22,7 +22,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,9 @@ __all__ = [
     "PhantomClass",
     "case_rng",
     "generate_case",
+    "prepare_dataset_folder",
     "resolve_raw_dir",
+    "write_dataset_atomically",
     "write_phantom_dataset",
 ]
 
@@ -139,23 +141,51 @@ def write_phantom_dataset(
     shp, spc = validate_geometry(shape, spacing)
     validate_imaging(noise_hu, psf_mm)
     validate_small_scale(small_scale)
+    raw, target = prepare_dataset_folder(raw_dir, dataset_id, name, overwrite)
+    settings = (name, num_cases, num_test_cases, seed, shp, spc, noise_hu, psf_mm, float(small_scale))
+
+    def write(tmp: Path) -> None:
+        counts = _write_cases(tmp, *settings, progress)
+        _write_dataset_json(tmp, *settings, counts)
+
+    write_dataset_atomically(raw, target, write)
+    return target
+
+
+def prepare_dataset_folder(
+    raw_dir: str | Path | None, dataset_id: int, name: str, overwrite: bool
+) -> tuple[Path, Path]:
+    """Check that ``Dataset{dataset_id:03d}_{name}`` may be written into ``raw_dir``.
+
+    Returns ``(raw, target)``: the raw folder and the dataset folder in it.
+
+    ``raw_dir`` defaults to ``$nnUNet_raw``. Refuses (``UserError``) a bad ``name``, a folder with the
+    same id and another name (nnU-Net resolves datasets by id; it is never touched), and an existing
+    ``target`` without ``overwrite``. Warns when ``nnUNet_preprocessed`` or ``nnUNet_results`` already
+    hold this id. Nothing is written or deleted.
+    """
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise UserError(
             f"name: expected letters, digits, '_' or '-' (starting with a letter or digit), got {name!r}"
         )
     raw = resolve_raw_dir(raw_dir)
-    target = check_dataset_destination(raw, dataset_id, name, overwrite)
+    return raw, check_dataset_destination(raw, dataset_id, name, overwrite)
 
+
+def write_dataset_atomically(raw: Path, target: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a hidden temporary folder next to ``target``, then move it to ``target``
+    (:mod:`recokd.data.raw_dataset`).
+
+    An existing ``target`` (allowed by :func:`prepare_dataset_folder`) is replaced only once ``write``
+    has finished; on any failure the temporary folder is removed and ``target`` is left as it was.
+    """
     tmp = temporary_sibling(target)
     try:
-        settings = (name, num_cases, num_test_cases, seed, shp, spc, noise_hu, psf_mm, float(small_scale))
-        counts = _write_cases(tmp, *settings, progress)
-        _write_dataset_json(tmp, *settings, counts)
+        write(tmp)
         move_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def _write_cases(

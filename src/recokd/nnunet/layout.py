@@ -58,6 +58,8 @@ PROGRESS_DESC_ENV = "RECOKD_PROGRESS_DESC"
 SHORT_EPOCHS_ENV = "RECOKD_SHORT_EPOCHS"
 SHORT_ITERS_ENV = "RECOKD_SHORT_ITERS"
 SHORT_VAL_ITERS_ENV = "RECOKD_SHORT_VAL_ITERS"
+#: write checkpoint_latest.pth every N epochs (nnU-Net's ``save_every``; default 50), for resumable runs
+SHORT_SAVE_EVERY_ENV = "RECOKD_SHORT_SAVE_EVERY"
 #: the optimiser of the short and KD trainers: ``sgd`` (nnU-Net's) or ``adam`` (:mod:`recokd.nnunet.optim`)
 SHORT_OPTIMIZER_ENV = "RECOKD_SHORT_OPTIMIZER"
 #: the schedule variables, in the order messages list them

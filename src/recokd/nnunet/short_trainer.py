@@ -9,6 +9,8 @@ DDP workers and ``--c`` see the same values):
 - ``RECOKD_SHORT_EPOCHS`` (default 2)
 - ``RECOKD_SHORT_ITERS`` training iterations per epoch (default 10)
 - ``RECOKD_SHORT_VAL_ITERS`` validation iterations per epoch (default 2)
+- ``RECOKD_SHORT_SAVE_EVERY`` write ``checkpoint_latest.pth`` every N epochs (default nnU-Net's 50),
+  so that ``nnUNetv2_train --c`` continues a long run stopped in between
 - ``RECOKD_SHORT_OPTIMIZER`` ``sgd`` (default, nnU-Net's) or ``adam`` (nnU-Net's
   ``nnUNetTrainerAdam``: AdamW with AMSGrad), see :mod:`recokd.nnunet.optim`
 
@@ -38,7 +40,13 @@ from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoD
 
 from recokd.errors import UserError
 from recokd.nnunet.guards import FiniteLossGuard, ReadableCheckpoints
-from recokd.nnunet.layout import SHORT_EPOCHS_ENV, SHORT_ITERS_ENV, SHORT_OPTIMIZER_ENV, SHORT_VAL_ITERS_ENV
+from recokd.nnunet.layout import (
+    SHORT_EPOCHS_ENV,
+    SHORT_ITERS_ENV,
+    SHORT_OPTIMIZER_ENV,
+    SHORT_SAVE_EVERY_ENV,
+    SHORT_VAL_ITERS_ENV,
+)
 from recokd.nnunet.optim import build_optimizer, check_optimizer_name
 from recokd.nnunet.progress import TrainingProgress
 from recokd.nnunet.seeding import SeededInitialization
@@ -48,6 +56,7 @@ SHORT_SCHEDULE_ENV = {
     SHORT_EPOCHS_ENV: ("num_epochs", 2),
     SHORT_ITERS_ENV: ("num_iterations_per_epoch", 10),
     SHORT_VAL_ITERS_ENV: ("num_val_iterations_per_epoch", 2),
+    SHORT_SAVE_EVERY_ENV: ("save_every", 50),
 }
 
 

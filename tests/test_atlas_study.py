@@ -1,0 +1,52 @@
+"""``benchmarks/RESULTS.md``'s "Real anatomy" commands (``benchmarks/atlas_study.sh``) run as written, on tiny
+settings (``TINY=1``: 10 + 2 cases, 2 epochs of 2 iterations), in a temporary study folder: the dataset, the
+teacher, the t=2 / t=3 students and the curves of all three. The figures mean nothing. Skipped where Debian's
+mricron-data (the template and atlas) is not installed."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recokd.data.atlas import DEFAULT_ATLAS, DEFAULT_TEMPLATE
+from tests.doc_blocks import ROOT, code_blocks
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (DEFAULT_TEMPLATE.is_file() and DEFAULT_ATLAS.is_file()),
+                       reason="needs Debian's mricron-data (apt-get install mricron-data)"),
+]
+
+
+SECTION = "## Real anatomy: subcortical structures (issue 28)"
+
+
+@pytest.mark.timeout(1800)
+def test_atlas_study_commands_run_as_written(tmp_path: Path) -> None:
+    (block,) = code_blocks("benchmarks/RESULTS.md", SECTION, "bash")
+    study = tmp_path / "atlas"
+    env = {**os.environ, "TINY": "1", "STUDY": str(study), "PY": sys.executable,
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env.pop(var, None)  # the script sets its own
+    script = tmp_path / "commands.sh"
+    script.write_text("set -euo pipefail\n" + block)
+    proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert "Traceback" not in log, log[-6000:]
+    results = study / "data/nnUNet_results/Dataset811_Subcortical"
+    plans = ("nnUNetPlans", "nnUNetPlans_recokd_t2", "nnUNetPlans_recokd_t3")
+    for p in plans:
+        assert (results / f"nnUNetTrainerShortNoDA__{p}__3d_fullres/fold_0/checkpoint_final.pth").is_file(), p
+    with (study / "curves.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["run"].split("__")[1] for r in rows} == set(plans)
+    assert len(rows) == 3 * 2  # every epoch of every run
+    assert "Amygdala_R" in rows[0] and "Caudate_L" in rows[0]
+    assert (study / "curves.png").stat().st_size > 0
