@@ -121,3 +121,22 @@ def test_a_truncated_checkpoint_is_named_with_the_ways_on(tmp_path: Path) -> Non
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(UserError, match="is not an nnU-Net checkpoint"):
         read_checkpoint(str(tmp_path / "list.pth"))
+
+
+@pytest.mark.slow
+def test_stock_short_trainer_continues_with_c(kd_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``nnUNetv2_train --c`` of our stock short trainers (teacher and no-KD students of the bench, which
+    resumes them): the readable-checkpoint check must hand nnU-Net's load_checkpoint a path, not a dict
+    (nnunetv2 2.8 raised UnboundLocalError on a dict)."""
+    from nnunetv2.run.run_training import run_training
+
+    from tests.nnunet.conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, TEACHER_TRAINER
+
+    fold = kd_env.results / DATASET_NAME / f"{TEACHER_TRAINER}__nnUNetPlans__{CONFIGURATION}" / "fold_3"
+    run_training(str(DATASET_ID), CONFIGURATION, 3, TEACHER_TRAINER, "nnUNetPlans",
+                 device=torch.device("cpu"))
+    assert torch.load(fold / "checkpoint_final.pth", weights_only=False)["current_epoch"] == 1
+    monkeypatch.setenv("RECOKD_SHORT_EPOCHS", "2")
+    run_training(str(DATASET_ID), CONFIGURATION, 3, TEACHER_TRAINER, "nnUNetPlans", continue_training=True,
+                 device=torch.device("cpu"))
+    assert torch.load(fold / "checkpoint_final.pth", weights_only=False)["current_epoch"] == 2

@@ -37,16 +37,19 @@ def scans(phantom_dataset: PhantomDataset, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_fold_teacher(teacher: Path, nnunet_dirs) -> Path:
-    """The session teacher with a second fold (fold 1) trained the same stock way."""
+def two_fold_teacher(teacher: Path, nnunet_dirs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session teacher's model folder with a second fold (fold 1) trained the same stock
+    way; the session teacher itself keeps its one fold (other tests count its folds)."""
     from nnunetv2.run.run_training import run_training
 
-    if not (teacher / "fold_1" / "checkpoint_final.pth").is_file():
-        with pytest.MonkeyPatch.context() as mp:
-            apply_env(mp, nnunet_dirs)
-            run_training(str(DATASET_ID), CONFIGURATION, 1, TEACHER_TRAINER, "nnUNetPlans",
-                         device=torch.device("cpu"))
-    return teacher
+    with pytest.MonkeyPatch.context() as mp:
+        apply_env(mp, nnunet_dirs)
+        run_training(str(DATASET_ID), CONFIGURATION, 1, TEACHER_TRAINER, "nnUNetPlans",
+                     device=torch.device("cpu"))
+    copy = tmp_path_factory.mktemp("two_folds") / DATASET_NAME / teacher.name
+    shutil.copytree(teacher, copy)
+    shutil.rmtree(teacher / "fold_1")
+    return copy
 
 
 def _tree(folder: Path) -> dict[str, bytes]:

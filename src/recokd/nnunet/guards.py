@@ -106,5 +106,8 @@ class ReadableCheckpoints:
 
     def load_checkpoint(self, filename_or_checkpoint):
         if isinstance(filename_or_checkpoint, str | os.PathLike):
-            filename_or_checkpoint = read_checkpoint(str(filename_or_checkpoint), self.device)
+            # a clear error for a truncated file first; nnU-Net's own load_checkpoint then reads it again,
+            # from its path (nnunetv2 2.8 handles no checkpoint dict: it raises UnboundLocalError)
+            filename_or_checkpoint = str(filename_or_checkpoint)
+            read_checkpoint(filename_or_checkpoint, self.device)
         return super().load_checkpoint(filename_or_checkpoint)
