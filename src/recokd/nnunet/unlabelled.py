@@ -10,7 +10,8 @@ foreground locations. The folder is
     ``$nnUNet_preprocessed/DatasetXXX_Name/unlabelled/<scan folder name>_<path hash>/<data identifier>``
 
 so that several scan folders and configurations live side by side; finished cases are skipped on the
-next call (a case's ``.pkl`` is written last, through a temporary name).
+next call (a case's files are written under partial names and renamed when complete, its ``.pkl`` last:
+:mod:`recokd.atomic_files`).
 
 During training (:class:`MixedBatches`) each batch of ``B`` patches takes ``B_u`` patches from the
 unlabelled scans and ``B - B_u`` from nnU-Net's labelled loader, both through the run's own augmentation:
@@ -23,8 +24,6 @@ and hands the trainer a ``"labelled"`` mask (``B`` booleans).
 from __future__ import annotations
 
 import hashlib
-import os
-import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recokd.atomic_files import atomic_paths, partial_path, remove_stale_partials
 from recokd.errors import UserError
 
 #: the default share of unlabelled patches in a batch (:func:`unlabelled_batch_size`)
@@ -131,6 +131,7 @@ def preprocess_unlabelled(
     cm = pm.get_configuration(configuration)
     preprocessor = cm.preprocessor_class(verbose=False)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)  # a killed call's half-written case, never one of the dataset's cases
     todo = [c for c in sorted(cases) if not (out / f"{c}.pkl").is_file()]
     for case in tqdm(todo, desc="preprocessing unlabelled scans", unit="scan", disable=not todo):
         files = [str(f) for f in cases[case]]
@@ -146,26 +147,25 @@ def preprocess_unlabelled(
 
 def _save_case(dataset_class: type, data: np.ndarray, seg: np.ndarray, properties: dict, out: Path,
                patch_size: list[int]) -> None:
-    """``dataset_class.save_case`` as nnU-Net's preprocessor calls it; the ``.pkl`` (what marks a case as
-    complete for :func:`preprocess_unlabelled`) is replaced last, atomically."""
+    """``dataset_class.save_case`` as nnU-Net's preprocessor calls it, under the partial name of ``out``;
+    its files are renamed into place when all are written, the ``.pkl`` (what marks a case as complete
+    for :func:`preprocess_unlabelled`) last (:func:`recokd.atomic_files.atomic_paths`)."""
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
     data = data.astype(np.float32, copy=False)
     seg = seg.astype(np.int8 if seg.max(initial=0) <= 127 else np.int16, copy=False)
-    if issubclass(dataset_class, nnUNetDatasetBlosc2):
-        from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
+    blosc2 = issubclass(dataset_class, nnUNetDatasetBlosc2)
+    files = [out.with_name(out.name + s) for s in ((".b2nd", "_seg.b2nd") if blosc2 else (".npz",))]
+    with atomic_paths(*files, out.with_name(out.name + ".pkl")):  # writes the partial names of these
+        if blosc2:
+            from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
 
-        blocks, chunks = comp_blosc2_params(data.shape, tuple(patch_size), data.itemsize)
-        blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, tuple(patch_size), seg.itemsize)
-        dataset_class.save_case(data, seg, properties, str(out), chunks=chunks, blocks=blocks,
-                                chunks_seg=chunks_seg, blocks_seg=blocks_seg)
-    else:
-        dataset_class.save_case(data, seg, properties, str(out))
-    pkl = out.with_name(out.name + ".pkl")
-    tmp = pkl.with_name(f"{pkl.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        pickle.dump(properties, f)
-    os.replace(tmp, pkl)
+            blocks, chunks = comp_blosc2_params(data.shape, tuple(patch_size), data.itemsize)
+            blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, tuple(patch_size), seg.itemsize)
+            dataset_class.save_case(data, seg, properties, str(partial_path(out)), chunks=chunks,
+                                    blocks=blocks, chunks_seg=chunks_seg, blocks_seg=blocks_seg)
+        else:
+            dataset_class.save_case(data, seg, properties, str(partial_path(out)))
 
 
 class MixedBatches:
