@@ -211,8 +211,6 @@ def _fresh_settings(args: argparse.Namespace, given: dict[str, Any]):
     if not args.teacher:
         raise UserError("--teacher is required to start a training (it may only be left out with --c)")
     values = {field: _DEFAULTS[field] for field in _SETTINGS_ARGS}
-    values["teacher_ensemble_folds"] = _DEFAULTS["teacher_ensemble_folds"]
-    values["unlabelled"] = _DEFAULTS["unlabelled"]
     values.update(given)
     settings = KDSettings(teacher=str(Path(args.teacher).expanduser().resolve()), t=args.t, c_min=args.c_min,
                           teacher_plans=args.p, **values)
@@ -263,12 +261,8 @@ def _check_before_training(settings, student_plans: dict, configuration: str, da
         from recokd.nnunet.model_folder import check_model_folder
 
         folds = [settings.teacher_fold, *settings.teacher_ensemble_folds]
+        # every fold trained with the teacher fold's plans, labels, channels and trainer: as compatible
         check_model_folder(settings.teacher, folds, checkpoint=settings.teacher_checkpoint)
-        for fold in settings.teacher_ensemble_folds:
-            member = load_trained_model(settings.teacher, fold=fold, checkpoint=settings.teacher_checkpoint,
-                                        device="cpu")
-            check_teacher_student_compatible(member, pm, cm, dataset_json,
-                                             student_num_input_channels=channels)
         print(f"teacher folds:  {folds} (ensemble: mean of their logits; features of fold "
               f"{settings.teacher_fold})")
     lm = pm.get_label_manager(dataset_json)

@@ -68,7 +68,7 @@ class DistilRequest:
     def student_plans(self) -> str:
         from recokd.nnunet.plans import student_plans_identifier
 
-        return student_plans_identifier(self.model.plans_identifier, self.t, 4)
+        return student_plans_identifier(self.model.plans_identifier, self.t)  # recokd train's --c-min default
 
     def folder(self, var: str) -> Path:
         """``OUT/<nnUNet_raw|nnUNet_preprocessed|nnUNet_results>``."""
@@ -130,8 +130,7 @@ def plan_distillation(model_folder_path: str | Path, scans: str | Path, out: str
     with warnings.catch_warnings():  # the user's nnU-Net folders may hold the teacher's dataset: no matter
         warnings.simplefilter("ignore", UserWarning)
         # on --c a finished raw dataset is kept (run_distillation skips the step): the plan only checks
-        plan = plan_pseudo_labels(model.folder, scans, raw, folds=list(model.folds), checkpoint=checkpoint,
-                                  overwrite=resume, mirroring=mirroring)
+        plan = plan_pseudo_labels(model, scans, raw, overwrite=resume, mirroring=mirroring)
     if len(plan.scans) < MIN_SCANS:
         raise UserError(f"-i {scans}: {len(plan.scans)} scan(s); label-free distillation needs at least "
                         f"{MIN_SCANS} (nnU-Net's 5-fold split holds a fifth out to measure agreement)")

@@ -122,22 +122,25 @@ def _check_labelled_fits(model: ModelFolder, folder: Path) -> None:
                         f"channel(s), the model takes {len(model.channel_names)} ({model.channel_names})")
 
 
-def plan_pseudo_labels(model_folder: str | Path, scans: str | Path, dataset: str | Path, *,
-                       folds: Sequence[int | str] | str | None = None, checkpoint: str = CHECKPOINT_FINAL,
+def plan_pseudo_labels(model_folder: str | Path | ModelFolder, scans: str | Path, dataset: str | Path,
+                       *, folds: Sequence[int | str] | str | None = None, checkpoint: str = CHECKPOINT_FINAL,
                        labelled: str | Path | None = None, overwrite: bool = False,
                        tile_step_size: float = 0.5, mirroring: bool = True) -> PseudoLabelPlan:
     """Check a pseudo-labelling request; write nothing.
 
     ``model_folder``: nnU-Net results folder (:func:`~recokd.nnunet.model_folder.check_model_folder`;
-    ``folds`` None = every fold with ``checkpoint``). ``scans``: raw images in nnU-Net naming
-    (:func:`~recokd.nnunet.scans.check_scan_folder`), whose ids must not repeat those of ``labelled`` (a raw
-    dataset folder, id or name, with the model's labels and file ending). ``dataset``: the new
-    ``DatasetXXX_Name`` (:func:`resolve_target`; replaced only with ``overwrite``; its id must be free).
+    ``folds`` None = every fold with ``checkpoint``), or a :class:`ModelFolder` checked already (its folds
+    and checkpoint are used; ``folds``/``checkpoint`` are then ignored). ``scans``: raw images in
+    nnU-Net naming (:func:`~recokd.nnunet.scans.check_scan_folder`), whose ids must not repeat those of
+    ``labelled`` (a raw dataset folder, id or name, with the model's labels and file ending).
+    ``dataset``: the new ``DatasetXXX_Name`` (:func:`resolve_target`; replaced only with ``overwrite``;
+    its id must be free).
     """
     if not 0 < tile_step_size <= 1:
         raise UserError(f"--step-size must be in (0, 1], got {tile_step_size}")
     target = resolve_target(dataset)
-    model = check_model_folder(model_folder, folds, checkpoint, role="model")
+    model = model_folder if isinstance(model_folder, ModelFolder) else \
+        check_model_folder(model_folder, folds, checkpoint, role="model")
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     previous = PlansManager(model.plans).get_configuration(model.configuration).previous_stage_name
