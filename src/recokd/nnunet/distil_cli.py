@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from recokd.cli_types import kd_option, positive_int
 from recokd.nnunet.devices import add_device_argument
@@ -73,10 +74,7 @@ def _train_args(args: argparse.Namespace) -> list[str]:
     """The ``recokd train`` flags this call passes on."""
     out = ["-tr", args.trainer, "--method", args.method, "--kd-weight", str(args.kd_weight),
            "--schedule", "constant", "--warmup", "0"]
-    for key, value in args.kd_option:
-        import json
-
-        out += ["--kd-option", f"{key}={json.dumps(value)}"]
+    out += [a for key, value in args.kd_option for a in ("--kd-option", f"{key}={json.dumps(value)}")]
     for flag in ("epochs", "iters_per_epoch", "val_iters", "optimizer", "ema", "seed"):
         value = getattr(args, flag)
         if value is not None:

@@ -312,9 +312,10 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
 
     def on_train_end(self):
         self._progress_close()
-        finish = getattr(self.dataloader_train, "_finish", None)
-        if finish is not None and not hasattr(self.dataloader_train, "generator"):
-            finish()  # MixedBatches: nnU-Net finishes only its own augmenter types
+        from recokd.nnunet.unlabelled import MixedBatches
+
+        if isinstance(self.dataloader_train, MixedBatches):  # nnU-Net finishes only its own augmenter types
+            self.dataloader_train._finish()
         super().on_train_end()
 
     # ------------------------------------------------------------------ training
