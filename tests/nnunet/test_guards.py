@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,10 +134,14 @@ def test_stock_short_trainer_continues_with_c(kd_env, monkeypatch: pytest.Monkey
     from tests.nnunet.conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, TEACHER_TRAINER
 
     fold = kd_env.results / DATASET_NAME / f"{TEACHER_TRAINER}__nnUNetPlans__{CONFIGURATION}" / "fold_3"
-    run_training(str(DATASET_ID), CONFIGURATION, 3, TEACHER_TRAINER, "nnUNetPlans",
-                 device=torch.device("cpu"))
-    assert torch.load(fold / "checkpoint_final.pth", weights_only=False)["current_epoch"] == 1
-    monkeypatch.setenv("RECOKD_SHORT_EPOCHS", "2")
-    run_training(str(DATASET_ID), CONFIGURATION, 3, TEACHER_TRAINER, "nnUNetPlans", continue_training=True,
-                 device=torch.device("cpu"))
-    assert torch.load(fold / "checkpoint_final.pth", weights_only=False)["current_epoch"] == 2
+    assert not fold.exists()
+    try:
+        run_training(str(DATASET_ID), CONFIGURATION, 3, TEACHER_TRAINER, "nnUNetPlans",
+                     device=torch.device("cpu"))
+        assert torch.load(fold / "checkpoint_final.pth", weights_only=False)["current_epoch"] == 1
+        monkeypatch.setenv("RECOKD_SHORT_EPOCHS", "2")
+        run_training(str(DATASET_ID), CONFIGURATION, 3, TEACHER_TRAINER, "nnUNetPlans",
+                     continue_training=True, device=torch.device("cpu"))
+        assert torch.load(fold / "checkpoint_final.pth", weights_only=False)["current_epoch"] == 2
+    finally:  # the session teacher is shared: later tests count its folds (fold_0 only)
+        shutil.rmtree(fold, ignore_errors=True)
