@@ -188,6 +188,7 @@ def predict_folder_with(
     num_processes_export: int = 3,
     sequential: bool = False,
     save_probabilities: bool = False,
+    resampling: str = "nnunet",
 ) -> list[str]:
     """Segment every case of ``input_dir`` (nnU-Net naming ``CASE_0000<ext>``) into ``output_dir``
     with ``predictor``, which ``load()`` initialises (it loads the exported model) once the request
@@ -195,7 +196,9 @@ def predict_folder_with(
 
     Existing outputs are only replaced with ``overwrite`` (or skipped with
     ``continue_prediction``). ``sequential`` runs preprocessing and export in this process
-    (``predict_from_files_sequential``) instead of nnU-Net's worker pools. Returns the case ids.
+    (``predict_from_files_sequential``) instead of nnU-Net's worker pools. ``resampling``: the
+    plans' own (``"nnunet"``) or nnU-Net's torch resampling (``"torch"``,
+    :mod:`recokd.nnunet.resampling`). Returns the case ids.
     """
     from recokd.nnunet.inputs import (
         check_output_folder_writable,
@@ -203,6 +206,7 @@ def predict_folder_with(
         prediction_cases,
     )
     from recokd.nnunet.prediction_export import predict_folder_atomically
+    from recokd.nnunet.resampling import apply_resampling
 
     if overwrite and continue_prediction:
         raise UserError("--overwrite and --continue-prediction exclude each other")
@@ -211,6 +215,7 @@ def predict_folder_with(
     if not in_dir.is_dir():
         raise UserError(f"input folder {in_dir} does not exist")
     load()
+    apply_resampling(predictor, resampling)
     file_ending = predictor.dataset_json["file_ending"]
     cases = prediction_cases(in_dir, file_ending, predictor.dataset_json["channel_names"])
     existing = [c for c in cases if (out_dir / f"{c}{file_ending}").exists()]
