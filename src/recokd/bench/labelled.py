@@ -63,12 +63,13 @@ def split_cases(raw_dataset: Path, k: int) -> tuple[list[str], list[str]]:
 
 
 def student_splits(labelled: list[str]) -> list[dict[str, list[str]]]:
-    """nnU-Net's own 5-fold split of the labelled cases (the split nnU-Net makes for a dataset of them)."""
+    """nnU-Net's own 5-fold split of the labelled cases (the split nnU-Net makes for a dataset of them: it
+    lists the case ids sorted), the ids as plain strings."""
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
     return [
-        {"train": sorted(s["train"]), "val": sorted(s["val"])}
-        for s in generate_crossval_split(list(labelled), seed=SPLIT_SEED, n_splits=5)
+        {"train": sorted(map(str, s["train"])), "val": sorted(map(str, s["val"]))}
+        for s in generate_crossval_split(sorted(labelled), seed=SPLIT_SEED, n_splits=5)
     ]
 
 
