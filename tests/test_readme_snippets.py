@@ -73,3 +73,17 @@ def test_readme_unlabelled_scans_commands_parse_with_the_real_parser() -> None:
         args = build_parser().parse_args(argv[1:])
         assert args.command == "pseudo-label" and args.func.__module__ == "recokd.nnunet.pseudo_label_cli"
         assert args.scans and args.dataset.startswith("Dataset")
+
+
+def test_readme_bench_commands_parse_with_the_real_parser() -> None:
+    """Every ``recokd`` line of "Benchmarking methods: recokd bench" is a valid command line, the
+    pseudo-label one included (tests/bench/test_e2e_labelled.py runs such a bench)."""
+    from recokd.bench.cli import build_selection, build_study
+    from recokd.cli import build_parser
+
+    commands = _recokd_lines("## Benchmarking methods: recokd bench")
+    assert {argv[1] for argv in commands} == {"bench"}
+    labelled = [build_parser().parse_args(argv[1:]) for argv in commands if "--labelled-cases" in argv]
+    assert len(labelled) == 1
+    study, selection = build_study(labelled[0]), build_selection(labelled[0])
+    assert study.labelled_cases == 12 and "pseudo" in selection.methods

@@ -10,11 +10,15 @@ from typing import TYPE_CHECKING
 
 from recokd.bench.config import (
     CONFIG_FILE,
+    DEFAULT_UNLABELLED_SHARE,
+    NOKD,
     PHANTOM_DATASET_ID,
     PHANTOM_DATASET_NAME,
+    PSEUDO,
     PhantomSpec,
     Selection,
     Study,
+    check_selection,
     parse_int_list,
     parse_methods,
     plan_runs,
@@ -79,7 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--methods",
         default=None,
         help="comma-separated KD methods (default: every registered one, see `recokd methods`); the "
-        "no-KD student and the teacher are always included",
+        f"no-KD student and the teacher are always included; '{PSEUDO}' adds the pseudo-label student (stock "
+        "nnU-Net on the labelled cases + the teacher's hard segmentations of the unlabelled ones, made once "
+        "per bench; needs --labelled-cases), compared like a method and, in its own table, against every KD "
+        "method",
     )
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument(
@@ -197,6 +204,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="NAME,NAME,...",
         help="classes of the 'small Dice' column (default: the phantoms' small structures)",
+    )
+    g = p.add_argument_group(
+        "labelled and unlabelled cases (the teacher knows more than the labels)",
+        "With --labelled-cases K, the first K training cases (sorted by case id) keep their labels and the "
+        "others become unlabelled scans: the teacher still trains on every case, the students see the labels "
+        f"of the K cases only. '{NOKD}' trains on the K cases (nnU-Net's 5-fold split of them, fold -f, the "
+        "same for every student), every KD run gets the other cases' images as `recokd train "
+        f"--unlabelled`, '{PSEUDO}' trains on the K cases + the teacher's pseudo-labels of the others (same "
+        "validation cases).",
+    )
+    g.add_argument(
+        "--labelled-cases",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="the students see the labels of the first K training cases only (K >= 5, fewer than the "
+        "training cases); default: every training case is labelled",
+    )
+    g.add_argument(
+        "--unlabelled-share",
+        type=float,
+        default=None,
+        metavar="F",
+        help="share of unlabelled patches in each batch of the KD runs, in (0, 1) (`recokd train "
+        f"--unlabelled-share`; default: {DEFAULT_UNLABELLED_SHARE}); with --labelled-cases only",
     )
     g = p.add_argument_group("--phantoms dataset")
     g.add_argument(
@@ -371,8 +403,23 @@ def build_study(args: argparse.Namespace) -> Study:
         test_labels=test_labels,
         small_classes=small,
         kd_options=dict(args.kd_option or []),
+        labelled_cases=args.labelled_cases,
+        unlabelled_share=(
+            args.unlabelled_share if args.unlabelled_share is not None or args.labelled_cases is None
+            else DEFAULT_UNLABELLED_SHARE
+        ),
     )
     study.validate()
+    if study.labelled_cases is not None:  # some training cases must be left unlabelled
+        if phantoms is not None and study.labelled_cases >= phantoms["cases"]:
+            raise UserError(
+                f"--labelled-cases {study.labelled_cases}: the phantoms have {phantoms['cases']} training "
+                "cases (--phantom-cases); give fewer, so that some are left as unlabelled scans"
+            )
+        if phantoms is None:
+            from recokd.bench.labelled import split_cases
+
+            split_cases(raw / dataset, study.labelled_cases)
     return study
 
 
@@ -450,7 +497,8 @@ def _run(args: argparse.Namespace) -> int:
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise UserError(f"--report-dir {report_dir}: exists and is not a folder")
     study = build_study(args)
-    study.check_kd_options(selection.methods)
+    check_selection(study, selection)
+    study.check_kd_options(selection.kd_methods)
     if args.overwrite and out.exists():
         from recokd.bench.claims import CLAIM_FILE, describe, read_claim
         from recokd.bench.executors import claim_alive

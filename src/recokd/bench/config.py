@@ -24,6 +24,14 @@ CONFIG_FILE = "bench_config.json"
 CONFIG_FORMAT = 1
 NOKD = "nokd"
 TEACHER = "teacher"
+#: reserved method: stock nnU-Net on the labelled cases + the teacher's hard pseudo-labels of the unlabelled
+#: ones (``--labelled-cases``; :mod:`recokd.bench.labelled`)
+PSEUDO = "pseudo"
+#: share of unlabelled patches per batch of the KD runs (``recokd train --unlabelled-share``'s default,
+#: :data:`recokd.nnunet.unlabelled.DEFAULT_UNLABELLED_SHARE`; kept here so that the CLI imports no torch)
+DEFAULT_UNLABELLED_SHARE = 0.5
+#: fewest labelled cases: nnU-Net's 5-fold split of them needs 5
+MIN_LABELLED_CASES = 5
 #: dataset id and name of the phantom dataset written by ``--phantoms`` (inside the bench folder)
 PHANTOM_DATASET_ID = 991
 PHANTOM_DATASET_NAME = "BenchPhantoms"
@@ -71,7 +79,7 @@ def parse_methods(text: str | None, registered: list[str] | None = None) -> list
     names = [n.strip() for n in text.split(",") if n.strip()]
 
     def valid(name: str) -> bool:
-        if name in known or name in (NOKD, TEACHER):
+        if name in known or name in (NOKD, TEACHER, PSEUDO):
             return True
         from recokd.kd.registry import parse_method_spec
 
@@ -86,7 +94,7 @@ def parse_methods(text: str | None, registered: list[str] | None = None) -> list
         raise UserError(
             f"--methods: unknown method(s) {', '.join(unknown)}; registered KD methods: {', '.join(known)} "
             f"(see `recokd methods`; weighted specs such as reco:10 or reco+logits:0.5 are accepted; "
-            f"'{NOKD}' and '{TEACHER}' are always included)"
+            f"'{NOKD}' and '{TEACHER}' are always included; '{PSEUDO}' needs --labelled-cases)"
         )
     return list(dict.fromkeys(n for n in names if n not in (NOKD, TEACHER)))
 
@@ -148,6 +156,12 @@ class Study:
     #: KD method options of every KD run (``recokd train --kd-option``): ``KEY`` goes to every KD method of
     #: the bench (each must accept it), ``METHOD.KEY`` to that method only (:meth:`kd_options_for`)
     kd_options: dict[str, Any] = field(default_factory=dict)
+    #: ``--labelled-cases K``: the students see the labels of the first K training cases (sorted ids) only,
+    #: the others are unlabelled scans (None: every training case is labelled, the students see them all)
+    labelled_cases: int | None = None
+    #: ``--unlabelled-share``: share of unlabelled patches per batch of the KD runs (None without
+    #: ``labelled_cases``)
+    unlabelled_share: float | None = None
 
     def validate(self) -> None:
         for name in ("epochs", "iters_per_epoch", "val_iters"):
@@ -163,6 +177,22 @@ class Study:
             raise UserError(f"--c-min must be >= 1, got {self.c_min}")
         check_optimizer_name(self.optimizer, "--optimizer")
         check_optimizer_name(self.teacher_optimizer, "--teacher-optimizer")
+        if self.labelled_cases is None and self.unlabelled_share is not None:
+            raise UserError("--unlabelled-share applies with --labelled-cases K only")
+        if self.labelled_cases is not None:
+            if self.labelled_cases < MIN_LABELLED_CASES:
+                raise UserError(
+                    f"--labelled-cases must be >= {MIN_LABELLED_CASES} (nnU-Net's 5-fold split of the "
+                    f"labelled cases needs 5), got {self.labelled_cases}"
+                )
+            if self.fold == "all":
+                raise UserError(
+                    "--labelled-cases needs a numbered fold -f 0..4 (fold 'all' has no validation split to "
+                    "keep the same for every student)"
+                )
+            share = self.unlabelled_share
+            if share is None or not 0 < share < 1:
+                raise UserError(f"--unlabelled-share must be in (0, 1), got {share}")
         if (self.test_images is None) != (self.test_labels is None):
             raise UserError(
                 "give --test-images and --test-labels together (or neither: imagesTs/labelsTs of "
@@ -256,6 +286,11 @@ class Selection:
     ts: list[int]
     seeds: list[int]
 
+    @property
+    def kd_methods(self) -> list[str]:
+        """:attr:`methods` that are KD runs (``recokd train``): all but ``pseudo``."""
+        return [m for m in self.methods if m != PSEUDO]
+
     def validate(self) -> None:
         if not self.ts:
             raise UserError("-t: give at least one width exponent")
@@ -290,6 +325,15 @@ class RunSpec:
         if self.method == TEACHER:
             return out / TEACHER
         return out / "runs" / f"t{self.t}" / self.method / f"seed{self.seed}"
+
+
+def check_selection(study: Study, selection: Selection) -> None:
+    """Runs the study can train: ``pseudo`` needs unlabelled cases (``--labelled-cases``)."""
+    if PSEUDO in selection.methods and study.labelled_cases is None:
+        raise UserError(
+            f"--methods {PSEUDO}: the pseudo-label student needs unlabelled cases; give --labelled-cases K "
+            "(the first K training cases keep their labels, the teacher pseudo-labels the others)"
+        )
 
 
 def plan_runs(selection: Selection) -> list[RunSpec]:

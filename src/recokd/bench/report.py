@@ -16,6 +16,9 @@ Conventions (also written into ``results.md``):
   ``delta`` is the mean of the paired differences. Holm's correction is over the methods of one t.
 - **Gap recovered** = (method - nokd) / (teacher - nokd) on the seed means, for mean Dice and
   small Dice; empty when the teacher is not better than nokd by more than 1e-9.
+- With pseudo-label runs (``pseudo``, ``--labelled-cases``), every other method is also tested against
+  them, paired in the same way (seed s vs seed s), Holm's correction over the methods of one t; these
+  columns appear only then.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recokd.bench.config import NOKD, RESULT_FILE, TEACHER
+from recokd.bench.config import NOKD, PSEUDO, RESULT_FILE, TEACHER
 from recokd.bench.stats import PairedTest, Stat, gap_recovered, holm, mean_sd, paired_test
 
 
@@ -63,6 +66,9 @@ class SummaryRow:
     class_dice: dict[str, Stat]
     test: PairedTest | None = None
     p_holm: float | None = None
+    #: the paired test against the pseudo-label student of the same t (when there are pseudo runs)
+    vs_pseudo: PairedTest | None = None
+    p_holm_vs_pseudo: float | None = None
     gap_dice: float | None = None
     gap_small: float | None = None
     parameters: int | None = None
@@ -149,7 +155,8 @@ def summarize(
     ts: Sequence[int],
     profiles: dict[str, dict[str, Any]] | None = None,
 ) -> list[SummaryRow]:
-    """One row for the teacher, then per t one for ``nokd`` and one per method (runs present only)."""
+    """One row for the teacher, then per t one for ``nokd`` and one per method (runs present only); with
+    ``pseudo`` runs of a t, every other method of that t is also tested against them (``vs_pseudo``)."""
     profiles = profiles or {}
     classes = class_names(results)
 
@@ -179,7 +186,8 @@ def summarize(
         nokd = row(NOKD, t, nokd_runs, f"t{t}") if nokd_runs else None
         if nokd:
             rows.append(nokd)
-        tested = []
+        pseudo_runs = sorted((r for r in of_t if r.method == PSEUDO), key=lambda r: r.seed or 0)
+        tested, vs_pseudo = [], []
         for m in methods:
             runs = sorted((r for r in of_t if r.method == m), key=lambda r: r.seed or 0)
             if not runs:
@@ -193,9 +201,15 @@ def summarize(
                     r.gap_small = gap_recovered(
                         r.small_dice.mean, nokd.small_dice.mean, teacher.small_dice.mean
                     )
+            if pseudo_runs and m != PSEUDO:
+                r.vs_pseudo = paired_test(runs, pseudo_runs, "the pseudo-label student")
+                vs_pseudo.append(r)
             rows.append(r)
         for r, p in zip(tested, holm([r.test.p_value for r in tested if r.test]), strict=True):
             r.p_holm = p
+        p_vs_pseudo = holm([r.vs_pseudo.p_value if r.vs_pseudo else None for r in vs_pseudo])
+        for r, p in zip(vs_pseudo, p_vs_pseudo, strict=True):
+            r.p_holm_vs_pseudo = p
     return rows
 
 
@@ -273,6 +287,11 @@ def summary_csv(rows: Sequence[SummaryRow]) -> str:
         "gflops_per_patch",
         "cpu_latency_s",
     ]
+    with_pseudo = any(r.vs_pseudo for r in rows)
+    if with_pseudo:
+        fields += [
+            "delta_dice_vs_pseudo", "wilcoxon_p_vs_pseudo", "wilcoxon_p_holm_vs_pseudo", "n_pairs_vs_pseudo"
+        ]
     out = []
     for r in rows:
         d: dict[str, Any] = {
@@ -303,6 +322,13 @@ def summary_csv(rows: Sequence[SummaryRow]) -> str:
             gflops_per_patch=None if r.flops_per_patch is None else r.flops_per_patch / 1e9,
             cpu_latency_s=r.latency_s,
         )
+        if r.vs_pseudo:
+            d.update(
+                delta_dice_vs_pseudo=r.vs_pseudo.mean_difference,
+                wilcoxon_p_vs_pseudo=r.vs_pseudo.p_value,
+                wilcoxon_p_holm_vs_pseudo=r.p_holm_vs_pseudo,
+                n_pairs_vs_pseudo=r.vs_pseudo.n_pairs,
+            )
         out.append(d)
     return _csv(fields, out)
 
@@ -327,7 +353,7 @@ def _p(p: float | None) -> str:
 
 
 def display_name(method: str) -> str:
-    return {NOKD: "no KD", TEACHER: "teacher"}.get(method, method)
+    return {NOKD: "no KD", TEACHER: "teacher", PSEUDO: "pseudo-labels"}.get(method, method)
 
 
 def _params(n: int | None) -> str:
@@ -374,6 +400,38 @@ def main_table(rows: Sequence[SummaryRow]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def pseudo_table(rows: Sequence[SummaryRow]) -> str:
+    """Each method against the pseudo-label student of its t (the rows with a ``vs_pseudo`` test)."""
+    head = [
+        "model", "t", "seeds", "mean Dice", "Δ Dice vs pseudo-labels", "p (Wilcoxon)", "p (Holm)", "pairs"
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for r in rows:
+        test = r.vs_pseudo
+        if test is None:
+            continue
+        cells = [
+            display_name(r.method),
+            "" if r.t is None else str(r.t),
+            str(len(r.seeds)),
+            _ms(r.mean_dice),
+            _f(test.mean_difference, "+.3f"),
+            _p(test.p_value),
+            _p(r.p_holm_vs_pseudo),
+            str(test.n_pairs),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: the conventions of :func:`pseudo_table` (in results.md when it is there)
+PSEUDO_CONVENTIONS = """\
+- **Δ Dice vs pseudo-labels**, **p**: each method against the pseudo-label student of the same t (stock
+  nnU-Net on the labelled cases + the teacher's hard segmentations of the unlabelled ones), paired as
+  against the no-KD student (one pair per seed and test case); **p (Holm)** over the methods of one t.
+"""
 
 
 def class_table(rows: Sequence[SummaryRow], small_classes: Sequence[str] = ()) -> str:
@@ -429,13 +487,18 @@ def results_markdown(
         "",
         main_table(rows),
         "",
+    ]
+    with_pseudo = any(r.vs_pseudo for r in rows)
+    if with_pseudo:
+        parts += ["## Against the pseudo-label student", "", pseudo_table(rows), ""]
+    parts += [
         "## Per-class Dice (mean ± sd over seeds)",
         "",
         class_table(rows, small_classes),
         "",
         "## Conventions",
         "",
-        CONVENTIONS,
+        CONVENTIONS + (PSEUDO_CONVENTIONS if with_pseudo else ""),
     ]
     if missing:
         parts += ["## Missing or failed runs (not in the tables)", "", *[f"- {m}" for m in missing], ""]

@@ -9,6 +9,8 @@ Folder layout (``OUT`` = ``-o``)::
                                      evaluation, job.json, run.log, result.json
     OUT/runs/t<T>/<method>/seed<S>/  a student run: the same files
     OUT/profile/<teacher|t<T>>.json  parameters, FLOPs, CPU latency per architecture
+    OUT/labelled/, OUT/pseudo/       --labelled-cases only: the students' views of the dataset and the
+                                     pseudo-label dataset (:mod:`recokd.bench.labelled`)
     OUT/runs.csv, summary.csv, results.md, dice_vs_latency.png, per_class_dice.png
 
 A run is finished when its ``result.json`` exists (written after its evaluation); finished runs
@@ -36,6 +38,7 @@ from recokd.bench import report
 from recokd.bench.claims import CLAIM_FILE, bench_lock, describe, read_claim
 from recokd.bench.config import (
     NOKD,
+    PSEUDO,
     RESULT_FILE,
     TEACHER,
     RunSpec,
@@ -44,6 +47,7 @@ from recokd.bench.config import (
     plan_runs,
 )
 from recokd.bench.executors import LocalExecutor, claim_alive, launch
+from recokd.bench.labelled import LabelledSplit, pseudo_splits, split_cases, write_labelled_views
 from recokd.environ import temporary_environ
 from recokd.errors import UserError
 from recokd.nnunet.layout import (
@@ -72,6 +76,8 @@ if TYPE_CHECKING:
 #: process, one export process, no torch.compile
 CPU_ENV = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
 PREPARED_FILE = "prepared.json"
+#: in OUT/labelled: the student plans the unlabelled scans are preprocessed with (--labelled-cases)
+UNLABELLED_PREPARED_FILE = "unlabelled_prepared.json"
 #: files of an nnU-Net model folder a teacher given by --teacher needs, besides its fold's checkpoint
 TEACHER_MODEL_FILES = ("plans.json", "dataset.json")
 OUTPUT_FILES = ("runs.csv", "summary.csv", "results.md", "dice_vs_latency.png", "per_class_dice.png")
@@ -90,6 +96,8 @@ class Layout:
     test_labels: Path
     teacher_model: Path  #: Trainer__Plans__Configuration folder of the teacher
     student_plans: dict[int, str] = field(default_factory=dict)
+    #: ``--labelled-cases``: the labelled/unlabelled split and its views (None: every case is labelled)
+    split: LabelledSplit | None = None
 
     @property
     def raw_folder(self) -> Path:
@@ -282,14 +290,22 @@ class BenchRunner:
     # ------------------------------------------------------------------ environment and jobs
 
     def env(
-        self, layout: Layout, results_root: Path, short_epochs: int | None = None, optimizer: str = "sgd"
+        self,
+        layout: Layout,
+        results_root: Path,
+        short_epochs: int | None = None,
+        optimizer: str = "sgd",
+        roots: tuple[Path, Path] | None = None,
     ) -> dict[str, str]:
+        """A worker's environment; ``roots``: its ``(nnUNet_raw, nnUNet_preprocessed)`` when not the bench
+        dataset's (the students' views of ``--labelled-cases``)."""
         from recokd.nnunet import add_ext_trainer_dir_to_env
 
+        raw, pre = roots if roots is not None else (layout.raw_root, layout.preprocessed_root)
         env = dict(os.environ)
         env.update(
-            nnUNet_raw=str(layout.raw_root),
-            nnUNet_preprocessed=str(layout.preprocessed_root),
+            nnUNet_raw=str(raw),
+            nnUNet_preprocessed=str(pre),
             nnUNet_results=str(results_root),
             nnUNet_wandb_enabled="0",
             PYTHONUNBUFFERED="1",
@@ -367,7 +383,40 @@ class BenchRunner:
             )
         layout = Layout(out, study.dataset, raw, pre, images, labels, teacher)
         layout.student_plans = self.student_plans(layout)
+        if study.labelled_cases is not None:
+            layout.split = self.labelled_split(layout, study.labelled_cases)
         return layout
+
+    def labelled_split(self, layout: Layout, k: int) -> LabelledSplit:
+        """``--labelled-cases K``: the split, its views (:func:`recokd.bench.labelled.write_labelled_views`)
+        and the unlabelled scans preprocessed with every student plans (a worker job, once per plans)."""
+        split = LabelledSplit(self.out, layout.dataset, *split_cases(layout.raw_folder, k))
+        write_labelled_views(
+            split, layout.raw_folder, layout.preprocessed_root / layout.dataset, self.study.fold
+        )
+        plans = [layout.student_plans[t] for t in self.selection.ts]
+        marker = split.root / UNLABELLED_PREPARED_FILE
+        done = json.loads(marker.read_text(encoding="utf-8"))["plans"] if marker.is_file() else []
+        if self.selection.kd_methods and not set(plans) <= set(done):
+            self.echo(
+                f"labelled cases: {len(split.labelled)} of {len(split.labelled) + len(split.unlabelled)}; "
+                f"preprocessing the {len(split.unlabelled)} unlabelled scan(s) for the KD runs ..."
+            )
+            job = {
+                "kind": "unlabelled",
+                "scans": str(split.scans),
+                "preprocessed_dataset": str(split.preprocessed_root / layout.dataset),
+                "plans": sorted(set(plans) | set(done)),
+                "configuration": self.study.configuration,
+                "marker": str(marker),
+            }
+            log = split.root / "unlabelled.log"
+            env = self.env(layout, self.out / TEACHER / "nnUNet_results",
+                           roots=(split.raw_root, split.preprocessed_root))
+            rc = self._launch(job, split.root / "unlabelled_job.json", log, env)
+            if rc != 0 or not marker.is_file():
+                raise UserError(f"preprocessing the unlabelled scans failed (exit code {rc}); see {log}")
+        return split
 
     def student_plans(self, layout: Layout) -> dict[int, str]:
         """Create the student plans of every t once, before any run (runs only read them)."""
@@ -397,7 +446,7 @@ class BenchRunner:
         study = self.study
         if spec.method == TEACHER:
             return layout.teacher_model
-        trainer = study.stock_trainer if spec.method == NOKD else study.kd_trainer
+        trainer = study.stock_trainer if spec.method in (NOKD, PSEUDO) else study.kd_trainer
         return model_folder(
             spec.folder(self.out) / "nnUNet_results", layout.dataset, trainer, layout.student_plans[spec.t],
             study.configuration,
@@ -418,7 +467,7 @@ class BenchRunner:
             train = None if study.teacher else {"type": "stock", "plans": study.plans}
             short_epochs = None if study.teacher else study.teacher_epochs
             optimizer = study.teacher_optimizer
-        elif spec.method == NOKD:
+        elif spec.method in (NOKD, PSEUDO):
             train = {"type": "stock", "plans": plans}
             short_epochs = study.epochs
         else:
@@ -434,6 +483,9 @@ class BenchRunner:
                 *(arg for key, value in study.kd_options_for(spec.method).items()
                   for arg in ("--kd-option", f"{key}={json.dumps(value)}")),
             ]}
+            if layout.split is not None:
+                train["argv"] += ["--unlabelled", str(layout.split.scans),
+                                  "--unlabelled-share", str(study.unlabelled_share)]
         if train is not None and train["type"] == "stock":
             train.update(
                 dataset=layout.dataset,
@@ -469,7 +521,27 @@ class BenchRunner:
                 "plans": plans,
             },
         }
-        env = self.env(layout, model.parent.parent, short_epochs, optimizer)
+        roots = None
+        split = layout.split
+        if split is not None and spec.method == PSEUDO:
+            roots = (split.pseudo_raw_root, split.pseudo_preprocessed_root)
+            job["pseudo"] = {
+                "teacher": str(layout.teacher_model),
+                "fold": study.fold,
+                "scans": str(split.scans),
+                "labelled": str(split.raw_root / layout.dataset),
+                "raw_root": str(split.pseudo_raw_root),
+                "preprocessed_root": str(split.pseudo_preprocessed_root),
+                "dataset": layout.dataset,
+                "source_preprocessed": str(layout.preprocessed_root / layout.dataset),
+                "plans": [study.plans, plans],
+                "configuration": study.configuration,
+                "splits": pseudo_splits(split.splits(), split.unlabelled),
+                "device": self.device,
+            }
+        elif split is not None and spec.method != TEACHER:
+            roots = (split.raw_root, split.preprocessed_root)
+        env = self.env(layout, model.parent.parent, short_epochs, optimizer, roots)
         if seed is not None:  # seeds the student's initialisation and data stream (recokd.nnunet.seeding)
             env[SEED_ENV] = str(seed)
         return job, env
@@ -668,6 +740,19 @@ class BenchRunner:
             " (python random, numpy and torch seeded per run)",
             f"training device(s): {', '.join(devices) or 'n/a'}; prediction without test-time mirroring",
         ]
+        if layout.split is not None:
+            split, fold = layout.split, layout.split.record(study.fold)
+            k, n_u = len(split.labelled), len(split.unlabelled)
+            n_train, n_val = len(fold["train"]), len(fold["val"])
+            lines.append(
+                f"labelled cases (--labelled-cases {k}): the teacher trained on all {k + n_u} training "
+                f"cases, every student sees the labels of the first {k} (sorted ids) only: {n_train} "
+                f"training + {n_val} validation cases (nnU-Net's 5-fold split of them, fold {study.fold}); "
+                f"the other {n_u} are unlabelled scans (KD runs: `recokd train --unlabelled`, share "
+                f"{study.unlabelled_share} of each batch; '{PSEUDO}': stock nnU-Net on the labelled "
+                "training cases + the teacher's hard pseudo-labels of the unlabelled ones, no mirroring, "
+                f"same validation cases); split: {shown(split.root / 'split.json')}"
+            )
         prof = next(iter(profiles.values()), None)
         if prof:
             p = prof["profile"]

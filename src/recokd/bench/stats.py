@@ -32,10 +32,11 @@ class Stat:
 
 @dataclass(frozen=True)
 class PairedTest:
-    """A paired test of a method against the no-KD student (:func:`paired_test`)."""
+    """A paired test of a method against a baseline, the no-KD student or the pseudo-label student
+    (:func:`paired_test`)."""
 
     n_pairs: int
-    mean_difference: float | None  #: mean of (method - nokd) over the pairs
+    mean_difference: float | None  #: mean of (method - baseline) over the pairs
     statistic: float | None
     p_value: float | None
     note: str = ""
@@ -69,11 +70,14 @@ def paired_pairs(
     return pairs
 
 
-def paired_test(method_runs: Sequence[PairedRun], nokd_runs: Sequence[PairedRun]) -> PairedTest:
-    """Two-sided Wilcoxon signed-rank test of the (seed, case) pairs against the no-KD student."""
+def paired_test(
+    method_runs: Sequence[PairedRun], nokd_runs: Sequence[PairedRun], baseline: str = "the no-KD student"
+) -> PairedTest:
+    """Two-sided Wilcoxon signed-rank test of the (seed, case) pairs against the no-KD student (or the
+    runs of another ``baseline``, named in the note of a test without pairs)."""
     pairs = paired_pairs(method_runs, nokd_runs)
     if not pairs:
-        return PairedTest(0, None, None, None, "no (seed, case) pairs with the no-KD student")
+        return PairedTest(0, None, None, None, f"no (seed, case) pairs with {baseline}")
     diffs = [a - b for a, b in pairs]
     delta = sum(diffs) / len(diffs)
     if all(d == 0 for d in diffs):

@@ -10,7 +10,9 @@ sets the environment, this module only does the work:
   fold already holds ``checkpoint_final.pth``, predict the test images (``recokd predict``),
   evaluate them (:func:`recokd.evaluation.evaluate.evaluate_folders`) and write ``result.json``
   last (its presence marks the run as finished);
-- ``profile``: :func:`recokd.evaluation.profile.profile_model` of one architecture.
+- ``profile``: :func:`recokd.evaluation.profile.profile_model` of one architecture;
+- ``unlabelled`` (``--labelled-cases``): the unlabelled scans preprocessed for the KD runs, and in a
+  ``pseudo`` run's job, before its training, the pseudo-label dataset (:mod:`recokd.bench.pseudo`).
 
 Started as ``python -c "from recokd.bench.worker import main; ..." JOB.json`` (see :func:`command`).
 """
@@ -139,6 +141,10 @@ def _run(job: dict[str, Any]) -> None:
     seed = job.get("seed")
     if seed is not None:
         seed_everything(int(seed))
+    if job.get("pseudo") is not None:
+        from recokd.bench.pseudo import ensure_pseudo_dataset
+
+        ensure_pseudo_dataset(job["pseudo"])
     trained = _train(job)
     train_s = time.perf_counter() - started
 
@@ -214,7 +220,14 @@ def _profile(job: dict[str, Any]) -> None:
     )
 
 
-JOBS = {"prepare": _prepare, "run": _run, "profile": _profile}
+def _unlabelled(job: dict[str, Any]) -> None:
+    from recokd.bench.pseudo import preprocess_scans
+
+    preprocess_scans(job)
+    write_json_atomic(Path(job["marker"]), {"plans": job["plans"]})
+
+
+JOBS = {"prepare": _prepare, "run": _run, "profile": _profile, "unlabelled": _unlabelled}
 
 
 def main(argv: list[str]) -> int:
