@@ -67,6 +67,7 @@ import torch  # noqa: E402
 
 from recokd.deploy.backends import prepare_network, synthetic_calibration, unavailable_reason  # noqa: E402
 from recokd.evaluation.profile import PeakMemory  # noqa: E402
+from recokd.evaluation.stages import export_case, measure, preprocess_case, read_case  # noqa: E402
 from recokd.nnunet.plans import build_network, scale_plans  # noqa: E402
 from recokd.nnunet.resampling import with_torch_resampling  # noqa: E402
 
@@ -132,42 +133,6 @@ def write_scan(scan: Scan, file: Path) -> None:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(tuple(float(s) for s in reversed(scan.spacing)))
     sitk.WriteImage(image, str(file), useCompression=True)
-
-
-def measured(memory: PeakMemory, fn, *args, **kwargs):
-    """``(result, seconds, peak bytes above the start)`` of ``fn(*args, **kwargs)``."""
-    memory.set_baseline()
-    memory.start()
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0, memory.peak()
-
-
-def read(file: Path):
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
-    return SimpleITKIO().read_images([str(file)])
-
-
-def preprocess(data, props: dict, plans_manager, configuration_manager, dataset_json: dict):
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-
-    return DefaultPreprocessor(verbose=False).run_case_npy(data.copy(), None, dict(props), plans_manager,
-                                                           configuration_manager, dataset_json)
-
-
-def export(logits, plans_manager, configuration_manager, dataset_json: dict, properties: dict,
-           target: Path) -> None:
-    """nnU-Net's export of one case's logits: resampled back, argmax, crop reverted, written."""
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-    from nnunetv2.inference.export_prediction import (
-        convert_predicted_logits_to_segmentation_with_correct_shape,
-    )
-
-    seg = convert_predicted_logits_to_segmentation_with_correct_shape(
-        logits, plans_manager, configuration_manager, plans_manager.get_label_manager(dataset_json),
-        dict(properties), num_threads_torch=torch.get_num_threads())
-    SimpleITKIO().write_seg(seg, str(target), dict(properties))
 
 
 class RandomLogits(torch.nn.Module):
@@ -237,16 +202,17 @@ def run_scan(key: str, scan: Scan, classes_list: list[int], models: list[str], b
             write_scan(scan, file)
         print(f"[{key}, {classes} classes] patch {patch} at {managers['nnunet'].spacing} mm", flush=True)
 
-        (data, props), t, m = measured(memory, read, file)
-        stages["read"] = {"s": t, "peak_bytes": m}
-        print(f"  read {t:.1f} s", flush=True)
+        (data, props), timing = measure(memory, read_case, pm, [str(file)])
+        stages["read"] = {"s": timing.seconds, "peak_bytes": timing.peak_memory_bytes}
+        print(f"  read {timing.seconds:.1f} s", flush=True)
         preprocessed = {}
         for res in RESAMPLINGS:
-            (arr, _, properties), t, m = measured(memory, preprocess, data, props, pm, managers[res],
-                                                  dataset_json)
-            preprocessed[res] = (torch.from_numpy(arr), properties)
-            stages[f"preprocess_{res}"] = {"s": t, "peak_bytes": m}
-            print(f"  preprocess ({res} resampling) {t:.1f} s -> {tuple(arr.shape[1:])}", flush=True)
+            (volume, properties), timing = measure(memory, preprocess_case, data, props, pm, managers[res],
+                                                   dataset_json)
+            preprocessed[res] = (volume, properties)
+            stages[f"preprocess_{res}"] = {"s": timing.seconds, "peak_bytes": timing.peak_memory_bytes}
+            print(f"  preprocess ({res} resampling) {timing.seconds:.1f} s -> {tuple(volume.shape[1:])}",
+                  flush=True)
         volume, properties = preprocessed["nnunet"]
         entry["preprocessed_shape"] = tuple(volume.shape[1:])
 
@@ -255,17 +221,20 @@ def run_scan(key: str, scan: Scan, classes_list: list[int], models: list[str], b
         for tta in (False, True):
             predictor = predictor_for(pm, managers["nnunet"], dataset_json, RandomLogits(classes, patch), tta)
             entry["tiles"] = len(predictor._internal_get_sliding_window_slicers(tuple(volume.shape[1:])))
-            result, t, m = measured(memory, predictor.predict_sliding_window_return_logits, volume)
-            stages[f"window_{'tta' if tta else 'plain'}"] = {"s": t, "peak_bytes": m}
+            result, timing = measure(memory, predictor.predict_sliding_window_return_logits, volume)
+            t = timing.seconds
+            stages[f"window_{'tta' if tta else 'plain'}"] = {"s": t, "peak_bytes": timing.peak_memory_bytes}
             logits = result if logits is None else logits
             print(f"  sliding window without the network ({'TTA' if tta else 'no TTA'}): {t:.1f} s, "
                   f"{entry['tiles']} tiles", flush=True)
         entry["logits_dtype"] = str(logits.dtype)
         for res in RESAMPLINGS:
             target = WORK / f"{key}_{classes}_{res}_seg.nii.gz"
-            _, t, m = measured(memory, export, logits, pm, managers[res], dataset_json, properties, target)
-            stages[f"export_{res}"] = {"s": t, "peak_bytes": m}
-            print(f"  export ({res} resampling) {t:.1f} s, peak {m / 2**30:.2f} GiB", flush=True)
+            _, timing = measure(memory, export_case, logits, pm, managers[res], dataset_json, properties,
+                                target)
+            stages[f"export_{res}"] = {"s": timing.seconds, "peak_bytes": timing.peak_memory_bytes}
+            print(f"  export ({res} resampling) {timing.seconds:.1f} s, peak "
+                  f"{timing.peak_memory_bytes / 2**30:.2f} GiB", flush=True)
         del logits
 
         if i > 0:  # the class count changes only the last 1x1x1 convolution: tile times measured once
@@ -314,7 +283,8 @@ def check_estimate(entry: dict, plans: dict, dataset_json: dict, plans_manager, 
     network = student_network(plans, dataset_json, "t2")
     module = prepare_network("torch-onednn", network, (1, 1, *entry["patch"]))
     predictor = predictor_for(plans_manager, configuration_manager, dataset_json, module, False)
-    _, real, _ = measured(memory, predictor.predict_sliding_window_return_logits, volume)
+    _, timing = measure(memory, predictor.predict_sliding_window_return_logits, volume)
+    real = timing.seconds
     tile = entry["network"]["t2/torch-onednn"]["tile_s"]
     estimate = tile * entry["tiles"] + entry["stages"]["window_plain"]["s"]
     entry["check"] = {"row": "t2 / torch-onednn / no TTA", "measured_s": real, "estimated_s": estimate}

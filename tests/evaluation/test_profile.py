@@ -115,12 +115,24 @@ def test_profile_cli_with_case_and_eval_json(models, tmp_path, capsys):
     assert main(args) == 0
     stdout = capsys.readouterr().out
     assert "time mirror off" in stdout and "time mirror on" not in stdout and "0.8200" in stdout
+    # the case's per-stage split: every stage timed, for each model, the network its sliding window
+    assert "per-stage split of the case, seconds (nnunet resampling" in stdout
+    after = stdout.split("per-stage split of the case")[1].splitlines()[2:4]
+    split = [line.split() for line in after]
+    assert [row[:3] for row in split] == [["teacher", "torch-onednn", "off"],
+                                          ["student", "torch-onednn", "off"]]
+    for row in split:
+        read, pre, network, export, total = map(float, row[3:8])
+        assert min(read, pre, network, export) > 0 and total == pytest.approx(read + pre + network + export,
+                                                                              abs=0.002)
     data = json.loads((out / "profile.json").read_text())
     assert data["conventions"]["flops_unit"] == FLOPS_UNIT
     assert data["conventions"]["peak_memory"].startswith("cpu ")
     assert [m["label"] for m in data["models"]] == ["teacher", "student"]
     assert [m["dice"] for m in data["models"]] == [0.82, 0.78]
     assert data["models"][0]["volume_shape"] == [20, 18, 16] and data["models"][0]["n_tiles"] == 4
+    assert set(data["models"][0]["stages"]) == {"read", "preprocess", "export"}
+    assert all(st["seconds"] > 0 for st in data["models"][1]["stages"].values())
     assert data["models"][1]["parameters_ratio"] < 1 and data["settings"]["mirroring"] == ["off"]
     rows = list(csv.DictReader((out / "profile.csv").open()))
     assert [r["label"] for r in rows] == ["teacher", "student"]
@@ -138,6 +150,10 @@ def test_bad_input(models, tmp_path, capsys):
         read_mean_dice(tmp_path / "x.json")
     with pytest.raises(UserError, match="step size must be in"):
         profile_models([ModelSpec.parse(str(teacher))], ProfileSettings(step_size=0))
+    with pytest.raises(UserError, match="--resampling applies to a real scan's stages: give --case"):
+        ProfileSettings(resampling="torch").validate()
+    with pytest.raises(UserError, match="resampling must be one of nnunet, torch"):
+        ProfileSettings(resampling="cubic").validate()
     with pytest.raises(UserError, match="labels must be unique"):
         profile_models([ModelSpec.parse(f"a={teacher}"), ModelSpec.parse(f"a={teacher}")], ProfileSettings())
     assert main(["profile", str(teacher), "--eval-json", f"nope={tmp_path / 'x.json'}"]) == 2

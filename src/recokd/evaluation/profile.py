@@ -70,6 +70,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from recokd.evaluation.stages import StageTiming
+
 FLOPS_UNIT = "FLOPs (2 per multiply-add)"
 FLOPS_COUNTER = "torch.utils.flop_counter.FlopCounterMode (conv, transposed conv, matmul; batch 1, one patch)"
 MIRROR_MODES = ("off", "on")
@@ -122,6 +124,8 @@ class ProfileSettings:
     backends: tuple[str, ...] | None = None
     #: openvino-int8: preprocessed training cases to calibrate on (4 tiles each)
     calibration_cases: int = 8
+    #: with case_files: the image and class-map resampling (recokd.nnunet.resampling: nnunet or torch)
+    resampling: str = "nnunet"
 
     def resolved_backends(self) -> tuple[str, ...]:
         if self.backends is not None:
@@ -143,6 +147,13 @@ class ProfileSettings:
                             f"{self.mirroring}")
         if self.volume_shape is not None and self.case_files is not None:
             raise UserError("give either a volume shape or a case, not both")
+        from recokd.nnunet.resampling import RESAMPLING_CHOICES
+
+        if self.resampling not in RESAMPLING_CHOICES:
+            raise UserError(f"resampling must be one of {', '.join(RESAMPLING_CHOICES)}, "
+                            f"got {self.resampling!r}")
+        if self.resampling != "nnunet" and self.case_files is None:
+            raise UserError("--resampling applies to a real scan's stages: give --case")
         shape = self.volume_shape
         if shape is not None and (len(shape) not in (2, 3) or min(shape) < 1):
             raise UserError(f"volume shape must be 2 or 3 positive sizes, got {self.volume_shape}")
@@ -196,6 +207,9 @@ class ModelProfile:
     threads: int
     memory_method: str
     timings: dict[str, ModeTiming] = field(default_factory=dict)  #: "off"/"on" -> timing
+    #: with --case: read/preprocess/export of that case (recokd.evaluation.stages), seconds and peak memory
+    stages: dict[str, StageTiming] = field(default_factory=dict)
+    resampling: str = "nnunet"
     backend: str = "torch"  #: recokd.deploy.backends name
     calibration: str | None = None  #: openvino-int8: what the quantization was calibrated on
 
@@ -379,26 +393,76 @@ def _widths(model) -> list[int] | None:
     return list(widths) if isinstance(widths, (list, tuple)) else None
 
 
-def _load_volume(model, settings: ProfileSettings, device: torch.device) -> tuple[torch.Tensor, str]:
-    """(C, *spatial) float32 input in preprocessed space, and a description of its source."""
+@dataclass
+class Volume:
+    """The sliding window's input and where it came from; a case's read/preprocess timings and the
+    properties its export needs."""
+
+    data: torch.Tensor  #: (C, *spatial) float32 in preprocessed space
+    source: str
+    properties: dict | None = None
+    stages: dict[str, StageTiming] = field(default_factory=dict)
+
+
+def _load_volume(model, settings: ProfileSettings, device: torch.device, memory: PeakMemory) -> Volume:
+    """The input of the sliding window: ``--case`` read and preprocessed by nnU-Net (both timed,
+    :mod:`recokd.evaluation.stages`, with ``settings.resampling``), else a synthetic volume."""
     import torch
+
+    from recokd.evaluation.stages import measure, preprocess_case, read_case
 
     loaded = model.loaded
     if settings.case_files:
         if len(settings.case_files) != loaded.num_input_channels:
             raise UserError(f"--case: {len(settings.case_files)} file(s) given, the model takes "
                             f"{loaded.num_input_channels} input channel(s) (one file per channel, in order)")
-        preprocessor = loaded.configuration_manager.preprocessor_class(verbose=False)
+        files = ", ".join(settings.case_files)
         try:
-            data, _seg, _props = preprocessor.run_case(list(settings.case_files), None, loaded.plans_manager,
-                                                        loaded.configuration_manager, loaded.dataset_json)
+            (image, properties), read = measure(memory, read_case, loaded.plans_manager,
+                                                settings.case_files)
         except Exception as e:
-            raise UserError(f"--case {', '.join(settings.case_files)}: nnU-Net's preprocessing failed "
-                            f"({type(e).__name__}: {e})") from e
-        return torch.from_numpy(data).float(), "case: " + ", ".join(settings.case_files)
+            raise UserError(f"--case {files}: nnU-Net's reader failed ({type(e).__name__}: {e})") from e
+        try:
+            (data, properties), pre = measure(memory, preprocess_case, image, properties,
+                                              loaded.plans_manager, _resampling_manager(loaded, settings),
+                                              loaded.dataset_json)
+        except UserError as e:
+            raise UserError(f"--case {files}: {e}") from e
+        return Volume(data, "case: " + files, properties, {"read": read, "preprocess": pre})
     shape = volume_shape_for(model.patch_size, settings.volume_shape)
     generator = torch.Generator().manual_seed(settings.seed)
-    return torch.randn(loaded.num_input_channels, *shape, generator=generator), "synthetic (standard normal)"
+    data = torch.randn(loaded.num_input_channels, *shape, generator=generator)
+    return Volume(data, "synthetic (standard normal)")
+
+
+def _resampling_manager(loaded, settings: ProfileSettings):
+    """The model's configuration manager with ``settings.resampling`` (recokd.nnunet.resampling)."""
+    import torch
+
+    from recokd.nnunet.resampling import with_torch_resampling
+
+    if settings.resampling == "torch":
+        return with_torch_resampling(loaded.configuration_manager, torch.get_num_threads())
+    return loaded.configuration_manager
+
+
+def time_export(model, settings: ProfileSettings, predictor, volume: Volume,
+                memory: PeakMemory) -> StageTiming:
+    """nnU-Net's export of ``volume``'s case (resampling back, argmax, writing to a temporary file),
+    on the logits of one untimed sliding window without mirroring."""
+    import tempfile
+
+    from recokd.evaluation.stages import export_case, measure
+
+    loaded = model.loaded
+    predictor.use_mirroring = False
+    logits = predictor.predict_sliding_window_return_logits(volume.data).cpu()
+    with tempfile.TemporaryDirectory(prefix="recokd_profile_") as tmp:
+        target = Path(tmp) / f"case{loaded.dataset_json['file_ending']}"
+        _, timing = measure(memory, export_case, logits, loaded.plans_manager,
+                            _resampling_manager(loaded, settings), loaded.dataset_json, volume.properties,
+                            target)
+    return timing
 
 
 def volume_shape_for(patch_size: list[int], volume_shape: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -508,7 +572,8 @@ def profile_model_backends(spec: ModelSpec,
                                  device=str(device))
     loaded = model.loaded
     pristine = copy.deepcopy(loaded.network)  # every backend starts from the unmodified network
-    data, source = _load_volume(model, settings, device)
+    volume = _load_volume(model, settings, device, PeakMemory(device))
+    data, source = volume.data, volume.source
     profiles, skipped = [], {}
     for backend in settings.resolved_backends():
         reason = unavailable_reason(backend)
@@ -530,6 +595,8 @@ def profile_model_backends(spec: ModelSpec,
             timings[mode] = time_sliding_window(predictor, data, mirroring=mode == "on",
                                                 repeats=settings.repeats, warmup=settings.warmup,
                                                 memory=memory)
+        if volume.properties is not None and "export" not in volume.stages:  # once per model: any backend
+            volume.stages["export"] = time_export(model, settings, predictor, volume, memory)
         profiles.append(_model_profile(spec, model, data, source, predictor, device, memory, timings, backend,
                                        calibration_note))
         del network, predictor
@@ -539,7 +606,8 @@ def profile_model_backends(spec: ModelSpec,
         # the allocator then reuses inside the measured window
         parameters = count_parameters(pristine)
         flops = count_flops(pristine, model.patch_input_shape, device)
-        profiles = [replace(p, parameters=parameters, flops_per_patch=flops) for p in profiles]
+        profiles = [replace(p, parameters=parameters, flops_per_patch=flops, stages=dict(volume.stages),
+                            resampling=settings.resampling) for p in profiles]
     return profiles, skipped
 
 

@@ -42,8 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="synthetic volume size in preprocessed space, e.g. 128 128 128 (default: twice "
                           "the first model's patch size; a 2d model: 8 slices of twice its patch)")
     src.add_argument("--case", nargs="+", metavar="FILE",
-                     help="a real image (one file per input channel), preprocessed by each model's nnU-Net "
-                          "preprocessor (not timed)")
+                     help="a real image (one file per input channel): read and preprocessed by each "
+                          "model's nnU-Net reader and preprocessor, its sliding window and nnU-Net's export "
+                          "(resampling back, argmax, writing) timed too: the per-stage split recokd predict "
+                          "spends on it")
+    p.add_argument("--resampling", choices=("nnunet", "torch"), default="nnunet",
+                   help="with --case: the resampling of the image and the class maps, as recokd predict "
+                        "--resampling (default: %(default)s, the plans' own)")
     p.add_argument("--step-size", type=float, default=0.5,
                    help="sliding window tile step (default: %(default)s)")
     mirror = p.add_mutually_exclusive_group()
@@ -116,6 +121,7 @@ def _profile(args: argparse.Namespace) -> int:
         volume_shape=tuple(args.volume_shape) if args.volume_shape else None,
         case_files=tuple(args.case) if args.case else None, fold=fold, checkpoint=args.checkpoint,
         isolate=not args.no_isolate, backends=_backends(args), calibration_cases=args.calibration_cases,
+        resampling=args.resampling,
     )
     settings.validate()
     if args.output is not None:  # refuse early, not after minutes of timing

@@ -137,7 +137,26 @@ def format_table(report: ProfileReport, dice: dict[str, float] | None = None) ->
                          for i, (v, w) in enumerate(zip(values, widths, strict=True)))
 
     lines = [line(cols), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
-    return "\n".join(header_lines(report) + [""] + lines)
+    return "\n".join(header_lines(report) + [""] + lines + stage_lines(report))
+
+
+def stage_lines(report: ProfileReport) -> list[str]:
+    """With ``--case``: the per-stage split of that case as ``recokd predict`` spends it (read,
+    preprocess, network = sliding window (median), export), one row per model, backend and mirroring."""
+    models = [m for m in report.models if m.stages]
+    if not models:
+        return []
+    out = ["", f"per-stage split of the case, seconds ({models[0].resampling} resampling; network: the "
+               "sliding window's median; export: resampling back, argmax, writing):",
+           "model  backend  mirroring  read  preprocess  network  export  total  network share"]
+    for m in models:
+        for mode, timing in m.timings.items():
+            parts = [m.stages["read"].seconds, m.stages["preprocess"].seconds, timing.median_s,
+                     m.stages["export"].seconds]
+            total = sum(parts)
+            out.append(f"{m.label}  {m.backend}  {mode}  " + "  ".join(f"{x:.3f}" for x in parts)
+                       + f"  {total:.3f}  {timing.median_s / total:.0%}")
+    return out
 
 
 def report_dict(report: ProfileReport, dice: dict[str, float] | None = None) -> dict[str, Any]:
