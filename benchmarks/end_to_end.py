@@ -73,6 +73,7 @@ from recokd.nnunet.resampling import with_torch_resampling  # noqa: E402
 
 CONFIG = "3d_fullres"
 RESAMPLINGS = ("nnunet", "torch")
+WIDE_STEP = 0.75  #: the sliding window's tile step of the fewer-tiles variant (nnU-Net's default: 0.5)
 
 
 @dataclass(frozen=True)
@@ -148,12 +149,13 @@ class RandomLogits(torch.nn.Module):
         return self.tile.expand(x.shape[0], *self.tile.shape[1:])
 
 
-def predictor_for(plans_manager, configuration_manager, dataset_json, network, mirroring: bool):
+def predictor_for(plans_manager, configuration_manager, dataset_json, network, mirroring: bool,
+                  step: float = 0.5):
     """nnU-Net's predictor around ``network`` (no file I/O, no torch.compile)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     with contextlib.redirect_stdout(io.StringIO()):
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+        predictor = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=mirroring,
                                     perform_everything_on_device=False, device=torch.device("cpu"),
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.plans_manager = plans_manager
@@ -228,6 +230,14 @@ def run_scan(key: str, scan: Scan, classes_list: list[int], models: list[str], b
             print(f"  sliding window without the network ({'TTA' if tta else 'no TTA'}): {t:.1f} s, "
                   f"{entry['tiles']} tiles", flush=True)
         entry["logits_dtype"] = str(logits.dtype)
+        # fewer overlapping tiles (issue 29 item 3): step 0.75, no TTA; accuracy: resampling_accuracy.py
+        predictor = predictor_for(pm, managers["nnunet"], dataset_json, RandomLogits(classes, patch), False,
+                                  step=WIDE_STEP)
+        entry["tiles_wide"] = len(predictor._internal_get_sliding_window_slicers(tuple(volume.shape[1:])))
+        _, timing = measure(memory, predictor.predict_sliding_window_return_logits, volume)
+        stages["window_wide"] = {"s": timing.seconds, "peak_bytes": timing.peak_memory_bytes}
+        print(f"  sliding window without the network (step {WIDE_STEP}): {timing.seconds:.1f} s, "
+              f"{entry['tiles_wide']} tiles", flush=True)
         for res in RESAMPLINGS:
             target = WORK / f"{key}_{classes}_{res}_seg.nii.gz"
             _, timing = measure(memory, export_case, logits, pm, managers[res], dataset_json, properties,
@@ -296,16 +306,45 @@ def rows(entry: dict) -> list[dict]:
     st, out = entry["stages"], []
     for name, net in entry["network"].items():
         model, backend = name.split("/")
-        for tta in (False, True):
+        variants = [(False, 0.5, "window_plain", entry["tiles"]), (True, 0.5, "window_tta", entry["tiles"]),
+                    (False, WIDE_STEP, "window_wide", entry["tiles_wide"])]
+        for tta, step, window_key, tiles in variants:
             passes = 8 if tta else 1
-            window = st["window_tta" if tta else "window_plain"]["s"]
             for res in RESAMPLINGS:
                 stages = {"read": st["read"]["s"], "preprocess": st[f"preprocess_{res}"]["s"],
-                          "network": net["tile_s"] * entry["tiles"] * passes + window,
+                          "network": net["tile_s"] * tiles * passes + st[window_key]["s"],
                           "export": st[f"export_{res}"]["s"]}
-                out.append({"model": model, "backend": backend, "tta": tta, "resampling": res, **stages,
-                            "total": sum(stages.values())})
+                out.append({"model": model, "backend": backend, "tta": tta, "step": step, "resampling": res,
+                            **stages, "total": sum(stages.values())})
     return out
+
+
+def targets(by: dict, stock: dict | None) -> list[str]:
+    """Issue 29's three targets, each met or missed, from one scan's rows (one fold, step 0.5)."""
+    out = ["Targets (issue 29):\n"]
+    for res in RESAMPLINGS:
+        for backend in ("torch-onednn", "openvino"):
+            t2 = by.get(("t2", backend, False, 0.5, res))
+            teacher = by.get(("teacher", backend, False, 0.5, res))
+            if t2 and teacher:
+                ratio = teacher["total"] / t2["total"]
+                out.append(f"- fp32 t=2 vs fp32 teacher, {backend}, no TTA, {res} resampling: {ratio:.1f}x "
+                           f"({'met' if ratio >= 10 else 'missed'}, target >= 10x)")
+    for res in RESAMPLINGS:
+        int8 = by.get(("t2", "openvino-int8", False, 0.5, res))
+        if int8 and stock:
+            ratio = stock["total"] / int8["total"]
+            out.append(f"- int8 t=2, no TTA, {res} resampling vs the stock teacher through nnUNetv2_predict "
+                       f"(1 fold, TTA, nnU-Net's resampling): {ratio:.1f}x "
+                       f"({'met' if ratio >= 100 else 'missed'}, target >= 100x)")
+    for res in RESAMPLINGS:
+        row = by.get(("t2", "openvino", False, 0.5, res))
+        if row:
+            share = (row["preprocess"] + row["export"]) / row["total"]
+            out.append(f"- preprocessing (with resampling) + export of the fp32 t=2 student (OpenVINO, no "
+                       f"TTA, {res} resampling): {share:.0%} of its end-to-end time "
+                       f"({'met' if share <= 0.25 else 'missed'}, target <= 25%)")
+    return [*out, ""]
 
 
 def report(results: dict, args: argparse.Namespace, cpu: str) -> str:
@@ -316,8 +355,8 @@ def report(results: dict, args: argparse.Namespace, cpu: str) -> str:
     for scan in results.values():
         for classes, entry in scan["classes"].items():
             all_rows = rows(entry)
-            by = {(r["model"], r["backend"], r["tta"], r["resampling"]): r for r in all_rows}
-            stock = by.get(("teacher", "torch", True, "nnunet"))
+            by = {(r["model"], r["backend"], r["tta"], r["step"], r["resampling"]): r for r in all_rows}
+            stock = by.get(("teacher", "torch", True, 0.5, "nnunet"))
             peaks = ", ".join(f"{r} {entry['stages'][f'export_{r}']['peak_bytes'] / 2**30:.2f} GiB"
                               for r in RESAMPLINGS)
             lines += [f"\n## {scan['scan']}, {classes} classes\n",
@@ -331,16 +370,20 @@ def report(results: dict, args: argparse.Namespace, cpu: str) -> str:
                 c = entry["check"]
                 lines.append(f"Estimate check ({c['row']}): full sliding window {c['measured_s']:.1f} s, "
                              f"estimated {c['estimated_s']:.1f} s.\n")
-            lines += ["| model | backend | TTA | resampling | read | preprocess | network | export | total | "
-                      "x stock (nnUNetv2_predict, 1 fold) | x teacher (same settings) |",
-                      "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-            for r in sorted(all_rows, key=lambda r: (r["tta"], r["resampling"], r["model"], r["backend"])):
-                same = by.get(("teacher", r["backend"], r["tta"], r["resampling"]))
+            lines += targets(by, stock)
+            lines += ["| model | backend | TTA | step | resampling | read | preprocess | network | export | "
+                      "total | outside the network | x stock (nnUNetv2_predict, 1 fold) | x teacher (same "
+                      "settings) |",
+                      "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            order = ("tta", "step", "resampling", "model", "backend")
+            for r in sorted(all_rows, key=lambda r: tuple(r[k] for k in order)):
+                same = by.get(("teacher", r["backend"], r["tta"], r["step"], r["resampling"]))
                 vs_stock = f"{stock['total'] / r['total']:.1f}x" if stock else ""
                 vs_teacher = f"{same['total'] / r['total']:.1f}x" if same else ""
-                cells = [r["model"], r["backend"], "on" if r["tta"] else "off", r["resampling"],
+                cells = [r["model"], r["backend"], "on" if r["tta"] else "off", str(r["step"]),
+                         r["resampling"],
                          *(f"{r[k]:.1f}" for k in ("read", "preprocess", "network", "export", "total")),
-                         vs_stock, vs_teacher]
+                         f"{1 - r['network'] / r['total']:.0%}", vs_stock, vs_teacher]
                 lines.append("| " + " | ".join(cells) + " |")
             if stock:
                 five = stock["total"] + 4 * (stock["network"])
