@@ -153,3 +153,36 @@ def test_torch_image_resampling_gives_nnunets_shape_and_nearly_its_values() -> N
         assert pa[key] == pb[key]
     # cubic (nnU-Net) vs linear (torch) in-plane, both nearest along z: the same image up to interpolation
     assert float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) > 0.99
+
+
+def test_class_by_class_export_equals_nnunets_export_with_torch_resampling() -> None:
+    """The streamed conversion (one class map resampled at a time, running argmax) returns exactly
+    nnU-Net's segmentation for the same torch resampling: cropped case, ties included."""
+    from nnunetv2.inference.export_prediction import (
+        convert_predicted_logits_to_segmentation_with_correct_shape as export,
+    )
+
+    from recokd.nnunet.resampling import segmentation_from_logits
+
+    plans_manager, default, fast = managers()
+    cropped = (20, 80, 84)  # the case's non-zero box inside SHAPE
+    bbox = [[3, 23], [5, 85], [4, 88]]
+    plan_shape = (50, 56, 59)
+    logits = torch.randn(CLASSES, *plan_shape, generator=torch.Generator().manual_seed(0)).half()
+    logits[2, :5] = logits[3, :5] = 9.0  # ties: the lower class wins in both
+    properties = {"spacing": list(ANISOTROPIC), "shape_before_cropping": SHAPE,
+                  "bbox_used_for_cropping": bbox, "shape_after_cropping_and_before_resampling": cropped}
+    label_manager = plans_manager.get_label_manager(
+        {"labels": {"background": 0, **{f"c{c}": c for c in range(1, CLASSES)}}})
+    reference = export(logits.clone(), plans_manager, fast, label_manager, dict(properties),
+                       num_threads_torch=2)
+    streamed = segmentation_from_logits(logits.clone(), plans_manager, fast, label_manager,
+                                        dict(properties), 2)
+    assert streamed.shape == reference.shape == SHAPE and streamed.dtype == reference.dtype
+    assert np.array_equal(streamed, reference)
+    assert (streamed == 2).any()
+    # nnU-Net's own resampling: nnU-Net's function is used as it is
+    assert np.array_equal(segmentation_from_logits(logits.clone(), plans_manager, default, label_manager,
+                                                   dict(properties), 2),
+                          export(logits.clone(), plans_manager, default, label_manager, dict(properties),
+                                 num_threads_torch=2))

@@ -63,14 +63,10 @@ def preprocess_case(data: Any, properties: dict, plans_manager: Any, configurati
 
 def export_case(logits: torch.Tensor, plans_manager: Any, configuration_manager: Any, dataset_json: dict,
                 properties: dict, target: str | Path) -> None:
-    """nnU-Net's export of one case's logits ``(classes, *plan-space shape)``: resampled back to the
-    image, argmax, crop and transpose reverted, written to ``target`` (with the file ending of the
-    dataset) by the plans' writer."""
-    from nnunetv2.inference.export_prediction import (
-        convert_predicted_logits_to_segmentation_with_correct_shape,
-    )
+    """nnU-Net's export of one case's logits ``(classes, *plan-space shape)`` as ``recokd predict``
+    runs it: resampled back to the image, argmax, crop and transpose reverted, written to ``target``
+    (with the dataset's file ending) by the plans' writer
+    (:func:`recokd.nnunet.prediction_export.write_segmentation`)."""
+    from recokd.nnunet.prediction_export import write_segmentation
 
-    segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
-        logits, plans_manager, configuration_manager, plans_manager.get_label_manager(dataset_json),
-        dict(properties), num_threads_torch=torch.get_num_threads())
-    plans_manager.image_reader_writer_class().write_seg(segmentation, str(target), dict(properties))
+    write_segmentation(logits, dict(properties), configuration_manager, plans_manager, dataset_json, target)

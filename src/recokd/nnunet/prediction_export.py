@@ -34,6 +34,7 @@ from recokd.atomic_files import (
     writing_into,
 )
 from recokd.errors import UserError
+from recokd.nnunet.resampling import segmentation_from_logits, uses_torch_resampling
 
 
 def export_prediction_atomically(predicted_array_or_file: Any, properties_dict: dict,
@@ -56,10 +57,28 @@ def export_prediction_atomically(predicted_array_or_file: Any, properties_dict: 
     with atomic_paths(*targets) as partials:
         # nnU-Net appends the endings to the partial name of OUT: the partial names atomic_paths renames
         truncated = partial_path(out)
-        export_prediction_from_logits(predicted_array_or_file, properties_dict, configuration_manager,
-                                      plans_manager, dataset_json_dict_or_file, str(truncated),
-                                      save_probabilities, **extra)
+        if save_probabilities or not uses_torch_resampling(configuration_manager):
+            export_prediction_from_logits(predicted_array_or_file, properties_dict, configuration_manager,
+                                          plans_manager, dataset_json_dict_or_file, str(truncated),
+                                          save_probabilities, **extra)
+        else:  # --resampling torch: the same segmentation, class by class (recokd.nnunet.resampling)
+            write_segmentation(predicted_array_or_file, properties_dict, configuration_manager, plans_manager,
+                               dataset_json_dict_or_file, partials[-1], num_threads_torch)
         check_readable(plans_manager.image_reader_writer_class(), partials[-1], targets[-1])
+
+
+def write_segmentation(logits: Any, properties: dict, configuration_manager: Any, plans_manager: Any,
+                       dataset_json: dict, target: str | Path, num_threads_torch: int | None = None) -> None:
+    """What nnU-Net's ``export_prediction_from_logits`` does without probabilities (segmentation in
+    the image's geometry, written by the dataset's writer to ``target``), with
+    :func:`recokd.nnunet.resampling.segmentation_from_logits` for the conversion."""
+    import torch
+
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    threads = torch.get_num_threads() if num_threads_torch is None else num_threads_torch
+    segmentation = segmentation_from_logits(logits, plans_manager, configuration_manager, label_manager,
+                                            properties, threads)
+    plans_manager.image_reader_writer_class().write_seg(segmentation, str(target), properties)
 
 
 def check_readable(reader_writer: Any, written: Path, target: Path) -> None:

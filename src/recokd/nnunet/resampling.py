@@ -66,3 +66,59 @@ def apply_resampling(predictor: Any, resampling: str) -> None:
 
         predictor.configuration_manager = with_torch_resampling(predictor.configuration_manager,
                                                                 torch.get_num_threads())
+
+
+def uses_torch_resampling(configuration_manager: Any) -> bool:
+    """Whether the configuration resamples the class maps with nnU-Net's torch resampling."""
+    return configuration_manager.configuration.get("resampling_fn_probabilities") == TORCH_RESAMPLING
+
+
+def segmentation_from_logits(logits: Any, plans_manager: Any, configuration_manager: Any, label_manager: Any,
+                             properties: dict, num_threads_torch: int) -> Any:
+    """The segmentation nnU-Net's ``convert_predicted_logits_to_segmentation_with_correct_shape``
+    returns (logits ``(classes, *plan-space shape)`` -> labels in the image's shape and axis order).
+
+    With the torch resampling of :func:`with_torch_resampling` and label (not region) outputs, the
+    same result class by class: each class map is resampled back on its own and a running maximum
+    keeps the first class with the largest value, which is ``argmax`` over all resampled maps (linear
+    and nearest interpolation act on each channel independently; ties go to the lower class, as
+    ``torch.argmax``). Memory: two resampled maps instead of all of them (16 classes on a
+    512x512x200 CT: about 0.4 GB instead of several). Otherwise nnU-Net's function, unchanged.
+    """
+    import numpy as np
+    import torch
+    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+    from nnunetv2.inference.export_prediction import (
+        convert_predicted_logits_to_segmentation_with_correct_shape,
+    )
+
+    if not uses_torch_resampling(configuration_manager) or label_manager.has_regions:
+        return convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, plans_manager, configuration_manager, label_manager, properties,
+            num_threads_torch=num_threads_torch)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads_torch)
+    try:
+        shape = properties["shape_after_cropping_and_before_resampling"]
+        target_spacing = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+        plan_spacing = configuration_manager.spacing
+        current_spacing = plan_spacing if len(plan_spacing) == len(shape) else \
+            [target_spacing[0], *plan_spacing]
+        resample = configuration_manager.resampling_fn_probabilities
+        logits = torch.as_tensor(logits)
+        best = labels = None
+        for c in range(logits.shape[0]):
+            m = torch.as_tensor(resample(logits[c:c + 1], shape, current_spacing, target_spacing))[0].float()
+            if best is None:
+                best, labels = m, torch.zeros(m.shape, dtype=torch.int16)
+                continue
+            better = m > best
+            labels[better] = c
+            best = torch.where(better, m, best)
+        segmentation = labels.numpy()
+    finally:
+        torch.set_num_threads(old_threads)
+    dtype = np.uint8 if len(label_manager.foreground_labels) < 255 else np.uint16
+    full = np.zeros(properties["shape_before_cropping"], dtype=dtype)
+    full = insert_crop_into_image(full, segmentation.astype(dtype), properties["bbox_used_for_cropping"])
+    return full.transpose(plans_manager.transpose_backward)
