@@ -8,7 +8,9 @@ their hidden ground truth):
   (``recokd train --unlabelled``, ``reco+logits``, half of every batch unlabelled);
 - ``label-free``: all 60 training phantoms without any label (``recokd distil``, fold 0 of its split);
 - ``pseudo``: stock nnU-Net on the 9 labelled cases + the teacher's segmentations of the 48 others
-  (``recokd pseudo-label``; the labelled cases' validation split kept).
+  (``recokd pseudo-label``; the labelled cases' validation split kept);
+- ``unlabelled-logits`` and ``label-free-logits``: the same two KD students with soft targets alone
+  (``--method logits``, temperature 2) instead of ``reco+logits``.
 
 Teacher: stock nnU-Net (SGD, no augmentation) for ``TEACHER_EPOCHS`` x 50 iterations on the 60 phantoms.
 Students: nnU-Net's AdamW, no augmentation, ``STUDENT_EPOCHS`` x 50 iterations, seed 0; KD weight 1,
@@ -37,6 +39,8 @@ NAMES = {DATASET: "Dataset821_P32s2Unl", LABELLED: "Dataset822_P32s2UnlFew",
          PSEUDO: "Dataset823_P32s2UnlPseudo"}
 FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 CONFIG = "3d_fullres"
+#: the KD students' methods: results-key suffix -> method (each at weight 1, constant, not swept)
+KD_VARIANTS = {"": "reco+logits", "-logits": "logits"}
 
 
 def run(command: list[str], env: dict[str, str], **extra: str) -> None:
@@ -110,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     adam = {"RECOKD_SHORT_OPTIMIZER": "adam", "RECOKD_SHORT_EPOCHS": str(student_epochs)}
     sched = ["--epochs", str(student_epochs), "--iters-per-epoch", str(iters), "--val-iters", "2",
              "--optimizer", "adam", "--seed", "0", "--device", "cpu"]
-    kd = ["-t", "3", "--method", "reco+logits", "--kd-weight", "1", "--schedule", "constant", "--warmup", "0"]
 
     def stock_student(dataset_id: int) -> Path:
         """The t=3 student of ``dataset_id`` trained by stock nnU-Net (AdamW, seed 0); its model folder."""
@@ -123,24 +126,31 @@ def main(argv: list[str] | None = None) -> int:
 
     results["labelled"] = stock_student(LABELLED)
 
-    # labelled + unlabelled scans
-    folder = res / NAMES[LABELLED] / f"nnUNetTrainerReCoKDNoDA__nnUNetPlans_recokd_t3__{CONFIG}"
-    if not (folder / "fold_0/checkpoint_final.pth").is_file():
-        resume = ["--c"] if any((folder / "fold_0").glob("checkpoint_*.pth")) else []
-        run(recokd("train", str(LABELLED), CONFIG, "0", "--teacher", str(teacher), "--unlabelled",
-                   str(unlabelled), "-tr", "nnUNetTrainerReCoKDNoDA", *kd, *sched, *resume), train_env)
-    results["unlabelled"] = folder
+    # labelled + unlabelled scans, and label-free (every training phantom, no label); each KD method in
+    # its own results folder (the same trainer, plans and fold)
+    envs: dict[str, dict[str, str]] = {}
+    for suffix, method in KD_VARIANTS.items():
+        kd = ["-t", "3", "--method", method, "--kd-weight", "1", "--schedule", "constant", "--warmup", "0"]
+        kd_res = res if not suffix else data / f"nnUNet_results{suffix}"
+        folder = kd_res / NAMES[LABELLED] / f"nnUNetTrainerReCoKDNoDA__nnUNetPlans_recokd_t3__{CONFIG}"
+        if not (folder / "fold_0/checkpoint_final.pth").is_file():
+            resume = ["--c"] if any((folder / "fold_0").glob("checkpoint_*.pth")) else []
+            run(recokd("train", str(LABELLED), CONFIG, "0", "--teacher", str(teacher), "--unlabelled",
+                       str(unlabelled), "-tr", "nnUNetTrainerReCoKDNoDA", *kd, *sched, *resume),
+                train_env, nnUNet_results=str(kd_res))
+        results[f"unlabelled{suffix}"] = folder
+        envs[f"unlabelled{suffix}"] = {**env, "nnUNet_results": str(kd_res)}
 
-    # label-free: every training phantom, no label
-    distil_out = out / "data/distil"
-    student = distil_out / "nnUNet_results" / NAMES[DATASET] / \
-        f"nnUNetTrainerReCoKDNoDA__nnUNetPlans_recokd_t3__{CONFIG}"
-    if not (student / "fold_0/checkpoint_final.pth").is_file():
-        resume = ["--c"] if distil_out.exists() else []
-        run(recokd("distil", str(teacher), "-i", str(all_scans), "-o", str(distil_out), "-tr",
-                   "nnUNetTrainerReCoKDNoDA", "--disable-tta", *kd[:2], "--method", "reco+logits",
-                   "--kd-weight", "1", *sched, *resume), train_env)
-    results["label-free"] = student
+        distil_out = out / f"data/distil{suffix}"
+        student = distil_out / "nnUNet_results" / NAMES[DATASET] / \
+            f"nnUNetTrainerReCoKDNoDA__nnUNetPlans_recokd_t3__{CONFIG}"
+        if not (student / "fold_0/checkpoint_final.pth").is_file():
+            resume = ["--c"] if distil_out.exists() else []
+            run(recokd("distil", str(teacher), "-i", str(all_scans), "-o", str(distil_out), "-tr",
+                       "nnUNetTrainerReCoKDNoDA", "--disable-tta", "-t", "3", "--method", method,
+                       "--kd-weight", "1", *sched, *resume), train_env)
+        results[f"label-free{suffix}"] = student
+        envs[f"label-free{suffix}"] = {**env, **{k: str(distil_out / k) for k in FOLDERS}}
 
     # hard pseudo-labels of the unlabelled scans + the labelled cases, the labelled validation split kept
     pseudo_raw = raw / NAMES[PSEUDO]
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if not summary.is_file():
             shutil.rmtree(predictions, ignore_errors=True)
             parts = model.name.split("__")
-            model_env = env if name != "label-free" else {**env, **{k: str(distil_out / k) for k in FOLDERS}}
+            model_env = envs.get(name, env)
             run(recokd("predict", "-i", str(full / "imagesTs"), "-o", str(predictions), "-d",
                        model.parent.name, "-c", CONFIG, "-f", "0", "-tr", parts[0], "-p", parts[1],
                        "--device", "cpu"), model_env)
@@ -198,7 +208,8 @@ def write_report(out: Path, table: dict[str, dict], teacher_epochs: int, student
         "# Distillation beyond the labels: a first look (one seed, phantoms)\n",
         f"Teacher: stock nnU-Net, SGD, no augmentation, {teacher_epochs} x {iters} iterations on {cases} "
         f"labelled phantoms. Students t=3, nnU-Net's AdamW, no augmentation, {student_epochs} x {iters} "
-        f"iterations, seed 0; KD reco+logits at weight 1, constant (not swept). {sum(split)} labelled "
+        f"iterations, seed 0; KD reco+logits at weight 1, constant (not swept); rows '-logits': --method "
+        f"logits (soft targets alone, T=2), the same weight. {sum(split)} labelled "
         f"phantoms (nnU-Net fold 0: {split[0]} train / {split[1]} validation), {cases - sum(split)} "
         "unlabelled. "
         f"Dice on the {test_cases} held-out test phantoms against their ground truth.\n",
