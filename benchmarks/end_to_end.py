@@ -146,7 +146,8 @@ class RandomLogits(torch.nn.Module):
         self.register_buffer("tile", torch.randn(1, classes, *patch, generator=seeded))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tile.expand(x.shape[0], *self.tile.shape[1:])
+        # a new tensor, as a network's last convolution writes one (nnU-Net scales it in place)
+        return self.tile.expand(x.shape[0], *self.tile.shape[1:]).clone()
 
 
 def predictor_for(plans_manager, configuration_manager, dataset_json, network, mirroring: bool,
