@@ -50,10 +50,8 @@ import io
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +60,12 @@ WORK = Path(tempfile.mkdtemp(prefix="recokd_e2e_"))
 for _name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):  # before nnunetv2 is imported
     os.environ[_name] = str(WORK / _name)
 
+sys.path.insert(0, str(ROOT))  # benchmarks.inference
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.inference import time_tile  # noqa: E402
 from recokd.deploy.backends import prepare_network, synthetic_calibration, unavailable_reason  # noqa: E402
 from recokd.evaluation.profile import PeakMemory  # noqa: E402
 from recokd.evaluation.stages import export_case, measure, preprocess_case, read_case  # noqa: E402
@@ -170,19 +171,6 @@ def predictor_for(plans_manager, configuration_manager, dataset_json, network, m
     return predictor
 
 
-def tile_seconds(module: torch.nn.Module, patch: tuple[int, ...], repeats: int) -> float:
-    """Median seconds of one tile through ``module`` after one warm-up run."""
-    x = torch.randn(1, 1, *patch)
-    with torch.no_grad():
-        module(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run_scan(key: str, scan: Scan, classes_list: list[int], models: list[str], backends: list[str],
              args: argparse.Namespace, dataset_id: int) -> dict:
     """Every stage of ``scan`` for every class count, model, backend, TTA and resampling path."""
@@ -282,7 +270,7 @@ def time_networks(entry: dict, model: str, plans: dict, dataset_json: dict, back
             if backend == "openvino-int8" else None
         module = prepare_network(backend, network, (1, 1, *patch), threads=torch.get_num_threads(),
                                  calibration=calibration)
-        t = tile_seconds(module, patch, args.tile_repeats)
+        t = time_tile(module, torch.randn(1, 1, *patch), args.tile_repeats)
         entry["network"][f"{model}/{backend}"] = {"tile_s": t}
         print(f"  {model} {backend}: {t:.2f} s per tile", flush=True)
 
