@@ -40,4 +40,4 @@ def test_end_to_end_benchmark_runs_on_tiny_scans(tmp_path: Path) -> None:
     assert len(rows) == 2 * 2 * 2 * 3 * 2
     for cells in rows:
         read, pre, network, export, total = (float(c) for c in cells[5:10])
-        assert total == pytest.approx(read + pre + network + export, abs=0.11)  # rounded to 0.1 s each
+        assert total == pytest.approx(read + pre + network + export, abs=0.26)  # 5 values rounded to 0.1 s
