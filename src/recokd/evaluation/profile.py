@@ -30,7 +30,9 @@ Conventions (also written into every JSON/CSV/table this module produces):
   The volume is either synthetic (standard normal, i.e. like z-scored data, of ``volume_shape``; by
   default twice the first model's patch size per axis; a 2d configuration's patch slides over every
   slice of a 3D volume, by default 8 slices of twice its patch) or a real case preprocessed by the model's
-  own nnU-Net preprocessor (preprocessing itself is not timed). Torch threads are set to
+  own nnU-Net preprocessor; then reading, preprocessing (with ``resampling``: the plans' own or
+  nnU-Net's torch resampling) and nnU-Net's export of that case are timed too, each on its own
+  (:mod:`recokd.evaluation.stages`): the per-stage split ``recokd predict`` spends. Torch threads are set to
   ``threads`` (note: ``nnUNetv2_predict``/``recokd predict`` cap torch threads at
   ``nnUNet_def_n_proc``, 8 by default; this profile does not).
 - **Peak memory**: CPU: the process's resident-set high-water mark during the runs of a mode minus

@@ -168,7 +168,8 @@ def report_dict(report: ProfileReport, dice: dict[str, float] | None = None) -> 
             "flops_input": "batch 1, one patch of the configuration's patch size, deep supervision off",
             "parameters": "sum of numel over network.parameters()",
             "latency": "wall clock of nnUNetPredictor.predict_sliding_window_return_logits on the full "
-                       "volume, after warm-up, median of repeats; preprocessing/export not included",
+                       "volume, after warm-up, median of repeats; preprocessing/export not included (with "
+                       "--case: models[].stages, each timed once)",
             "peak_memory": report.models[0].memory_method if report.models else "",
             "ratios": "parameters/FLOPs: this/first row; speed-ups: first/this row; same backend: first "
                       "model on this row's backend / this row",
