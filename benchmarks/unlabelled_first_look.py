@@ -10,7 +10,10 @@ their hidden ground truth):
 - ``pseudo``: stock nnU-Net on the 9 labelled cases + the teacher's segmentations of the 48 others
   (``recokd pseudo-label``; the labelled cases' validation split kept);
 - ``unlabelled-logits`` and ``label-free-logits``: the same two KD students with soft targets alone
-  (``--method logits``, temperature 2) instead of ``reco+logits``.
+  (``--method logits``, temperature 2) instead of ``reco+logits``;
+- ``unlabelled-pll-logits`` / ``unlabelled-pll-reco``: the ``unlabelled`` student with
+  ``--pseudo-label-loss`` (nnU-Net's Dice+CE on the teacher's online hard labels of the unlabelled
+  patches) and soft targets at weight 1 / ``reco+logits`` at weight 0.1.
 
 Teacher: stock nnU-Net (SGD, no augmentation) for ``TEACHER_EPOCHS`` x 50 iterations on the 60 phantoms.
 Students: nnU-Net's AdamW, no augmentation, ``STUDENT_EPOCHS`` x 50 iterations, seed 0; KD weight 1,
@@ -40,7 +43,10 @@ NAMES = {DATASET: "Dataset821_P32s2Unl", LABELLED: "Dataset822_P32s2UnlFew",
 FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 CONFIG = "3d_fullres"
 #: the KD students' methods: results-key suffix -> method (each at weight 1, constant, not swept)
-KD_VARIANTS = {"": "reco+logits", "-logits": "logits"}
+KD_VARIANTS = {"": ("reco+logits", "1", []), "-logits": ("logits", "1", []),
+               # + nnU-Net's Dice+CE on the teacher's online hard labels of the unlabelled patches
+               "-pll-logits": ("logits", "1", ["--pseudo-label-loss"]),
+               "-pll-reco": ("reco+logits", "0.1", ["--pseudo-label-loss"])}
 
 
 def run(command: list[str], env: dict[str, str], **extra: str) -> None:
@@ -129,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     # labelled + unlabelled scans, and label-free (every training phantom, no label); each KD method in
     # its own results folder (the same trainer, plans and fold)
     envs: dict[str, dict[str, str]] = {}
-    for suffix, method in KD_VARIANTS.items():
-        kd = ["-t", "3", "--method", method, "--kd-weight", "1", "--schedule", "constant", "--warmup", "0"]
+    for suffix, (method, weight, extra) in KD_VARIANTS.items():
+        kd = ["-t", "3", "--method", method, "--kd-weight", weight, "--schedule", "constant", "--warmup", "0",
+              *extra]
         kd_res = res if not suffix else data / f"nnUNet_results{suffix}"
         folder = kd_res / NAMES[LABELLED] / f"nnUNetTrainerReCoKDNoDA__nnUNetPlans_recokd_t3__{CONFIG}"
         if not (folder / "fold_0/checkpoint_final.pth").is_file():
@@ -141,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         results[f"unlabelled{suffix}"] = folder
         envs[f"unlabelled{suffix}"] = {**env, "nnUNet_results": str(kd_res)}
 
+        if extra:  # recokd distil has no such options: the label-free student is not repeated
+            continue
         distil_out = out / f"data/distil{suffix}"
         student = distil_out / "nnUNet_results" / NAMES[DATASET] / \
             f"nnUNetTrainerReCoKDNoDA__nnUNetPlans_recokd_t3__{CONFIG}"
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             resume = ["--c"] if distil_out.exists() else []
             run(recokd("distil", str(teacher), "-i", str(all_scans), "-o", str(distil_out), "-tr",
                        "nnUNetTrainerReCoKDNoDA", "--disable-tta", "-t", "3", "--method", method,
-                       "--kd-weight", "1", *sched, *resume), train_env)
+                       "--kd-weight", weight, *sched, *resume), train_env)
         results[f"label-free{suffix}"] = student
         envs[f"label-free{suffix}"] = {**env, **{k: str(distil_out / k) for k in FOLDERS}}
 
@@ -209,7 +218,8 @@ def write_report(out: Path, table: dict[str, dict], teacher_epochs: int, student
         f"Teacher: stock nnU-Net, SGD, no augmentation, {teacher_epochs} x {iters} iterations on {cases} "
         f"labelled phantoms. Students t=3, nnU-Net's AdamW, no augmentation, {student_epochs} x {iters} "
         f"iterations, seed 0; KD reco+logits at weight 1, constant (not swept); rows '-logits': --method "
-        f"logits (soft targets alone, T=2), the same weight. {sum(split)} labelled "
+        f"logits (soft targets alone, T=2), the same weight; rows '-pll-': --pseudo-label-loss, logits at "
+        f"weight 1 / reco+logits at 0.1. {sum(split)} labelled "
         f"phantoms (nnU-Net fold 0: {split[0]} train / {split[1]} validation), {cases - sum(split)} "
         "unlabelled. "
         f"Dice on the {test_cases} held-out test phantoms against their ground truth.\n",

@@ -134,6 +134,29 @@ def test_unlabelled_samples_get_the_teachers_argmax_and_labelled_ones_keep_their
     assert got[0].dtype == target[0].dtype
 
 
+def test_return_target_gives_the_teachers_labels_for_the_label_loss_even_for_a_logit_method():
+    """``return_target``: kd["target"] is the deep-supervision target with the unlabelled samples filled
+    by the teacher's argmax (what --pseudo-label-loss trains on), also when the KD method itself needs
+    no target; without unlabelled samples it is the given target, untouched."""
+    from recokd.kd.registry import build_kd_method
+
+    teacher, student, _, taps = _pair()
+    logit_kd = build_kd_method("logits", [2, 4, 8], [8, 16, 32], 3)
+    assert not logit_kd.uses_target
+    d = Distiller(teacher, student, logit_kd, taps)
+    x = torch.randn(2, 1, 16, 16, 16)
+    target = [torch.randint(0, 3, (2, 1, 16, 16, 16)), torch.randint(0, 3, (2, 1, 8, 8, 8))]
+    _, kd = d(x, target, torch.tensor([False, True]), return_target=True)
+    argmax = _teacher_logits(teacher, x).argmax(1, keepdim=True)
+    assert torch.equal(kd["target"][0][0], argmax[0])
+    assert torch.equal(kd["target"][1][0], argmax[0][:, ::2, ::2, ::2])
+    assert torch.equal(kd["target"][0][1], target[0][1]) and torch.equal(kd["target"][1][1], target[1][1])
+    _, kd = d(x, target, None, return_target=True)
+    assert kd["target"] is target
+    _, kd = d(x, target, torch.tensor([False, True]))
+    assert "target" not in kd
+
+
 def test_ms_sard_masks_of_an_unlabelled_sample_are_those_of_the_teachers_argmax():
     from recokd.kd.masks import region_weights
 

@@ -48,6 +48,8 @@ def test_settings_round_trip(tmp_path: Path) -> None:
         ("method_options", [1], "option name -> value"),
         ("version", 99, "settings format 1"),
         ("optimizer", "rmsprop", "one of sgd, adam"),
+        ("pseudo_label_loss", "yes", "true or false"),
+        ("pseudo_label_loss", True, "false without unlabelled scans"),
     ],
 )
 def test_settings_reject_bad_values_naming_file_and_field(tmp_path: Path, field: str, value,
@@ -59,6 +61,14 @@ def test_settings_reject_bad_values_naming_file_and_field(tmp_path: Path, field:
     with pytest.raises(UserError) as e:
         read_settings(path)
     assert str(path) in str(e.value) and f"'{field}'" in str(e.value) and expected in str(e.value)
+
+
+def test_pseudo_label_loss_comes_with_unlabelled_scans_and_defaults_off(tmp_path: Path) -> None:
+    given = KDSettings(teacher="/t", unlabelled="/scans", pseudo_label_loss=True)
+    path = write_settings(given, tmp_path / "s.json")
+    assert read_settings(path).pseudo_label_loss
+    path.write_text(json.dumps({"teacher": "/t"}))  # settings written before the field existed
+    assert read_settings(path).pseudo_label_loss is False
 
 
 def test_settings_reject_unknown_and_missing_fields(tmp_path: Path) -> None:

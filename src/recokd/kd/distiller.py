@@ -163,13 +163,14 @@ class Distiller(nn.Module):
         x: torch.Tensor,
         target: torch.Tensor | Sequence[torch.Tensor] | None = None,
         labelled: torch.Tensor | None = None,
+        return_target: bool = False,
     ) -> tuple[torch.Tensor | list[torch.Tensor], dict[str, torch.Tensor | float]]:
         """``labelled``: ``B`` booleans, ``None`` for all labelled. Where False, the method's target is the
-        teacher's prediction (:func:`fill_unlabelled`); the caller keeps the label loss off those samples."""
-        teacher_targets = (
-            self.kd_method.uses_target and labelled is not None and target is not None
-            and not bool(labelled.all())
-        )
+        teacher's prediction (:func:`fill_unlabelled`); the caller keeps the label loss off those samples,
+        or, with ``return_target``, takes that filled target from ``kd["target"]`` for its label loss
+        (hard pseudo-labels made online by the teacher, docs/method.md section 8)."""
+        unlabelled = labelled is not None and target is not None and not bool(labelled.all())
+        teacher_targets = unlabelled and (self.kd_method.uses_target or return_target)
         teacher_feats, teacher_logits = self.teacher_outputs(
             x, need_logits=self.kd_method.uses_logits or teacher_targets
         )
@@ -187,4 +188,6 @@ class Distiller(nn.Module):
             student_logits=_first_output(output) if self.kd_method.uses_logits else None,
             teacher_logits=teacher_logits if self.kd_method.uses_logits else None,
         )
+        if return_target:
+            kd = {**kd, "target": target}
         return output, kd

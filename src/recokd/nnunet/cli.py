@@ -55,6 +55,7 @@ _SETTINGS_ARGS: dict[str, str] = {
     "optimizer": "optimizer",
     "unlabelled_share": "unlabelled_share",
     "label_free": "label_free",
+    "pseudo_label_loss": "pseudo_label_loss",
 }
 #: KDSettings' defaults, for a fresh start and the --help texts
 _DEFAULTS: dict[str, Any] = settings_defaults()
@@ -138,6 +139,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the dataset's training labels are not ground truth (e.g. the teacher's own "
                         "segmentations): no label loss, every patch distilled as unlabelled; validation then "
                         "measures agreement with those labels (needs --warmup 0)")
+    t.add_argument("--pseudo-label-loss", action="store_true", default=None,
+                   help="with --unlabelled or --label-free: nnU-Net's Dice+CE on the unlabelled patches "
+                        "too, against the teacher's segmentation of the same patch (hard pseudo-labels made "
+                        "online), besides the KD terms")
     add_device_argument(t)
     t.add_argument("--num-gpus", "-num_gpus", type=_positive_int, default=1,
                    help="GPUs for DDP training (nnU-Net's -num_gpus)")

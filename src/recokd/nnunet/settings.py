@@ -83,6 +83,9 @@ class KDSettings:
     #: ``recokd distil``): no label loss, every training patch is distilled as unlabelled; they still decide
     #: nnU-Net's foreground sampling, and validation measures agreement with them
     label_free: bool = False
+    #: on unlabelled patches, nnU-Net's Dice+CE against the teacher's segmentation of the same augmented
+    #: patch (hard pseudo-labels made online), besides the KD terms
+    pseudo_label_loss: bool = False
     #: informational: how the student plans were derived (``recokd train`` fills these)
     t: int | None = None
     c_min: int | None = None
@@ -152,6 +155,10 @@ class KDSettings:
             raise bad("unlabelled_share", "a fraction in [0, 1)")
         if not isinstance(self.label_free, bool):
             raise bad("label_free", "true or false")
+        if not isinstance(self.pseudo_label_loss, bool):
+            raise bad("pseudo_label_loss", "true or false")
+        if self.pseudo_label_loss and self.unlabelled is None and not self.label_free:
+            raise bad("pseudo_label_loss", "false without unlabelled scans (give unlabelled or label_free)")
         if self.label_free and self.unlabelled is not None:
             raise bad("unlabelled", "null when label_free is true (every training case is then unlabelled)")
         if self.label_free and (self.kd_weight <= 0 or (self.warmup > 0 and self.schedule != "constant")):

@@ -342,8 +342,11 @@ class nnUNetTrainerReCoKD(FiniteLossGuard, TrainingProgress, SeededInitializatio
         self.optimizer.zero_grad(set_to_none=True)
         # nnU-Net's pattern: autocast on CUDA only (CPU autocast is slow, MPS complains)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output, kd = self.distiller(data, target, labelled)
-            seg_loss = self._label_loss(output, target, labelled)
+            pseudo = self.kd_settings.pseudo_label_loss and labelled is not None
+            output, kd = self.distiller(data, target, labelled, return_target=pseudo)
+            # with pseudo_label_loss: every patch, the unlabelled ones against the teacher's segmentation
+            seg_loss = self.loss(output, kd.pop("target")) if pseudo else \
+                self._label_loss(output, target, labelled)
             loss = seg_loss + self.kd_lambda * kd["loss"]
 
         kd_params = list(self.distiller.kd_parameters())
