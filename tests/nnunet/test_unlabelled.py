@@ -209,3 +209,24 @@ def test_distil_a_model_folder_alone_on_unlabelled_scans(kd_env, two_fold_teache
                             "--disable_tta"], capture_output=True, text=True, timeout=600)
     assert stock.returncode == 0, stock.stderr[-2000:]
     assert len(list((tmp_path / "stock").glob("*.nii.gz"))) == 6
+
+
+@pytest.mark.slow
+def test_pseudo_label_loss_adds_the_label_loss_of_the_unlabelled_patches(kd_env, teacher: Path,
+                                                                          scans: Path) -> None:
+    """``--pseudo-label-loss``: the same seed, the same batches; the label loss now also covers the
+    unlabelled patch (against the teacher's segmentation), so it differs from the run without it, and
+    the setting is saved for --c."""
+    fold = kd_env.results / DATASET_NAME / MODEL / "fold_2"
+    seg_losses = []
+    for extra in ([], ["--pseudo-label-loss"]):
+        rc = main([*TRAIN, "2", "--teacher", str(teacher), "--unlabelled", str(scans), "--method",
+                   "logits", "--kd-weight", "1", "--schedule", "constant", "--seed", "0", *SHORT,
+                   "--overwrite", *extra])
+        assert rc == 0
+        settings = json.loads((fold / "recokd_settings.json").read_text())
+        assert settings["pseudo_label_loss"] is bool(extra)
+        log = max(fold.glob("training_log_*.txt")).read_text()
+        kd_line = next(line for line in log.splitlines() if "KD: kd_lambda" in line)
+        seg_losses.append(float(re.search(r"seg_loss (\S+)", kd_line).group(1)))
+    assert seg_losses[0] != seg_losses[1]
