@@ -404,6 +404,8 @@ class Volume:
     source: str
     properties: dict | None = None
     stages: dict[str, StageTiming] = field(default_factory=dict)
+    #: the configuration the case was preprocessed with; its export resamples back with the same
+    configuration_manager: Any = None
 
 
 def _load_volume(model, settings: ProfileSettings, device: torch.device, memory: PeakMemory) -> Volume:
@@ -424,13 +426,13 @@ def _load_volume(model, settings: ProfileSettings, device: torch.device, memory:
                                                 settings.case_files)
         except Exception as e:
             raise UserError(f"--case {files}: nnU-Net's reader failed ({type(e).__name__}: {e})") from e
+        manager = _resampling_manager(loaded, settings)
         try:
             (data, properties), pre = measure(memory, preprocess_case, image, properties,
-                                              loaded.plans_manager, _resampling_manager(loaded, settings),
-                                              loaded.dataset_json)
+                                              loaded.plans_manager, manager, loaded.dataset_json)
         except UserError as e:
             raise UserError(f"--case {files}: {e}") from e
-        return Volume(data, "case: " + files, properties, {"read": read, "preprocess": pre})
+        return Volume(data, "case: " + files, properties, {"read": read, "preprocess": pre}, manager)
     shape = volume_shape_for(model.patch_size, settings.volume_shape)
     generator = torch.Generator().manual_seed(settings.seed)
     data = torch.randn(loaded.num_input_channels, *shape, generator=generator)
@@ -448,8 +450,7 @@ def _resampling_manager(loaded, settings: ProfileSettings):
     return loaded.configuration_manager
 
 
-def time_export(model, settings: ProfileSettings, predictor, volume: Volume,
-                memory: PeakMemory) -> StageTiming:
+def time_export(model, predictor, volume: Volume, memory: PeakMemory) -> StageTiming:
     """nnU-Net's export of ``volume``'s case (resampling back, argmax, writing to a temporary file),
     on the logits of one untimed sliding window without mirroring."""
     import tempfile
@@ -461,9 +462,8 @@ def time_export(model, settings: ProfileSettings, predictor, volume: Volume,
     logits = predictor.predict_sliding_window_return_logits(volume.data).cpu()
     with tempfile.TemporaryDirectory(prefix="recokd_profile_") as tmp:
         target = Path(tmp) / f"case{loaded.dataset_json['file_ending']}"
-        _, timing = measure(memory, export_case, logits, loaded.plans_manager,
-                            _resampling_manager(loaded, settings), loaded.dataset_json, volume.properties,
-                            target)
+        _, timing = measure(memory, export_case, logits, loaded.plans_manager, volume.configuration_manager,
+                            loaded.dataset_json, volume.properties, target)
     return timing
 
 
@@ -598,7 +598,7 @@ def profile_model_backends(spec: ModelSpec,
                                                 repeats=settings.repeats, warmup=settings.warmup,
                                                 memory=memory)
         if volume.properties is not None and "export" not in volume.stages:  # once per model: any backend
-            volume.stages["export"] = time_export(model, settings, predictor, volume, memory)
+            volume.stages["export"] = time_export(model, predictor, volume, memory)
         profiles.append(_model_profile(spec, model, data, source, predictor, device, memory, timings, backend,
                                        calibration_note))
         del network, predictor

@@ -23,9 +23,6 @@ import torch
 
 from recokd.errors import UserError
 
-#: the stages outside the network, in the order nnU-Net runs them
-STAGES = ("read", "preprocess", "export")
-
 
 @dataclass
 class StageTiming:
