@@ -141,3 +141,23 @@ def test_folds_of_different_models_are_refused(two_folds, tmp_path):
     with pytest.raises(UserError, match=r"fold_0\.onnx and .*fold_0\.onnx cannot be ensembled: their "
                                         r"plans_identifier, plans differ"):
         _runtime_predictor("onnxruntime", [a, b])
+
+
+def test_predict_onnx_refuses_folds_of_different_models(two_folds, tmp_path, capsys):
+    """The same refusal through `recokd predict-onnx --onnx A B`, with the fault matrix's checks
+    (tests/test_faults.py): exit 2, one line naming both files, no traceback, nothing written."""
+    from tests.deploy.test_onnx import write_case
+    from tests.test_faults import fails_cleanly
+
+    other = write_results_folder(tmp_path / "other", tiny_plans([4, 8, 16], [16, 16, 16], name="OtherPlans"),
+                                 folder_name="nnUNetTrainer__OtherPlans__3d_fullres")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    a = _export("onnxruntime", two_folds, 0, tmp_path / "a")
+    b = _export("onnxruntime", other, 0, tmp_path / "b")
+    cases, out = tmp_path / "cases", tmp_path / "pred"
+    write_case(cases, "case_a", (20, 16, 24), seed=1)
+    fails_cleanly(["predict-onnx", "-i", str(cases), "-o", str(out), "--onnx", str(a), str(b), "--sequential",
+                   "--threads", "1"], capsys, [str(a), str(b), "cannot be ensembled"],
+                  [cases, tmp_path / "a", tmp_path / "b", out])
+    assert not out.exists()
