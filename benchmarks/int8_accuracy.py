@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from recokd.cli import main as recokd
+from recokd.report_paths import shown_path
 
 
 def _run(args: list[str]) -> None:
@@ -92,7 +93,8 @@ def main() -> int:
             scores[backend] = _scores(ev / "summary.json")
         agree = _agreement(out / "openvino_fp32", out / "openvino_int8")
         cal = json.loads((int8 / "recokd.json").read_text())["quantization"]["calibration"]
-        rows.append({"model": name, "folder": str(folder), "scores": scores,
+        cal["folder"] = shown_path(cal["folder"], Path.cwd())  # the report's paths: from where it ran
+        rows.append({"model": name, "folder": shown_path(folder, Path.cwd()), "scores": scores,
                      "int8_vs_fp32_voxel_agreement": agree, "calibration": cal, "preset": args.preset})
 
     lines = ["| model | torch Dice | OpenVINO fp32 | int8 | int8 - fp32 | torch small | fp32 small | "
@@ -108,7 +110,8 @@ def main() -> int:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "int8_accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
-    command = "python benchmarks/int8_accuracy.py " + " ".join(sys.argv[1:])
+    here = str(Path.cwd()) + "/"  # the command as run from here, naming no developer's machine
+    command = "python benchmarks/int8_accuracy.py " + " ".join(a.replace(here, "") for a in sys.argv[1:])
     (args.out / "int8_accuracy.md").write_text(
         f"# int8 accuracy\n\n`{command}`\n\nMirroring off, fold 0, {args.calibration_cases} calibration "
         f"cases (4 tiles each, fold 0 training cases), NNCF preset {args.preset}.\n\n{table}\n")

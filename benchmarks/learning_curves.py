@@ -23,6 +23,8 @@ import re
 import sys
 from pathlib import Path
 
+from recokd.report_paths import shown_path
+
 _EPOCH = re.compile(r": Epoch (\d+)\s*$")
 _DICE = re.compile(r": Pseudo dice \[(.*)\]\s*$")
 _TIME = re.compile(r": Epoch time: ([0-9.]+) s")
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
-        print(f"wrote {args.plot}")
+        print(f"wrote {shown_path(args.plot, Path.cwd())}")  # from where it ran: no machine's path
     return 0
 
 

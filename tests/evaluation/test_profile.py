@@ -138,6 +138,14 @@ def test_profile_cli_with_case_and_eval_json(models, tmp_path, capsys):
     assert [r["label"] for r in rows] == ["teacher", "student"]
     assert rows[1]["time_mirroring_on_median_s"] == ""  # not measured
     assert int(rows[0]["parameters"]) == data["models"][0]["parameters"]
+    # paths relative to the report's folder, resolving from there to the files given (issue 31 item 10)
+    case = tmp_path / "case" / "c_0000.nii.gz"
+    assert data["settings"]["case_files"] == ["../case/c_0000.nii.gz"]
+    assert data["models"][0]["volume_source"] == "case: ../case/c_0000.nii.gz"
+    for m, row, model in zip(data["models"], rows, (teacher, student), strict=True):
+        assert not Path(m["path"]).is_absolute() and (out / m["path"]).resolve() == Path(model).resolve()
+        assert (out / m["checkpoint"]).is_file() and row["path"] == m["path"]
+    assert (out / data["settings"]["case_files"][0]).resolve() == case.resolve()
     assert (out / "dice_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
     assert main(args) == 2  # outputs exist
     assert "pass --overwrite" in capsys.readouterr().err

@@ -27,7 +27,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 from recokd.bench.config import NOKD, PSEUDO, RESULT_FILE, TEACHER
 from recokd.bench.stats import PairedTest, Stat, gap_recovered, holm, mean_sd, paired_test
+from recokd.report_paths import shown_path
 
 
 @dataclass
@@ -75,30 +75,6 @@ class SummaryRow:
     flops_per_patch: int | None = None
     latency_s: float | None = None
 
-
-# ---------------------------------------------------------------------------- paths in reports
-
-
-def shown_path(path: str | Path, base: str | Path | None) -> str:
-    """``path`` as a report shows it: relative to ``base`` (the report's folder: the bench folder,
-    or ``--report-dir``), so that a committed report names no developer's machine and its paths
-    resolve from where the report lies; unchanged without ``base`` or when no relative path exists
-    (another drive)."""
-    if base is None:
-        return str(path)
-    try:
-        return os.path.relpath(Path(path).absolute(), Path(base).absolute())
-    except ValueError:
-        return str(path)
-
-
-def shown_source(source: str, base: str | Path | None) -> str:
-    """A profile's ``volume_source`` (``"synthetic ..."`` or ``"case: FILE, FILE"``) with the case
-    files as :func:`shown_path` shows them."""
-    prefix = "case: "
-    if not source.startswith(prefix):
-        return source
-    return prefix + ", ".join(shown_path(f, base) for f in source[len(prefix):].split(", "))
 
 
 # ---------------------------------------------------------------------------- reading runs
@@ -235,7 +211,7 @@ def _csv(fields: list[str], rows: list[dict[str, Any]]) -> str:
 
 def runs_csv(results: Sequence[RunResult], base: str | Path | None = None) -> str:
     """One row per run: method, t, seed, mean/small Dice, HD95, per-class Dice, wall time, the run's
-    folder (relative to ``base``, the report's folder: :func:`shown_path`)."""
+    folder (relative to ``base``, the report's folder: :func:`recokd.report_paths.shown_path`)."""
     classes = class_names(results)
     fields = [
         "method",

@@ -15,9 +15,11 @@ from recokd.evaluation.profile import (
     FLOPS_COUNTER,
     FLOPS_UNIT,
     MIRROR_MODES,
+    ModelProfile,
     ProfileReport,
 )
 from recokd.json_files import read_json, write_json_atomic
+from recokd.report_paths import shown_path, shown_source
 
 # ---------------------------------------------------------------------------- evaluation results
 
@@ -159,9 +161,19 @@ def stage_lines(report: ProfileReport) -> list[str]:
     return out
 
 
-def report_dict(report: ProfileReport, dice: dict[str, float] | None = None) -> dict[str, Any]:
+def _model_files_shown(m: ModelProfile, base: str | Path | None) -> dict[str, str]:
+    """A model row's file fields as a report in ``base`` shows them (:mod:`recokd.report_paths`)."""
+    return {"path": shown_path(m.path, base), "checkpoint": shown_path(m.checkpoint, base),
+            "volume_source": shown_source(m.volume_source, base)}
+
+
+def report_dict(report: ProfileReport, dice: dict[str, float] | None = None,
+                base: str | Path | None = None) -> dict[str, Any]:
+    """The profile.json content; paths relative to ``base`` (the report's folder) when given."""
     dice = dice or {}
     settings = asdict(report.settings)
+    if settings.get("case_files"):
+        settings["case_files"] = [shown_path(f, base) for f in settings["case_files"]]
     return {
         "conventions": {
             "flops_unit": FLOPS_UNIT, "flops_counter": FLOPS_COUNTER,
@@ -181,13 +193,15 @@ def report_dict(report: ProfileReport, dice: dict[str, float] | None = None) -> 
         "environment": report.environment,
         "matmul_gflops": report.matmul_gflops,
         "skipped_backends": report.skipped,
-        "models": [{**asdict(m), **report.ratios(m), "dice": dice.get(m.label),
+        "models": [{**asdict(m), **_model_files_shown(m, base), **report.ratios(m), "dice": dice.get(m.label),
                     **{f"gflops_per_s_mirroring_{mode}": m.gflops_per_s(mode) for mode in MIRROR_MODES}}
                    for m in report.models],
     }
 
 
-def report_csv(report: ProfileReport, dice: dict[str, float] | None = None) -> str:
+def report_csv(report: ProfileReport, dice: dict[str, float] | None = None,
+               base: str | Path | None = None) -> str:
+    """The profile.csv content; paths relative to ``base`` (the report's folder) when given."""
     dice = dice or {}
     fields = ["label", "backend", "path", "plans", "configuration", "parameters", "parameters_ratio",
               "flops_per_patch",
@@ -203,7 +217,7 @@ def report_csv(report: ProfileReport, dice: dict[str, float] | None = None) -> s
     writer.writeheader()
     for m in report.models:
         r = report.ratios(m)
-        row = {"label": m.label, "backend": m.backend, "path": m.path, "plans": m.plans,
+        row = {"label": m.label, "backend": m.backend, "path": shown_path(m.path, base), "plans": m.plans,
                "configuration": m.configuration,
                "parameters": m.parameters, "parameters_ratio": r["parameters_ratio"],
                "flops_per_patch": m.flops_per_patch, "flops_ratio": r["flops_ratio"],
@@ -237,8 +251,8 @@ def write_report(report: ProfileReport, out_dir: str | Path, dice: dict[str, flo
         raise UserError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose "
                         "another -o folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(targets["json"], report_dict(report, dice))
-    targets["csv"].write_text(report_csv(report, dice), encoding="utf-8")
+    write_json_atomic(targets["json"], report_dict(report, dice, base=out_dir))
+    targets["csv"].write_text(report_csv(report, dice, base=out_dir), encoding="utf-8")
     if dice:
         points, mode = dice_latency_points(report, dice)
         first = report.models[0]
