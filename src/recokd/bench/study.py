@@ -230,10 +230,11 @@ def load_study(
     for name in variables:
         if name in BUILTIN_VARS:
             raise _fail(path, f"[vars] {name}", f"a built-in variable ({', '.join(BUILTIN_VARS)})")
+    tiny_values = _table(path, doc, "tiny")
+    for name, value in tiny_values.items():  # checked whether applied or not
+        _check_override(path, f"[tiny] {name}", name, value, variables)
     if tiny:
-        for name, value in _table(path, doc, "tiny").items():
-            _check_override(path, f"[tiny] {name}", name, value, variables)
-            variables[name] = value
+        variables.update(tiny_values)
     for text in sets or []:
         name, value = parse_set(text)
         _check_override(path, f"--set {text}", name, value, variables)
