@@ -16,7 +16,7 @@ from recokd.bench import runner
 from recokd.bench.cli import build_selection, build_study
 from recokd.bench.config import CONFIG_FILE, study_differences
 from recokd.bench.study import load_study
-from recokd.bench.study_steps import bench_argv
+from recokd.bench.study_steps import _copy_subset, bench_argv
 from recokd.cli import build_parser, main
 from tests.doc_blocks import ROOT
 
@@ -311,3 +311,38 @@ def test_each_bench_step_describes_its_committed_bench(
         assert selection in saved_selections[2:]
     else:
         assert selection in saved_selections, (selection, saved_selections)
+
+
+def test_a_step_is_refused_until_the_step_it_needs_has_run(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    assert main(["study", str(EVIDENCE), "backends", "--folder", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    needs = r"step 'backends' \(entry \d+\) needs \S+_adam: run the step 'adam-students' first"
+    assert re.search(needs, err), err
+    assert not (tmp_path / "data").exists()
+
+
+def test_subset_copies_the_first_cases_and_every_test_case(tmp_path: Path) -> None:
+    source, target = tmp_path / "Dataset801_A", tmp_path / "Dataset803_AFew"
+    for folder, names in (
+        ("imagesTr", ["c1_0000", "c0_0000", "c2_0000"]),
+        ("labelsTr", ["c1", "c0", "c2"]),
+        ("imagesTs", ["t0_0000"]),
+        ("labelsTs", ["t0"]),
+    ):
+        (source / folder).mkdir(parents=True)
+        for name in names:
+            (source / folder / f"{name}.nii.gz").write_text(name)
+    (source / "dataset.json").write_text(
+        json.dumps({"file_ending": ".nii.gz", "numTraining": 3, "name": "A"})
+    )
+    _copy_subset(source, target, 2, "AFew")
+    assert sorted(p.name for p in (target / "labelsTr").iterdir()) == ["c0.nii.gz", "c1.nii.gz"]
+    assert sorted(p.name for p in (target / "imagesTr").iterdir()) == ["c0_0000.nii.gz", "c1_0000.nii.gz"]
+    assert (target / "imagesTs/t0_0000.nii.gz").is_file() and (target / "labelsTs/t0.nii.gz").is_file()
+    assert json.loads((target / "dataset.json").read_text()) == {
+        "file_ending": ".nii.gz",
+        "numTraining": 2,
+        "name": "AFew",
+    }
