@@ -1,12 +1,14 @@
-"""``benchmarks/RESULTS.md``'s "Real anatomy" commands (``benchmarks/atlas_study.sh``) run as written, on tiny
-settings (``TINY=1``: 10 + 2 cases, 2 epochs of 2 iterations), in a temporary study folder: the dataset, the
-teacher, the t=2 / t=3 students and the curves of all three. The figures mean nothing. Skipped where Debian's
+"""``benchmarks/RESULTS.md``'s "Real anatomy" commands (``recokd study benchmarks/studies/atlas.toml``) run as
+written, on tiny settings (``--tiny``: 10 + 2 cases, 2 epochs of 2 iterations), in a temporary study folder
+(``--folder``): the dataset, the teacher, the t=2 / t=3 students and the curves of all three, and the
+teacher with AdamW in its own results folder. The figures mean nothing. Skipped where Debian's
 mricron-data (the template and atlas) is not installed."""
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,10 +32,12 @@ SECTION = "## Real anatomy: subcortical structures (issue 28)"
 def test_atlas_study_commands_run_as_written(tmp_path: Path) -> None:
     (block,) = code_blocks("benchmarks/RESULTS.md", SECTION, "bash")
     study = tmp_path / "atlas"
-    env = {**os.environ, "TINY": "1", "STUDY": str(study), "PY": sys.executable,
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env.pop(var, None)  # the script sets its own
+        env.pop(var, None)  # the study sets its own
+    tiny = f"--tiny --folder {study}"
+    block = re.sub(r"(recokd study \S+\.toml)", rf"\1 {tiny}", block)
+    assert block.count(tiny) == 2, block
     script = tmp_path / "commands.sh"
     script.write_text("set -euo pipefail\n" + block)
     proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -44,6 +48,9 @@ def test_atlas_study_commands_run_as_written(tmp_path: Path) -> None:
     plans = ("nnUNetPlans", "nnUNetPlans_recokd_t2", "nnUNetPlans_recokd_t3")
     for p in plans:
         assert (results / f"nnUNetTrainerShortNoDA__{p}__3d_fullres/fold_0/checkpoint_final.pth").is_file(), p
+    adamw = study / "data/nnUNet_results_adamw/Dataset811_Subcortical"
+    assert (adamw / "nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth").is_file()
+    assert "RECOKD_SHORT_OPTIMIZER=adam" in log
     with (study / "curves.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["run"].split("__")[1] for r in rows} == set(plans)

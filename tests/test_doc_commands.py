@@ -1,8 +1,8 @@
 """The command blocks the docs call exact run as written: ``benchmarks/RESULTS.md`` "Exact commands" (the
-evidence study: phantoms, planning, teacher, students, curves, both sweeps, the final bench, int8 and the
-backend profile, regime 3's dataset and benches, the longer teacher, then the by-hand predict / evaluate)
-on tiny settings (``TINY=1``: 10 + 2 phantoms, 2 iterations per epoch, 1-2 epochs, one seed), in a
-temporary study folder.
+evidence study, ``recokd study benchmarks/studies/evidence.toml``: phantoms, planning, teacher, students,
+curves, both sweeps, the final bench, int8 and the backend profile, regime 3's dataset and benches, the
+longer teacher, then the by-hand predict / evaluate) on tiny settings (``--tiny``: 10 + 2 phantoms, 2
+iterations per epoch, 1-2 epochs, one seed), in a temporary study folder (``--folder``).
 The figures mean nothing; what is tested is that every command of the block still works and writes what
 RESULTS.md says it writes."""
 
@@ -27,10 +27,12 @@ def test_results_md_exact_commands_run_as_written(tmp_path: Path) -> None:
     (block,) = code_blocks("benchmarks/RESULTS.md", "## Exact commands", "bash")
     study, deploy = tmp_path / "evidence", tmp_path / "deploy"
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "TINY": "1", "STUDY": str(study), "DEPLOY": str(deploy), "PY": sys.executable,
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env.pop(var, None)  # the block's own `eval "$(... env)"` must provide them
+        env.pop(var, None)  # the block's own `eval "$(recokd study ... --env)"` must provide them
+    tiny = f"--tiny --folder {study} --set deploy={deploy}"
+    block = re.sub(r"(recokd study \S+\.toml)", rf"\1 {tiny}", block)
+    assert block.count(tiny) >= 15, block
     script = tmp_path / "exact_commands.sh"
     script.write_text("set -euo pipefail\n" + block)
     proc = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -52,7 +54,7 @@ def test_results_md_exact_commands_run_as_written(tmp_path: Path) -> None:
                   "few-options/warmup0.6", "few-options/no-level0", "few-options/tau0", "few-nolevel0"):
         assert (study / bench / "results.md").is_file(), bench
     assert "Dataset803_P32s2p0Few" in (study / "few-final/results.md").read_text()  # regime 3's students
-    assert "seeds 0, 1 " in (study / "few-final/more-seeds/results.md").read_text()  # FEW_SEEDS=2 under TINY
+    assert "seeds 0, 1 " in (study / "few-final/more-seeds/results.md").read_text()  # few_seeds=2, --tiny
     assert "nnU-Net's data augmentation" in (study / "few-aug/results.md").read_text()
     assert "level_weights=[0, 0.7, 0.3]" in (study / "few-nolevel0/results.md").read_text()  # the KD option
     assert "tau=0" in (study / "few-options/tau0/results.md").read_text()

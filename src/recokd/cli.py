@@ -21,6 +21,7 @@ from recokd.errors import UserError
 COMMAND_MODULES: tuple[str, ...] = (
     "recokd.demo",
     "recokd.bench",
+    "recokd.bench.study_cli",
     "recokd.data.cli",
     "recokd.data.atlas_cli",
     "recokd.nnunet.plans_cli",
