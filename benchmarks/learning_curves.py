@@ -65,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.labels.split(",")]
     small = [names.index(n.strip()) for n in args.small.split(",") if n.strip() in names]
     curves = {}
-    for fold in args.folds:
+    short = [f"{fold.parent.name}/{fold.name}" for fold in args.folds]
+    for fold, label in zip(args.folds, short, strict=True):
         curve = read_curve(fold)
-        label = f"{fold.parent.name}/{fold.name}"
+        if short.count(label) > 1:  # the same model in several results folders: name the folder too
+            label = f"{fold.parent.parent.parent.name}/{label}"
         curves[label] = curve
         print(f"\n{label}  ({len(curve)} epochs x {args.iters_per_epoch} iterations)")
         print(f"{'iters':>6} {'min':>6} {'mean':>6} {'small':>6}  " + " ".join(f"{n[:8]:>8}" for n in names))

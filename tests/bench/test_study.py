@@ -49,7 +49,9 @@ def test_default_steps_are_the_scripts_defaults() -> None:
         "final",
     ]
     assert "int8" in evidence.step_names() and "few-nolevel0" in evidence.step_names()
-    assert load_study(ATLAS).default_steps() == ["data", "teacher", "teacher-adamw", "students", "curves"]
+    assert load_study(ATLAS).default_steps() == [
+        "data", "teacher", "teacher-adamw", "students", "curves", "test"
+    ]
 
 
 def test_selection_keeps_the_file_order_and_every_entry_of_a_step() -> None:
@@ -346,3 +348,43 @@ def test_subset_copies_the_first_cases_and_every_test_case(tmp_path: Path) -> No
         "numTraining": 2,
         "name": "AFew",
     }
+
+
+def test_score_predicts_with_the_models_own_results_root_then_evaluates(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    lines = _dry(capsys, str(ATLAS), "test", "--folder", "s")
+    assert len(lines) == 6  # the AdamW teacher and the two students: predict, evaluate
+    predict, evaluate = lines[0], lines[1]
+    assert predict.startswith(
+        "+ nnUNet_results=s/data/nnUNet_results_adamw recokd predict -i "
+        "s/data/nnUNet_raw/Dataset811_Subcortical/imagesTs -o s/data/predictions/teacher_adamw "
+        "-d Dataset811_Subcortical -c 3d_fullres -f 0 -tr nnUNetTrainerShortNoDA -p nnUNetPlans "
+    )
+    assert evaluate.startswith("+ recokd evaluate s/data/predictions/teacher_adamw "
+                               "s/data/nnUNet_raw/Dataset811_Subcortical/labelsTs ")
+    assert evaluate.endswith("-o s/test/teacher_adamw --overwrite > s/test/teacher_adamw.txt")
+    assert "-p nnUNetPlans_recokd_t3 " in lines[4]
+    assert lines[4].startswith("+ nnUNet_results=s/data/nnUNet_results ")
+
+
+def test_score_refuses_an_untrained_model_in_one_line(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    assert main(["study", str(ATLAS), "test", "--folder", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("recokd study: error: ") and "field 'model'" in err[-1]
+    assert "has no finished fold 0 (checkpoint_final.pth): train it first" in err[-1]
+    assert not (tmp_path / "test").exists()
+
+
+def test_curves_read_every_results_root_and_name_a_model_trained_in_two(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    model = "Dataset811_Subcortical/nnUNetTrainerShortNoDA__nnUNetPlans{}__3d_fullres/fold_0"
+    folds = [tmp_path / "data" / root / model.format(plans) for root, plans in
+             [("nnUNet_results_adamw", ""), ("nnUNet_results", "_recokd_t2"), ("nnUNet_results", "")]]
+    for fold in folds:
+        fold.mkdir(parents=True)
+    (line,) = _dry(capsys, str(ATLAS), "curves", "--folder", str(tmp_path))
+    shown = line.split(" --iters-per-epoch")[0].split()[3:]
+    assert shown == [str(folds[i]) for i in (2, 1, 0)]  # nnUNet_results first, sorted; then the AdamW teacher

@@ -13,6 +13,7 @@ what each does. Every kind skips finished work, so a study resumes when run agai
   plans (``nnUNetv2_move_plans_between_datasets``).
 - ``bench``: ``recokd bench`` with ``options`` (keys: option names without the leading dashes; ``true``
   for a flag; lists joined with commas, or repeated for repeatable options) after the named ``presets``.
+- ``score``: a trained model predicts held-out images (``recokd predict``), ``recokd evaluate`` scores them.
 - ``curves``: ``benchmarks/learning_curves.py`` on the fold folders of the matching runs.
 - ``int8``: ``benchmarks/int8_accuracy.py`` on trained models (linked under one results root).
 """
@@ -435,6 +436,40 @@ def run_bench(step: Step, ctx: Context) -> None:
     ctx.run(step, [ctx.entry_point("recokd"), "bench", *bench_argv(step)])
 
 
+# ---------------------------------------------------------------------------- score
+
+
+def run_score(step: Step, ctx: Context) -> None:
+    """A trained model (``model``: nnU-Net's Dataset/Trainer__Plans__Configuration folder, fold ``fold``)
+    predicts ``images`` into ``predictions`` with ``recokd predict`` (no test-time mirroring; skipped when
+    that folder exists), then ``recokd evaluate`` scores them against ``labels`` into ``output``
+    (summary.json, per-case CSV) and ``output``.txt (the table)."""
+    f = step.fields
+    model = Path(f["model"])
+    trainer, plans, configuration = model.name.split("__")
+    finished = (model / layout.fold_folder_name(f.get("fold", 0)) / "checkpoint_final.pth").is_file()
+    if not finished and not ctx.dry_run:
+        raise UserError(f"{ctx.study.path}: {step.where} field 'model': {model} has no finished fold "
+                            f"{f.get('fold', 0)} (checkpoint_final.pth): train it first")
+    predictions, output = Path(f["predictions"]), Path(f["output"])
+    if not predictions.exists():
+        ctx.run(step, [ctx.entry_point("recokd"), "predict", "-i", f["images"], "-o", str(predictions),
+                       "-d", model.parent.name, "-c", configuration, "-f", str(f.get("fold", 0)),
+                       "-tr", trainer, "-p", plans, "--device", "cpu", "--disable-tta", "-npp", "0",
+                       "-nps", "0"],
+                env={"nnUNet_results": str(model.parent.parent)})
+    dataset_json = model / "dataset.json"
+    ctx.run(step, [ctx.entry_point("recokd"), "evaluate", str(predictions), f["labels"], "--dataset-json",
+                   str(dataset_json), "-o", str(output), "--overwrite"],
+            stdout=output.with_name(output.name + ".txt"))
+
+
+def _check_score(path: Path, step: Step) -> None:
+    if len(Path(step.fields["model"]).name.split("__")) != 3:
+        raise UserError(f"{path}: {step.where} field 'model': expected nnU-Net's model folder "
+                        f"Trainer__Plans__Configuration, got {step.fields['model']!r}")
+
+
 # ---------------------------------------------------------------------------- curves, int8
 
 
@@ -448,23 +483,25 @@ def _script(ctx: Context, name: str) -> str:
 def run_curves(step: Step, ctx: Context) -> None:
     """``benchmarks/learning_curves.py`` on every matching fold folder, into ``output`` .csv / .png / .txt."""
     f = step.fields
-    results = Path(f.get("results") or ctx.study.data / "nnUNet_results")
+    roots = [Path(r) for r in [ctx.study.data / "nnUNet_results", *f.get("also_results", [])]]
     name = layout.model_folder_name(
         layout.SHORT_TRAINER_NO_DA,
         f.get("plans", "nnUNetPlans*"),
         f.get("configuration", "3d_fullres") + f.get("suffix", ""),
     )
     pattern = f"{name}/{layout.fold_folder_name(0)}"
-    folds = [str(p) for p in sorted((results / f["dataset"]).glob(pattern)) if p.is_dir()]
+    if f.get("results"):
+        roots[0] = Path(f["results"])
+    folds = [str(p) for root in roots for p in sorted((root / f["dataset"]).glob(pattern)) if p.is_dir()]
     if not folds and not ctx.dry_run:
         raise UserError(
-            f"{ctx.study.path}: {step.where}: no trained run matches {results / f['dataset'] / pattern}"
+            f"{ctx.study.path}: {step.where}: no trained run matches {roots[0] / f['dataset'] / pattern}"
         )
     out = f["output"]
     argv = [
         sys.executable,
         _script(ctx, "learning_curves.py"),
-        *(folds or [str(results / f["dataset"] / pattern)]),
+        *(folds or [str(roots[0] / f["dataset"] / pattern)]),
         "--iters-per-epoch",
         str(f["iters"]),
         "--every",
@@ -584,6 +621,7 @@ KINDS: dict[str, Kind] = {
         {
             "dataset": REQ_STR,
             "results": STR,
+            "also_results": STRS,  # more results folders (e.g. a run's variant trained apart), after it
             "plans": STR,
             "configuration": STR,
             "suffix": STR,
@@ -594,6 +632,12 @@ KINDS: dict[str, Kind] = {
             "output": REQ_STR,
         },
         run_curves,
+    ),
+    "score": Kind(
+        {"model": REQ_STR, "fold": INT, "images": REQ_STR, "labels": REQ_STR, "predictions": REQ_STR,
+         "output": REQ_STR},
+        run_score,
+        _check_score,
     ),
     "int8": Kind(
         {
