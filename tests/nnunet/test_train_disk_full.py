@@ -13,6 +13,7 @@ import torch
 from recokd.atomic_files import is_partial
 from recokd.cli import main
 from tests.nnunet.conftest import CONFIGURATION, DATASET_ID, DATASET_NAME
+from tests.test_faults import checksum
 from tests.test_faults_io import small_filesystem
 
 FOLD = 4  # test_e2e_kd and test_trainer_resume use folds 0 and 1 of the same results folder
@@ -25,10 +26,16 @@ def test_train_on_a_full_disk_then_continue(kd_env, teacher: Path, capsys) -> No
             / f"fold_{FOLD}")
     args = ["train", str(DATASET_ID), CONFIGURATION, str(FOLD), "--teacher", str(teacher), "-t", "2",
             *SCHEDULE, "--device", "cpu"]
+    # what the user had: the teacher, the raw dataset and its preprocessed data (the student plans file is
+    # the command's own output, written before training starts)
+    data = kd_env.preprocessed / DATASET_NAME
+    users = [teacher, kd_env.raw / DATASET_NAME, *sorted(p for p in data.iterdir() if p.is_dir())]
+    before = checksum(*users)
     # the fold folder on its own small file system: room for the settings and the log, not for a checkpoint
     with small_filesystem(fold, 160 * 1024):
         capsys.readouterr()
         assert main(args) == 2
+        assert checksum(*users) == before
         err = capsys.readouterr().err
         assert "Traceback" not in err, err
         lines = [line for line in err.splitlines() if line.startswith("recokd train: error:")]
