@@ -162,6 +162,15 @@ class Study:
     #: ``--unlabelled-share``: share of unlabelled patches per batch of the KD runs (None without
     #: ``labelled_cases``)
     unlabelled_share: float | None = None
+    #: ``--unlabelled-images DIR``: a folder of extra unlabelled scans (raw images in nnU-Net naming, absolute
+    #: path) that join the unlabelled pool after the dataset's own unlabelled cases (None: none)
+    unlabelled_images: str | None = None
+    #: ``--unlabelled-cases U``: the students get the first U scans of the unlabelled pool only (the dataset's
+    #: unlabelled cases in sorted order, then the extra images sorted; None: the whole pool)
+    unlabelled_cases: int | None = None
+    #: ``--pseudo-label-loss``: every KD run trains with ``recokd train --pseudo-label-loss`` (nnU-Net's
+    #: Dice+CE on the unlabelled patches against the teacher's online hard labels, besides the KD terms)
+    pseudo_label_loss: bool = False
 
     def validate(self) -> None:
         for name in ("epochs", "iters_per_epoch", "val_iters"):
@@ -179,6 +188,7 @@ class Study:
         check_optimizer_name(self.teacher_optimizer, "--teacher-optimizer")
         if self.labelled_cases is None and self.unlabelled_share is not None:
             raise UserError("--unlabelled-share applies with --labelled-cases K only")
+        self._check_unlabelled_pool()
         if self.labelled_cases is not None:
             if self.labelled_cases < MIN_LABELLED_CASES:
                 raise UserError(
@@ -198,6 +208,24 @@ class Study:
                 "give --test-images and --test-labels together (or neither: imagesTs/labelsTs of "
                 "the raw dataset)"
             )
+
+    def _check_unlabelled_pool(self) -> None:
+        """``--unlabelled-images``, ``--unlabelled-cases`` and ``--pseudo-label-loss`` need
+        ``--labelled-cases`` (UserError naming those given)."""
+        given = [
+            flag for flag, value in (
+                ("--unlabelled-images", self.unlabelled_images is not None),
+                ("--unlabelled-cases", self.unlabelled_cases is not None),
+                ("--pseudo-label-loss", self.pseudo_label_loss),
+            ) if value
+        ]
+        if self.labelled_cases is None and given:
+            raise UserError(
+                f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} with --labelled-cases K only "
+                "(the students' unlabelled scans)"
+            )
+        if self.unlabelled_cases is not None and self.unlabelled_cases < 1:
+            raise UserError(f"--unlabelled-cases must be >= 1, got {self.unlabelled_cases}")
 
     def kd_options_for(self, spec: str) -> dict[str, Any]:
         """The options of :attr:`kd_options` the KD run ``spec`` (``reco``, ``reco:10``,

@@ -9,8 +9,11 @@ dataset inside the bench folder (``OUT`` = ``-o``), so the user's nnU-Net folder
     OUT/labelled/nnUNet_preprocessed/<dataset>/   the preprocessed dataset with the K cases only (links to
                                                   their files, the plans, gt_segmentations) and its own
                                                   splits_final.json: nnU-Net's 5-fold split of the K cases
-    OUT/labelled/unlabelled_scans/                links to the images of the other training cases
-                                                  (``recokd train --unlabelled`` of every KD run)
+    OUT/labelled/unlabelled_scans/                links to the images of the unlabelled pool: the other
+                                                  training cases, then the extra scans of
+                                                  ``--unlabelled-images`` (the first U of them with
+                                                  ``--unlabelled-cases U``; ``recokd train --unlabelled`` of
+                                                  every KD run)
     OUT/pseudo/nnUNet_raw/<dataset>/              the pseudo-label dataset (``recokd pseudo-label``): the K
                                                   cases + the teacher's segmentations of the others
     OUT/pseudo/nnUNet_preprocessed/<dataset>/     it, preprocessed with the teacher's plans, with the
@@ -27,7 +30,7 @@ labelled cases and the same validation cases.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,49 @@ def split_cases(raw_dataset: Path, k: int) -> tuple[list[str], list[str]]:
     return ids[:k], ids[k:]
 
 
+def extra_scans(
+    folder: Path, dataset_json: dict[str, Any], dataset_cases: list[str]
+) -> dict[str, list[Path]]:
+    """The cases of ``--unlabelled-images`` (``{case: [channel files]}``, sorted ids): raw images in nnU-Net
+    naming with the dataset's file ending and channel count (images are not read here: the preprocessing
+    does). UserError in one line when a case id is one of the dataset's training cases ``dataset_cases``."""
+    from recokd.nnunet.scans import check_scan_folder
+
+    try:
+        cases = check_scan_folder(folder, dataset_json, check_images=False, what="folder")
+    except UserError as e:
+        channels = len(dataset_json["channel_names"])
+        raise UserError(
+            f"--unlabelled-images (the bench dataset's {channels} channel(s), file ending "
+            f"{dataset_json['file_ending']}): {e}"
+        ) from None
+    clashes = sorted(set(cases) & set(dataset_cases))
+    if clashes:
+        more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        raise UserError(
+            f"--unlabelled-images {folder}: case id(s) {', '.join(clashes[:3])}{more} are training cases of "
+            "the bench dataset too; case ids must be unique: rename the scan files"
+        )
+    return cases
+
+
+def unlabelled_pool(unlabelled: list[str], extra: list[str], u: int | None) -> tuple[list[str], list[str]]:
+    """``(dataset cases, extra cases)`` the students get as unlabelled scans: the pool is the dataset's
+    ``unlabelled`` cases (sorted) then the ``extra`` images (sorted); ``u``: its first ``u`` only (None: all).
+    UserError naming ``--unlabelled-cases`` when the pool has fewer than ``u``."""
+    unlabelled, extra = sorted(unlabelled), sorted(extra)
+    n = len(unlabelled) + len(extra)
+    if u is None:
+        return unlabelled, extra
+    if u > n:
+        raise UserError(
+            f"--unlabelled-cases {u}: the unlabelled pool has {n} scan(s) ({len(unlabelled)} unlabelled "
+            f"training case(s) of the dataset + {len(extra)} of --unlabelled-images); give at most {n} or "
+            "add scans with --unlabelled-images"
+        )
+    return unlabelled[:u], extra[: max(0, u - len(unlabelled))]
+
+
 def student_splits(labelled: list[str]) -> list[dict[str, list[str]]]:
     """nnU-Net's own 5-fold split of the labelled cases (the split nnU-Net makes for a dataset of them: it
     lists the case ids sorted), the ids as plain strings."""
@@ -86,7 +132,25 @@ class LabelledSplit:
     out: Path
     dataset: str
     labelled: list[str]
+    #: the dataset's training cases the students get as unlabelled scans
     unlabelled: list[str]
+    #: the cases of ``--unlabelled-images`` they get too (after ``unlabelled``)
+    extra: list[str] = field(default_factory=list)
+    #: the folder of ``--unlabelled-images`` (None: none)
+    extra_folder: Path | None = None
+    #: the dataset's training cases, labelled or not (None: :attr:`labelled` + :attr:`unlabelled`, the whole
+    #: pool of the dataset's unlabelled cases)
+    n_training: int | None = None
+
+    @property
+    def training_cases(self) -> int:
+        """How many training cases the dataset has (the teacher's)."""
+        return self.n_training if self.n_training is not None else len(self.labelled) + len(self.unlabelled)
+
+    @property
+    def pool(self) -> list[str]:
+        """Every unlabelled scan of the students, in pool order: :attr:`unlabelled`, then :attr:`extra`."""
+        return [*self.unlabelled, *self.extra]
 
     @property
     def root(self) -> Path:
@@ -121,6 +185,8 @@ class LabelledSplit:
         return {
             "labelled": self.labelled,
             "unlabelled": self.unlabelled,
+            "unlabelled_images": self.extra,
+            "unlabelled_images_folder": str(self.extra_folder) if self.extra_folder else None,
             "fold": int(fold),
             "train": split["train"],
             "val": split["val"],
@@ -161,6 +227,12 @@ def write_raw_view(split: LabelledSplit, raw_dataset: Path) -> Path:
     for case in split.unlabelled:
         for c, image in enumerate(cases[case][0]):
             _link(image, split.scans / f"{case}_{c:04d}{ending}")
+    if split.extra:
+        assert split.extra_folder is not None
+        extra = extra_scans(split.extra_folder, dataset_json, list(cases))
+        for case in split.extra:
+            for c, image in enumerate(extra[case]):
+                _link(image, split.scans / f"{case}_{c:04d}{ending}")
     dataset_json["numTraining"] = len(split.labelled)
     dataset_json.pop("dataset", None)  # an explicit file list would name the unlabelled cases
     write_json_atomic(view / "dataset.json", dataset_json, indent=4)

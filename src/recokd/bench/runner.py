@@ -47,7 +47,14 @@ from recokd.bench.config import (
     plan_runs,
 )
 from recokd.bench.executors import LocalExecutor, claim_alive, launch
-from recokd.bench.labelled import LabelledSplit, pseudo_splits, split_cases, write_labelled_views
+from recokd.bench.labelled import (
+    LabelledSplit,
+    extra_scans,
+    pseudo_splits,
+    split_cases,
+    unlabelled_pool,
+    write_labelled_views,
+)
 from recokd.environ import temporary_environ
 from recokd.errors import UserError
 from recokd.nnunet.layout import (
@@ -391,7 +398,7 @@ class BenchRunner:
     def labelled_split(self, layout: Layout, k: int) -> LabelledSplit:
         """``--labelled-cases K``: the split, its views (:func:`recokd.bench.labelled.write_labelled_views`)
         and the unlabelled scans preprocessed with every student plans (a worker job, once per plans)."""
-        split = LabelledSplit(self.out, layout.dataset, *split_cases(layout.raw_folder, k))
+        split = self.split_of(layout, k)
         write_labelled_views(
             split, layout.raw_folder, layout.preprocessed_root / layout.dataset, self.study.fold
         )
@@ -400,8 +407,8 @@ class BenchRunner:
         done = json.loads(marker.read_text(encoding="utf-8"))["plans"] if marker.is_file() else []
         if self.selection.kd_methods and not set(plans) <= set(done):
             self.echo(
-                f"labelled cases: {len(split.labelled)} of {len(split.labelled) + len(split.unlabelled)}; "
-                f"preprocessing the {len(split.unlabelled)} unlabelled scan(s) for the KD runs ..."
+                f"labelled cases: {len(split.labelled)} of {split.training_cases}; "
+                f"preprocessing the {len(split.pool)} unlabelled scan(s) for the KD runs ..."
             )
             job = {
                 "kind": "unlabelled",
@@ -418,6 +425,19 @@ class BenchRunner:
             if rc != 0 or not marker.is_file():
                 raise UserError(f"preprocessing the unlabelled scans failed (exit code {rc}); see {log}")
         return split
+
+    def split_of(self, layout: Layout, k: int) -> LabelledSplit:
+        """The labelled cases and the unlabelled pool (``--unlabelled-images``, ``--unlabelled-cases``) of
+        the bench dataset."""
+        labelled, unlabelled = split_cases(layout.raw_folder, k)
+        folder = Path(self.study.unlabelled_images) if self.study.unlabelled_images else None
+        extra: list[str] = []
+        if folder is not None:
+            dataset_json = json.loads((layout.raw_folder / "dataset.json").read_text(encoding="utf-8"))
+            extra = list(extra_scans(folder, dataset_json, [*labelled, *unlabelled]))
+        n_training = len(labelled) + len(unlabelled)
+        unlabelled, extra = unlabelled_pool(unlabelled, extra, self.study.unlabelled_cases)
+        return LabelledSplit(self.out, layout.dataset, labelled, unlabelled, extra, folder, n_training)
 
     def student_plans(self, layout: Layout) -> dict[int, str]:
         """Create the student plans of every t once, before any run (runs only read them)."""
@@ -487,6 +507,8 @@ class BenchRunner:
             if layout.split is not None:
                 train["argv"] += ["--unlabelled", str(layout.split.scans),
                                   "--unlabelled-share", str(study.unlabelled_share)]
+                if study.pseudo_label_loss:
+                    train["argv"].append("--pseudo-label-loss")
         if train is not None and train["type"] == "stock":
             train.update(
                 dataset=layout.dataset,
@@ -537,7 +559,7 @@ class BenchRunner:
                 "source_preprocessed": str(layout.preprocessed_root / layout.dataset),
                 "plans": [study.plans, plans],
                 "configuration": study.configuration,
-                "splits": pseudo_splits(split.splits(), split.unlabelled),
+                "splits": pseudo_splits(split.splits(), split.pool),
                 "device": self.device,
             }
         elif split is not None and spec.method != TEACHER:
@@ -742,18 +764,7 @@ class BenchRunner:
             f"training device(s): {', '.join(devices) or 'n/a'}; prediction without test-time mirroring",
         ]
         if layout.split is not None:
-            split, fold = layout.split, layout.split.record(study.fold)
-            k, n_u = len(split.labelled), len(split.unlabelled)
-            n_train, n_val = len(fold["train"]), len(fold["val"])
-            lines.append(
-                f"labelled cases (--labelled-cases {k}): the teacher trained on all {k + n_u} training "
-                f"cases, every student sees the labels of the first {k} (sorted ids) only: {n_train} "
-                f"training + {n_val} validation cases (nnU-Net's 5-fold split of them, fold {study.fold}); "
-                f"the other {n_u} are unlabelled scans (KD runs: `recokd train --unlabelled`, share "
-                f"{study.unlabelled_share} of each batch; '{PSEUDO}': stock nnU-Net on the labelled "
-                "training cases + the teacher's hard pseudo-labels of the unlabelled ones, no mirroring, "
-                f"same validation cases); split: {shown(split.root / 'split.json')}"
-            )
+            lines.append(self.split_line(layout.split, shown))
         prof = next(iter(profiles.values()), None)
         if prof:
             p = prof["profile"]
@@ -765,6 +776,42 @@ class BenchRunner:
             )
         lines.append("paths: relative to the folder of this report")
         return lines
+
+    def split_line(self, split: LabelledSplit, shown: Callable[[str | Path], str]) -> str:
+        """The setup line of ``--labelled-cases``: labelled cases, the unlabelled pool, what each student
+        gets."""
+        study, fold = self.study, split.record(self.study.fold)
+        k, n = len(split.labelled), split.training_cases
+        n_train, n_val = len(fold["train"]), len(fold["val"])
+        if split.extra_folder is None and study.unlabelled_cases is None:
+            pool = f"the other {len(split.unlabelled)} are unlabelled scans"
+        else:
+            extra = (
+                f" + {len(split.extra)} extra scan(s) of --unlabelled-images {shown(split.extra_folder)}"
+                if split.extra_folder is not None else ""
+            )
+            first = (
+                f", the first {study.unlabelled_cases} of the pool (--unlabelled-cases; the dataset's cases "
+                "first, then the extra scans, each in sorted order)"
+                if study.unlabelled_cases is not None else ""
+            )
+            pool = (
+                f"unlabelled scans: {len(split.unlabelled)} of the other {n - k} training cases{extra}, "
+                f"{len(split.pool)} in all{first}"
+            )
+        loss = (
+            ", with --pseudo-label-loss: nnU-Net's Dice+CE on the unlabelled patches against the teacher's "
+            "online hard labels besides the KD terms" if study.pseudo_label_loss else ""
+        )
+        return (
+            f"labelled cases (--labelled-cases {k}): the teacher trained on all {n} training "
+            f"cases, every student sees the labels of the first {k} (sorted ids) only: {n_train} "
+            f"training + {n_val} validation cases (nnU-Net's 5-fold split of them, fold {study.fold}); "
+            f"{pool} (KD runs: `recokd train --unlabelled`, share {study.unlabelled_share} of each "
+            f"batch{loss}; '{PSEUDO}': stock nnU-Net on the labelled training cases + the teacher's hard "
+            "pseudo-labels of the unlabelled ones, no mirroring, same validation cases); split: "
+            f"{shown(split.root / 'split.json')}"
+        )
 
     def run(self) -> int:
         started = time.perf_counter()
