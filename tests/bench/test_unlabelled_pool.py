@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from recokd.bench.cli import build_study
-from recokd.bench.config import CONFIG_FILE, PSEUDO, RunSpec, Selection, Study, check_or_write_config
+from recokd.bench.config import (
+    CONFIG_FILE,
+    PSEUDO,
+    TEACHER,
+    RunSpec,
+    Selection,
+    Study,
+    check_or_write_config,
+    plan_runs,
+)
 from recokd.bench.labelled import (
     SPLIT_RECORD,
     LabelledSplit,
@@ -189,3 +198,84 @@ def test_command_line_refusals(tmp_path: Path, capsys: pytest.CaptureFixture) ->
         "--labelled-cases", "5", "--unlabelled-images", str(two))
     assert "does not exist" in err("--labelled-cases", "5", "--unlabelled-images", str(tmp_path / "none"))
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- label-free students (K = 0)
+
+
+def test_label_free_students_train_on_the_pseudo_label_dataset(tmp_path: Path) -> None:
+    raw, pre = _raw(tmp_path), _preprocessed(tmp_path)
+    extra = _extra(tmp_path)
+    runner, layout = _runner(tmp_path, unlabelled_images=str(extra), pseudo_label_loss=True)
+    runner.study.labelled_cases, runner.study.unlabelled_share, runner.study.warmup = 0, None, 0.0
+    runner.study.validate()
+    layout.split = split = runner.split_of(layout, 0)
+    pool = sorted(LABELLED + UNLABELLED) + sorted(EXTRA)
+    assert split.label_free and split.labelled == [] and split.pool == pool
+    assert split.splits() == student_splits(pool) == split.pseudo_splits()
+    write_labelled_views(split, raw, pre, "0")
+    assert len(list(split.scans.iterdir())) == 2 * len(pool)
+    assert not split.preprocessed_root.exists()  # nobody trains on the labelled view
+
+    pseudo_roots = (str(split.pseudo_raw_root), str(split.pseudo_preprocessed_root))
+    for method in (PSEUDO, "reco"):
+        job, env = runner.run_job(layout, RunSpec(method, 2, 0))
+        assert (env["nnUNet_raw"], env["nnUNet_preprocessed"]) == pseudo_roots, method
+        assert job["pseudo"]["labelled"] is None and job["pseudo"]["splits"] == student_splits(pool)
+    argv = runner.run_job(layout, RunSpec("reco", 2, 0))[0]["train"]["argv"]
+    assert "--label-free" in argv and "--pseudo-label-loss" in argv
+    assert "--unlabelled" not in argv and "--unlabelled-share" not in argv
+    assert [r.method for r in plan_runs(runner.selection, nokd=False)] == [TEACHER, "reco", PSEUDO]
+    line = runner.split_line(split, str)
+    assert line.startswith("label-free students (--labelled-cases 0): the teacher trained on all 9 training")
+    assert "There is no 'nokd' student (no label to train it on)" in line and "--pseudo-label-loss" in line
+    assert "unlabelled scans: 9 of training cases + 3 extra scan(s)" in line
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"unlabelled_share": None}, "needs --kd-weight > 0 and a KD weight from the first step"),
+        ({"unlabelled_share": None, "warmup": 0.0, "kd_weight": 0.0}, "needs --kd-weight > 0"),
+        ({"unlabelled_share": 0.5, "warmup": 0.0}, "--unlabelled-share does not apply with"),
+        ({"unlabelled_share": None, "warmup": 0.0, "fold": "all"}, "needs a numbered fold"),
+    ],
+)
+def test_study_checks_label_free_students(options: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        Study(dataset=DATASET, phantoms={"cases": 12}, labelled_cases=0, **options).validate()
+    Study(dataset=DATASET, phantoms={"cases": 12}, labelled_cases=0, schedule="constant").validate()
+
+
+def test_command_line_label_free(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    study = build_study(build_parser().parse_args(
+        ["bench", *TINY, "-o", "/nonexistent/b", "--labelled-cases", "0", "--warmup", "0"]))
+    assert (study.labelled_cases, study.unlabelled_share, study.label_free) == (0, None, True)
+    out = tmp_path / "b"
+
+    def err(*extra: str) -> str:
+        assert main(["bench", *TINY, "-o", str(out), "--labelled-cases", "0", *extra]) == 2
+        text = capsys.readouterr().err
+        assert len(text.strip().splitlines()) == 1, text
+        return text
+
+    assert "a KD weight from the first step: --warmup 0" in err()
+    assert "label-free students need 5" in err("--warmup", "0", "--unlabelled-cases", "4")
+    assert "does not apply with --labelled-cases 0" in err("--warmup", "0", "--unlabelled-share", "0.5")
+    assert not out.exists()
+
+
+def test_the_report_without_a_no_kd_student() -> None:
+    """Label-free benches have no ``nokd`` runs: every method is compared with ``pseudo`` only."""
+    from recokd.bench.report import results_markdown, summarize
+    from tests.bench.test_report import _run
+    from tests.bench.test_report_pseudo import _runs_of
+
+    runs = [_run("teacher", 0, {c: (0.95, 0.8) for c in ("c1", "c2", "c3", "c4")}),
+            *_runs_of("pseudo", 0.7, (0.01, 0.0, 0.03, 0.02)),
+            *_runs_of("reco", 0.75, (0.02, 0.03, 0.0, 0.05))]
+    rows = {r.method: r for r in summarize(runs, ["reco", "pseudo"], [2])}
+    assert "nokd" not in rows and rows["reco"].test is None
+    assert rows["reco"].vs_pseudo is not None and rows["reco"].vs_pseudo.n_pairs == 12
+    md = results_markdown(list(rows.values()), title="t", setup=["x"], small_classes=[], missing=[])
+    assert "## Against the pseudo-label student" in md

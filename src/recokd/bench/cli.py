@@ -25,6 +25,7 @@ from recokd.bench.config import (
     plan_runs,
 )
 from recokd.cli_types import kd_option as _kd_option
+from recokd.cli_types import non_negative_int as _non_negative_int
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
 from recokd.nnunet.layout import KD_TRAINER_NO_DA, SHORT_TRAINER_NO_DA, dataset_folder_name, parse_fold
@@ -217,11 +218,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--labelled-cases",
-        type=_positive_int,
+        type=_non_negative_int,
         default=None,
         metavar="K",
         help="the students see the labels of the first K training cases only (K >= 5, fewer than the "
-        "training cases); default: every training case is labelled",
+        "training cases); default: every training case is labelled. K = 0: label-free students, none sees "
+        f"a label: no '{NOKD}' student, '{PSEUDO}' trains on the teacher's pseudo-labels of the whole pool, "
+        "the KD runs as `recokd train --label-free` on them (needs --warmup 0)",
     )
     g.add_argument(
         "--unlabelled-share",
@@ -431,7 +434,7 @@ def build_study(args: argparse.Namespace) -> Study:
         kd_options=dict(args.kd_option or []),
         labelled_cases=args.labelled_cases,
         unlabelled_share=(
-            args.unlabelled_share if args.unlabelled_share is not None or args.labelled_cases is None
+            args.unlabelled_share if args.unlabelled_share is not None or args.labelled_cases in (None, 0)
             else DEFAULT_UNLABELLED_SHARE
         ),
         unlabelled_images=(
@@ -450,7 +453,7 @@ def check_unlabelled_pool(study: Study, raw_dataset: Path | None) -> None:
     """Some training cases are left unlabelled; the extra scans of ``--unlabelled-images`` fit the dataset
     (file ending, channels, no case id of its training cases); the pool holds ``--unlabelled-cases`` scans.
     ``raw_dataset``: the user's dataset (None: the phantoms, not generated yet)."""
-    from recokd.bench.labelled import extra_scans, split_cases, unlabelled_pool
+    from recokd.bench.labelled import check_label_free_pool, extra_scans, split_cases, unlabelled_pool
 
     k = study.labelled_cases
     assert k is not None
@@ -471,7 +474,9 @@ def check_unlabelled_pool(study: Study, raw_dataset: Path | None) -> None:
     extra: list[str] = []
     if study.unlabelled_images is not None:
         extra = list(extra_scans(Path(study.unlabelled_images), dataset_json, [*labelled, *unlabelled]))
-    unlabelled_pool(unlabelled, extra, study.unlabelled_cases)
+    unlabelled, extra = unlabelled_pool(unlabelled, extra, study.unlabelled_cases)
+    if study.label_free:
+        check_label_free_pool(len(unlabelled) + len(extra))
 
 
 def build_selection(args: argparse.Namespace) -> Selection:
@@ -564,10 +569,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"--overwrite: {out} is not a bench folder; deleting its content")
         shutil.rmtree(out)
     resumed = check_or_write_config(out, study, selection)
-    n = len(plan_runs(selection))
+    n = len(plan_runs(selection, nokd=not study.label_free))
     print(
         f"{'resuming the' if resumed else 'new'} bench in {out}: {n} runs (teacher, then for t in "
-        f"{selection.ts} and seeds {selection.seeds}: no KD + {', '.join(selection.methods)}); "
+        f"{selection.ts} and seeds {selection.seeds}: {'' if study.label_free else 'no KD + '}"
+        f"{', '.join(selection.methods)}); "
         f"device {device}; {executor.summary()}"
     )
     runner = BenchRunner(

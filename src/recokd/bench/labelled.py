@@ -47,17 +47,20 @@ SPLIT_RECORD = "split.json"
 WHOLE_FOLDERS = ("gt_segmentations",)
 #: sub-folders of a preprocessed dataset that belong to it alone (never linked into a view)
 OWN_FOLDERS = ("unlabelled",)  # recokd.nnunet.unlabelled.UNLABELLED_DIR (that module imports torch)
+#: fewest unlabelled scans of label-free students (``--labelled-cases 0``): nnU-Net's 5-fold split of them
+MIN_POOL_LABEL_FREE = 5
 #: nnU-Net's seed of its 5-fold split (nnunetv2.utilities.crossval_split.generate_crossval_split)
 SPLIT_SEED = 12345
 
 
 def split_cases(raw_dataset: Path, k: int) -> tuple[list[str], list[str]]:
     """``(labelled, unlabelled)`` case ids of the raw dataset's training cases: the first ``k`` of the sorted
-    ids and the others. UserError naming ``--labelled-cases`` unless ``k`` leaves at least one of each."""
+    ids and the others (``k`` 0: label-free, every case unlabelled). UserError naming ``--labelled-cases``
+    unless ``k`` leaves at least one unlabelled case."""
     from recokd.nnunet.scans import labelled_cases
 
     ids = sorted(labelled_cases(raw_dataset, what="--labelled-cases: the bench dataset"))
-    if not 1 <= k < len(ids):
+    if not 0 <= k < len(ids):
         raise UserError(
             f"--labelled-cases {k}: {raw_dataset} has {len(ids)} training cases; give fewer, so that some "
             "are left as unlabelled scans"
@@ -106,6 +109,16 @@ def unlabelled_pool(unlabelled: list[str], extra: list[str], u: int | None) -> t
             "add scans with --unlabelled-images"
         )
     return unlabelled[:u], extra[: max(0, u - len(unlabelled))]
+
+
+def check_label_free_pool(pool: int) -> None:
+    """Label-free students (``--labelled-cases 0``) train and validate on the pseudo-labelled pool, with
+    nnU-Net's 5-fold split of it: UserError unless it holds 5 scans."""
+    if pool < MIN_POOL_LABEL_FREE:
+        raise UserError(
+            f"--labelled-cases 0: the unlabelled pool has {pool} scan(s); label-free students need "
+            f"{MIN_POOL_LABEL_FREE} (nnU-Net's 5-fold split of the pseudo-labelled scans)"
+        )
 
 
 def student_splits(labelled: list[str]) -> list[dict[str, list[str]]]:
@@ -176,9 +189,19 @@ class LabelledSplit:
     def pseudo_preprocessed_root(self) -> Path:
         return self.out / PSEUDO_DIR / "nnUNet_preprocessed"
 
+    @property
+    def label_free(self) -> bool:
+        """No labelled case (``--labelled-cases 0``): the students train on the pseudo-labelled pool."""
+        return not self.labelled
+
     def splits(self) -> list[dict[str, list[str]]]:
-        """The students' folds (:func:`student_splits`)."""
-        return student_splits(self.labelled)
+        """The students' folds (:func:`student_splits`) of the labelled cases; label-free: of the pool."""
+        return student_splits(self.labelled or self.pool)
+
+    def pseudo_splits(self) -> list[dict[str, list[str]]]:
+        """The folds of the pseudo-label dataset: :meth:`splits` with the pool added to each training set
+        (:func:`pseudo_splits`); label-free: :meth:`splits`, the pool's own."""
+        return self.splits() if self.label_free else pseudo_splits(self.splits(), self.pool)
 
     def record(self, fold: str) -> dict[str, Any]:
         split = self.splits()[int(fold)]
@@ -266,8 +289,11 @@ def write_preprocessed_view(split: LabelledSplit, preprocessed_dataset: Path) ->
 def write_labelled_views(
     split: LabelledSplit, raw_dataset: Path, preprocessed_dataset: Path, fold: str
 ) -> None:
-    """Both views and ``OUT/labelled/split.json`` (idempotent: the parent calls it on every start)."""
+    """Both views and ``OUT/labelled/split.json`` (idempotent: the parent calls it on every start); label-free
+    (no labelled case): the unlabelled scans and the record only (the students train on the pseudo-label
+    dataset)."""
     write_raw_view(split, raw_dataset)
-    write_preprocessed_view(split, preprocessed_dataset)
+    if not split.label_free:
+        write_preprocessed_view(split, preprocessed_dataset)
     write_json_atomic(split.root / SPLIT_RECORD, split.record(fold), indent=2)
 
