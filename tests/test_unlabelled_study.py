@@ -1,8 +1,9 @@
 """``benchmarks/studies/unlabelled.toml`` (issue 27: few labels, many unlabelled scans) end to end on its tiny
 settings (``--tiny``: 10 + 2 phantoms, the evidence study's data and teacher built in the temporary study
 folder, 4 extra unlabelled phantoms, 5 labelled cases, U = 3 and 7, one seed, 1 epoch x 2 iterations), in a
-temporary study folder (``--folder``). The figures mean nothing; what is tested is that every step runs and
-each bench writes its report with the comparison against the pseudo-label student."""
+temporary study folder (``--folder``), and the label-free students (5 and 12 scans). The figures mean
+nothing; what is tested is that every step runs and each bench writes its report with the comparison
+against the pseudo-label student."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 STUDY = ROOT / "benchmarks/studies/unlabelled.toml"
 BENCHES = ("sweep/plain", "sweep/pseudo-label-loss", "final-u39", "final-u200")
+LABEL_FREE = ("label-free-u39", "label-free-u200")
 
 
 @pytest.mark.timeout(1800)
@@ -45,6 +47,13 @@ def test_the_unlabelled_study_runs_on_tiny_settings(tmp_path: Path) -> None:
         with (folder / bench / "runs.csv").open(newline="") as f:
             methods = [r["method"] for r in csv.DictReader(f)]
         assert methods == ["teacher", "nokd", "pseudo", "reco+logits"], (bench, methods)
+    for bench in LABEL_FREE:  # no student sees a label: no nokd, every method against pseudo only
+        md = (folder / bench / "results.md").read_text()
+        assert "## Against the pseudo-label student" in md and "There is no 'nokd' student" in md, bench
+        with (folder / bench / "runs.csv").open(newline="") as f:
+            assert [r["method"] for r in csv.DictReader(f)] == ["teacher", "pseudo", "reco+logits"], bench
+    free = json.loads((folder / "label-free-u200/labelled/split.json").read_text())
+    assert (free["labelled"], len(free["unlabelled"]), len(free["unlabelled_images"])) == ([], 10, 2)
     assert "--pseudo-label-loss" in (folder / "sweep/pseudo-label-loss/results.md").read_text()
     assert "--pseudo-label-loss" not in (folder / "sweep/plain/results.md").read_text()
 
