@@ -229,7 +229,7 @@ def test_label_free_students_train_on_the_pseudo_label_dataset(tmp_path: Path) -
     line = runner.split_line(split, str)
     assert line.startswith("label-free students (--labelled-cases 0): the teacher trained on all 9 training")
     assert "There is no 'nokd' student (no label to train it on)" in line and "--pseudo-label-loss" in line
-    assert "unlabelled scans: 9 of training cases + 3 extra scan(s)" in line
+    assert "unlabelled scans: 9 of the 9 training cases + 3 extra scan(s)" in line
 
 
 @pytest.mark.parametrize(

@@ -804,7 +804,7 @@ class BenchRunner:
             "first, then the extra scans, each in sorted order)"
             if study.unlabelled_cases is not None else ""
         )
-        other = "training cases" if k == 0 else f"the other {n - k} training cases"
+        other = f"the {n} training cases" if k == 0 else f"the other {n - k} training cases"
         return f"unlabelled scans: {len(split.unlabelled)} of {other}{extra}, {len(split.pool)} in all{first}"
 
     def split_line(self, split: LabelledSplit, shown: Callable[[str | Path], str]) -> str:
