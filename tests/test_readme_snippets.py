@@ -84,6 +84,9 @@ def test_readme_bench_commands_parse_with_the_real_parser() -> None:
     commands = _recokd_lines("## Benchmarking methods: recokd bench")
     assert {argv[1] for argv in commands} == {"bench"}
     labelled = [build_parser().parse_args(argv[1:]) for argv in commands if "--labelled-cases" in argv]
-    assert len(labelled) == 1
+    assert len(labelled) == 2
     study, selection = build_study(labelled[0]), build_selection(labelled[0])
     assert study.labelled_cases == 12 and "pseudo" in selection.methods
+    more = labelled[1]  # its scans folder is the reader's (tests/bench/test_unlabelled_pool.py builds such)
+    assert (more.unlabelled_images, more.unlabelled_cases, more.pseudo_label_loss) == (
+        "more_scans/", 100, True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,7 @@ from recokd.bench.config import (
     plan_runs,
 )
 from recokd.cli_types import kd_option as _kd_option
+from recokd.cli_types import non_negative_int as _non_negative_int
 from recokd.cli_types import positive_int as _positive_int
 from recokd.errors import UserError
 from recokd.nnunet.layout import KD_TRAINER_NO_DA, SHORT_TRAINER_NO_DA, dataset_folder_name, parse_fold
@@ -216,11 +218,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--labelled-cases",
-        type=_positive_int,
+        type=_non_negative_int,
         default=None,
         metavar="K",
         help="the students see the labels of the first K training cases only (K >= 5, fewer than the "
-        "training cases); default: every training case is labelled",
+        "training cases); default: every training case is labelled. K = 0: label-free students, none sees "
+        f"a label: no '{NOKD}' student, '{PSEUDO}' trains on the teacher's pseudo-labels of the whole pool, "
+        "the KD runs as `recokd train --label-free` on them (needs --warmup 0)",
     )
     g.add_argument(
         "--unlabelled-share",
@@ -229,6 +233,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="F",
         help="share of unlabelled patches in each batch of the KD runs, in (0, 1) (`recokd train "
         f"--unlabelled-share`; default: {DEFAULT_UNLABELLED_SHARE}); with --labelled-cases only",
+    )
+    g.add_argument(
+        "--unlabelled-images",
+        default=None,
+        metavar="DIR",
+        help="extra unlabelled scans (raw images in nnU-Net naming, CASE_0000.nii.gz, the dataset's "
+        "channels; case ids other than the dataset's) that join the unlabelled pool after the dataset's own "
+        f"unlabelled training cases: KD runs get them too, '{PSEUDO}' their pseudo-labels too; with "
+        "--labelled-cases only",
+    )
+    g.add_argument(
+        "--unlabelled-cases",
+        type=_positive_int,
+        default=None,
+        metavar="U",
+        help="the students get the first U scans of the unlabelled pool only (the dataset's unlabelled "
+        "cases in sorted order, then those of --unlabelled-images sorted); default: the whole pool; with "
+        "--labelled-cases only",
+    )
+    g.add_argument(
+        "--pseudo-label-loss",
+        action="store_true",
+        help="every KD run trains with `recokd train --pseudo-label-loss`: nnU-Net's Dice+CE on the "
+        "unlabelled patches against the teacher's online hard labels, besides the KD terms; with "
+        "--labelled-cases only",
     )
     g = p.add_argument_group("--phantoms dataset")
     g.add_argument(
@@ -405,22 +434,49 @@ def build_study(args: argparse.Namespace) -> Study:
         kd_options=dict(args.kd_option or []),
         labelled_cases=args.labelled_cases,
         unlabelled_share=(
-            args.unlabelled_share if args.unlabelled_share is not None or args.labelled_cases is None
+            args.unlabelled_share if args.unlabelled_share is not None or args.labelled_cases in (None, 0)
             else DEFAULT_UNLABELLED_SHARE
         ),
+        unlabelled_images=(
+            str(Path(args.unlabelled_images).expanduser().resolve()) if args.unlabelled_images else None
+        ),
+        unlabelled_cases=args.unlabelled_cases,
+        pseudo_label_loss=args.pseudo_label_loss,
     )
     study.validate()
-    if study.labelled_cases is not None:  # some training cases must be left unlabelled
-        if phantoms is not None and study.labelled_cases >= phantoms["cases"]:
-            raise UserError(
-                f"--labelled-cases {study.labelled_cases}: the phantoms have {phantoms['cases']} training "
-                "cases (--phantom-cases); give fewer, so that some are left as unlabelled scans"
-            )
-        if phantoms is None:
-            from recokd.bench.labelled import split_cases
-
-            split_cases(raw / dataset, study.labelled_cases)
+    if study.labelled_cases is not None:
+        check_unlabelled_pool(study, None if phantoms is not None else raw / dataset)
     return study
+
+
+def check_unlabelled_pool(study: Study, raw_dataset: Path | None) -> None:
+    """Some training cases are left unlabelled; the extra scans of ``--unlabelled-images`` fit the dataset
+    (file ending, channels, no case id of its training cases); the pool holds ``--unlabelled-cases`` scans.
+    ``raw_dataset``: the user's dataset (None: the phantoms, not generated yet)."""
+    from recokd.bench.labelled import check_label_free_pool, extra_scans, split_cases, unlabelled_pool
+
+    k = study.labelled_cases
+    assert k is not None
+    if raw_dataset is None:
+        assert study.phantoms is not None
+        n = study.phantoms["cases"]
+        if k >= n:
+            raise UserError(
+                f"--labelled-cases {k}: the phantoms have {n} training cases (--phantom-cases); give fewer, "
+                "so that some are left as unlabelled scans"
+            )
+        ids = [f"{PHANTOM_DATASET_NAME}_{i:03d}" for i in range(n)]  # recokd.data.phantoms' case ids
+        labelled, unlabelled = ids[:k], ids[k:]
+        dataset_json: dict = {"channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}  # the phantoms'
+    else:
+        labelled, unlabelled = split_cases(raw_dataset, k)
+        dataset_json = json.loads((raw_dataset / "dataset.json").read_text(encoding="utf-8"))
+    extra: list[str] = []
+    if study.unlabelled_images is not None:
+        extra = list(extra_scans(Path(study.unlabelled_images), dataset_json, [*labelled, *unlabelled]))
+    unlabelled, extra = unlabelled_pool(unlabelled, extra, study.unlabelled_cases)
+    if study.label_free:
+        check_label_free_pool(len(unlabelled) + len(extra))
 
 
 def build_selection(args: argparse.Namespace) -> Selection:
@@ -513,10 +569,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"--overwrite: {out} is not a bench folder; deleting its content")
         shutil.rmtree(out)
     resumed = check_or_write_config(out, study, selection)
-    n = len(plan_runs(selection))
+    n = len(plan_runs(selection, nokd=not study.label_free))
     print(
         f"{'resuming the' if resumed else 'new'} bench in {out}: {n} runs (teacher, then for t in "
-        f"{selection.ts} and seeds {selection.seeds}: no KD + {', '.join(selection.methods)}); "
+        f"{selection.ts} and seeds {selection.seeds}: {'' if study.label_free else 'no KD + '}"
+        f"{', '.join(selection.methods)}); "
         f"device {device}; {executor.summary()}"
     )
     runner = BenchRunner(

@@ -162,6 +162,15 @@ class Study:
     #: ``--unlabelled-share``: share of unlabelled patches per batch of the KD runs (None without
     #: ``labelled_cases``)
     unlabelled_share: float | None = None
+    #: ``--unlabelled-images DIR``: a folder of extra unlabelled scans (raw images in nnU-Net naming, absolute
+    #: path) that join the unlabelled pool after the dataset's own unlabelled cases (None: none)
+    unlabelled_images: str | None = None
+    #: ``--unlabelled-cases U``: the students get the first U scans of the unlabelled pool only (the dataset's
+    #: unlabelled cases in sorted order, then the extra images sorted; None: the whole pool)
+    unlabelled_cases: int | None = None
+    #: ``--pseudo-label-loss``: every KD run trains with ``recokd train --pseudo-label-loss`` (nnU-Net's
+    #: Dice+CE on the unlabelled patches against the teacher's online hard labels, besides the KD terms)
+    pseudo_label_loss: bool = False
 
     def validate(self) -> None:
         for name in ("epochs", "iters_per_epoch", "val_iters"):
@@ -179,25 +188,66 @@ class Study:
         check_optimizer_name(self.teacher_optimizer, "--teacher-optimizer")
         if self.labelled_cases is None and self.unlabelled_share is not None:
             raise UserError("--unlabelled-share applies with --labelled-cases K only")
+        self._check_unlabelled_pool()
         if self.labelled_cases is not None:
-            if self.labelled_cases < MIN_LABELLED_CASES:
-                raise UserError(
-                    f"--labelled-cases must be >= {MIN_LABELLED_CASES} (nnU-Net's 5-fold split of the "
-                    f"labelled cases needs 5), got {self.labelled_cases}"
-                )
-            if self.fold == "all":
-                raise UserError(
-                    "--labelled-cases needs a numbered fold -f 0..4 (fold 'all' has no validation split to "
-                    "keep the same for every student)"
-                )
-            share = self.unlabelled_share
-            if share is None or not 0 < share < 1:
-                raise UserError(f"--unlabelled-share must be in (0, 1), got {share}")
+            self._check_labelled_split()
         if (self.test_images is None) != (self.test_labels is None):
             raise UserError(
                 "give --test-images and --test-labels together (or neither: imagesTs/labelsTs of "
                 "the raw dataset)"
             )
+
+    @property
+    def label_free(self) -> bool:
+        """``--labelled-cases 0``: no student sees a label (KD runs as ``recokd train --label-free``)."""
+        return self.labelled_cases == 0
+
+    def _check_labelled_split(self) -> None:
+        """The checks of ``--labelled-cases K`` (K >= 5, or 0: label-free students)."""
+        k = self.labelled_cases
+        assert k is not None
+        if 0 < k < MIN_LABELLED_CASES:
+            raise UserError(
+                f"--labelled-cases must be >= {MIN_LABELLED_CASES} (nnU-Net's 5-fold split of the "
+                f"labelled cases needs 5), or 0 (label-free students), got {k}"
+            )
+        if self.fold == "all":
+            raise UserError(
+                "--labelled-cases needs a numbered fold -f 0..4 (fold 'all' has no validation split to "
+                "keep the same for every student)"
+            )
+        share = self.unlabelled_share
+        if self.label_free:
+            if share is not None:
+                raise UserError(
+                    "--unlabelled-share does not apply with --labelled-cases 0 (label-free KD runs: every "
+                    "patch is an unlabelled one)"
+                )
+            if self.kd_weight <= 0 or (self.warmup > 0 and self.schedule != "constant"):
+                raise UserError(
+                    "--labelled-cases 0 (label-free KD runs, `recokd train --label-free`) needs "
+                    "--kd-weight > 0 and a KD weight from the first step: --warmup 0 or --schedule constant"
+                )
+        elif share is None or not 0 < share < 1:
+            raise UserError(f"--unlabelled-share must be in (0, 1), got {share}")
+
+    def _check_unlabelled_pool(self) -> None:
+        """``--unlabelled-images``, ``--unlabelled-cases`` and ``--pseudo-label-loss`` need
+        ``--labelled-cases`` (UserError naming those given)."""
+        given = [
+            flag for flag, value in (
+                ("--unlabelled-images", self.unlabelled_images is not None),
+                ("--unlabelled-cases", self.unlabelled_cases is not None),
+                ("--pseudo-label-loss", self.pseudo_label_loss),
+            ) if value
+        ]
+        if self.labelled_cases is None and given:
+            raise UserError(
+                f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} with --labelled-cases K only "
+                "(the students' unlabelled scans)"
+            )
+        if self.unlabelled_cases is not None and self.unlabelled_cases < 1:
+            raise UserError(f"--unlabelled-cases must be >= 1, got {self.unlabelled_cases}")
 
     def kd_options_for(self, spec: str) -> dict[str, Any]:
         """The options of :attr:`kd_options` the KD run ``spec`` (``reco``, ``reco:10``,
@@ -336,13 +386,15 @@ def check_selection(study: Study, selection: Selection) -> None:
         )
 
 
-def plan_runs(selection: Selection) -> list[RunSpec]:
-    """Teacher first, then per width and seed the no-KD student and every KD method (so that the
-    first seed of every method is finished before the second one starts)."""
+def plan_runs(selection: Selection, nokd: bool = True) -> list[RunSpec]:
+    """Teacher first, then per width and seed the no-KD student (unless not ``nokd``: label-free students,
+    none sees a label) and every KD method (so that the first seed of every method is finished before the
+    second one starts)."""
     runs = [RunSpec(TEACHER, None, None)]
     for t in selection.ts:
         for seed in selection.seeds:
-            runs.append(RunSpec(NOKD, t, seed))
+            if nokd:
+                runs.append(RunSpec(NOKD, t, seed))
             runs.extend(RunSpec(m, t, seed) for m in selection.methods)
     return runs
 

@@ -47,7 +47,14 @@ from recokd.bench.config import (
     plan_runs,
 )
 from recokd.bench.executors import LocalExecutor, claim_alive, launch
-from recokd.bench.labelled import LabelledSplit, pseudo_splits, split_cases, write_labelled_views
+from recokd.bench.labelled import (
+    LabelledSplit,
+    check_label_free_pool,
+    extra_scans,
+    split_cases,
+    unlabelled_pool,
+    write_labelled_views,
+)
 from recokd.environ import temporary_environ
 from recokd.errors import UserError
 from recokd.nnunet.layout import (
@@ -391,17 +398,17 @@ class BenchRunner:
     def labelled_split(self, layout: Layout, k: int) -> LabelledSplit:
         """``--labelled-cases K``: the split, its views (:func:`recokd.bench.labelled.write_labelled_views`)
         and the unlabelled scans preprocessed with every student plans (a worker job, once per plans)."""
-        split = LabelledSplit(self.out, layout.dataset, *split_cases(layout.raw_folder, k))
+        split = self.split_of(layout, k)
         write_labelled_views(
             split, layout.raw_folder, layout.preprocessed_root / layout.dataset, self.study.fold
         )
         plans = [layout.student_plans[t] for t in self.selection.ts]
         marker = split.root / UNLABELLED_PREPARED_FILE
         done = json.loads(marker.read_text(encoding="utf-8"))["plans"] if marker.is_file() else []
-        if self.selection.kd_methods and not set(plans) <= set(done):
+        if self.selection.kd_methods and not split.label_free and not set(plans) <= set(done):
             self.echo(
-                f"labelled cases: {len(split.labelled)} of {len(split.labelled) + len(split.unlabelled)}; "
-                f"preprocessing the {len(split.unlabelled)} unlabelled scan(s) for the KD runs ..."
+                f"labelled cases: {len(split.labelled)} of {split.training_cases}; "
+                f"preprocessing the {len(split.pool)} unlabelled scan(s) for the KD runs ..."
             )
             job = {
                 "kind": "unlabelled",
@@ -418,6 +425,21 @@ class BenchRunner:
             if rc != 0 or not marker.is_file():
                 raise UserError(f"preprocessing the unlabelled scans failed (exit code {rc}); see {log}")
         return split
+
+    def split_of(self, layout: Layout, k: int) -> LabelledSplit:
+        """The labelled cases and the unlabelled pool (``--unlabelled-images``, ``--unlabelled-cases``) of
+        the bench dataset."""
+        labelled, unlabelled = split_cases(layout.raw_folder, k)
+        folder = Path(self.study.unlabelled_images) if self.study.unlabelled_images else None
+        extra: list[str] = []
+        if folder is not None:
+            dataset_json = json.loads((layout.raw_folder / "dataset.json").read_text(encoding="utf-8"))
+            extra = list(extra_scans(folder, dataset_json, [*labelled, *unlabelled]))
+        n_training = len(labelled) + len(unlabelled)
+        unlabelled, extra = unlabelled_pool(unlabelled, extra, self.study.unlabelled_cases)
+        if k == 0:
+            check_label_free_pool(len(unlabelled) + len(extra))
+        return LabelledSplit(self.out, layout.dataset, labelled, unlabelled, extra, folder, n_training)
 
     def student_plans(self, layout: Layout) -> dict[int, str]:
         """Create the student plans of every t once, before any run (runs only read them)."""
@@ -485,8 +507,12 @@ class BenchRunner:
                   for arg in ("--kd-option", f"{key}={json.dumps(value)}")),
             ]}
             if layout.split is not None:
-                train["argv"] += ["--unlabelled", str(layout.split.scans),
-                                  "--unlabelled-share", str(study.unlabelled_share)]
+                split = layout.split
+                train["argv"] += ["--label-free"] if split.label_free else [
+                    "--unlabelled", str(split.scans), "--unlabelled-share", str(study.unlabelled_share)
+                ]
+                if study.pseudo_label_loss:
+                    train["argv"].append("--pseudo-label-loss")
         if train is not None and train["type"] == "stock":
             train.update(
                 dataset=layout.dataset,
@@ -524,22 +550,11 @@ class BenchRunner:
         }
         roots = None
         split = layout.split
-        if split is not None and spec.method == PSEUDO:
+        if split is not None and (spec.method == PSEUDO or (split.label_free and spec.method != TEACHER)):
+            # the pseudo-label dataset: the pseudo runs' and, label-free, every student's (its labels are the
+            # teacher's segmentations, as `recokd train --label-free` takes them)
             roots = (split.pseudo_raw_root, split.pseudo_preprocessed_root)
-            job["pseudo"] = {
-                "teacher": str(layout.teacher_model),
-                "fold": study.fold,
-                "scans": str(split.scans),
-                "labelled": str(split.raw_root / layout.dataset),
-                "raw_root": str(split.pseudo_raw_root),
-                "preprocessed_root": str(split.pseudo_preprocessed_root),
-                "dataset": layout.dataset,
-                "source_preprocessed": str(layout.preprocessed_root / layout.dataset),
-                "plans": [study.plans, plans],
-                "configuration": study.configuration,
-                "splits": pseudo_splits(split.splits(), split.unlabelled),
-                "device": self.device,
-            }
+            job["pseudo"] = self.pseudo_job(layout, split, plans)
         elif split is not None and spec.method != TEACHER:
             roots = (split.raw_root, split.preprocessed_root)
         env = self.env(layout, model.parent.parent, short_epochs, optimizer, roots)
@@ -547,12 +562,32 @@ class BenchRunner:
             env[SEED_ENV] = str(seed)
         return job, env
 
+    def pseudo_job(self, layout: Layout, split: LabelledSplit, plans: str) -> dict[str, Any]:
+        """What a run needs to make the bench's pseudo-label dataset (:func:`recokd.bench.pseudo.
+        ensure_pseudo_dataset`; the first run makes it, the others find it), with the student plans
+        ``plans``."""
+        study = self.study
+        return {
+            "teacher": str(layout.teacher_model),
+            "fold": study.fold,
+            "scans": str(split.scans),
+            "labelled": None if split.label_free else str(split.raw_root / layout.dataset),
+            "raw_root": str(split.pseudo_raw_root),
+            "preprocessed_root": str(split.pseudo_preprocessed_root),
+            "dataset": layout.dataset,
+            "source_preprocessed": str(layout.preprocessed_root / layout.dataset),
+            "plans": [study.plans, plans],
+            "configuration": study.configuration,
+            "splits": split.pseudo_splits(),
+            "device": self.device,
+        }
+
     def run_all(self, layout: Layout) -> dict[RunSpec, str]:
         """Every planned run not finished yet, through the executor; returns ``spec -> "done" | "failed" |
         "in flight"`` (:attr:`details` says why a run is not done)."""
         from tqdm import tqdm
 
-        runs = plan_runs(self.selection)
+        runs = plan_runs(self.selection, nokd=not self.study.label_free)
         self.status = status = {}
         self._prefix = {spec: f"[{i}/{len(runs)}] {spec.label}" for i, spec in enumerate(runs, 1)}
         self._bar = tqdm(
@@ -742,18 +777,7 @@ class BenchRunner:
             f"training device(s): {', '.join(devices) or 'n/a'}; prediction without test-time mirroring",
         ]
         if layout.split is not None:
-            split, fold = layout.split, layout.split.record(study.fold)
-            k, n_u = len(split.labelled), len(split.unlabelled)
-            n_train, n_val = len(fold["train"]), len(fold["val"])
-            lines.append(
-                f"labelled cases (--labelled-cases {k}): the teacher trained on all {k + n_u} training "
-                f"cases, every student sees the labels of the first {k} (sorted ids) only: {n_train} "
-                f"training + {n_val} validation cases (nnU-Net's 5-fold split of them, fold {study.fold}); "
-                f"the other {n_u} are unlabelled scans (KD runs: `recokd train --unlabelled`, share "
-                f"{study.unlabelled_share} of each batch; '{PSEUDO}': stock nnU-Net on the labelled "
-                "training cases + the teacher's hard pseudo-labels of the unlabelled ones, no mirroring, "
-                f"same validation cases); split: {shown(split.root / 'split.json')}"
-            )
+            lines.append(self.split_line(layout.split, shown))
         prof = next(iter(profiles.values()), None)
         if prof:
             p = prof["profile"]
@@ -765,6 +789,55 @@ class BenchRunner:
             )
         lines.append("paths: relative to the folder of this report")
         return lines
+
+    def pool_text(self, split: LabelledSplit, shown: Callable[[str | Path], str]) -> str:
+        """The unlabelled pool in words (the dataset's cases, --unlabelled-images, --unlabelled-cases)."""
+        study, k, n = self.study, len(split.labelled), split.training_cases
+        if split.extra_folder is None and study.unlabelled_cases is None:
+            return f"the other {len(split.unlabelled)} are unlabelled scans"
+        extra = (
+            f" + {len(split.extra)} extra scan(s) of --unlabelled-images {shown(split.extra_folder)}"
+            if split.extra_folder is not None else ""
+        )
+        first = (
+            f", the first {study.unlabelled_cases} of the pool (--unlabelled-cases; the dataset's cases "
+            "first, then the extra scans, each in sorted order)"
+            if study.unlabelled_cases is not None else ""
+        )
+        other = f"the {n} training cases" if k == 0 else f"the other {n - k} training cases"
+        return f"unlabelled scans: {len(split.unlabelled)} of {other}{extra}, {len(split.pool)} in all{first}"
+
+    def split_line(self, split: LabelledSplit, shown: Callable[[str | Path], str]) -> str:
+        """The setup line of ``--labelled-cases``: labelled cases, the unlabelled pool, what each student
+        gets."""
+        study, fold = self.study, split.record(self.study.fold)
+        k, n = len(split.labelled), split.training_cases
+        n_train, n_val = len(fold["train"]), len(fold["val"])
+        loss = (
+            ", with --pseudo-label-loss: nnU-Net's Dice+CE on the unlabelled patches against the teacher's "
+            "online hard labels besides the KD terms" if study.pseudo_label_loss else ""
+        )
+        where = f"split: {shown(split.root / 'split.json')}"
+        if split.label_free:
+            return (
+                f"label-free students (--labelled-cases 0): the teacher trained on all {n} training "
+                f"cases, no student sees a label; {self.pool_text(split, shown)}; '{PSEUDO}': stock "
+                "nnU-Net on the teacher's hard pseudo-labels of them (no mirroring); KD runs: `recokd "
+                f"train --label-free` on the same pseudo-label dataset (no label loss{loss}); both "
+                "validate on agreement with the teacher: nnU-Net's 5-fold split of the pool, fold "
+                f"{study.fold}, {n_train} training + {n_val} validation scans. There is no '{NOKD}' "
+                f"student (no label to train it on): every method is compared with '{PSEUDO}' only, the "
+                f"columns against no KD stay empty; {where}"
+            )
+        return (
+            f"labelled cases (--labelled-cases {k}): the teacher trained on all {n} training "
+            f"cases, every student sees the labels of the first {k} (sorted ids) only: {n_train} "
+            f"training + {n_val} validation cases (nnU-Net's 5-fold split of them, fold {study.fold}); "
+            f"{self.pool_text(split, shown)} (KD runs: `recokd train --unlabelled`, share "
+            f"{study.unlabelled_share} of each batch{loss}; '{PSEUDO}': stock nnU-Net on the labelled "
+            "training cases + the teacher's hard pseudo-labels of the unlabelled ones, no mirroring, same "
+            f"validation cases); {where}"
+        )
 
     def run(self) -> int:
         started = time.perf_counter()

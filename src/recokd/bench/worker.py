@@ -12,7 +12,8 @@ sets the environment, this module only does the work:
   last (its presence marks the run as finished);
 - ``profile``: :func:`recokd.evaluation.profile.profile_model` of one architecture;
 - ``unlabelled`` (``--labelled-cases``): the unlabelled scans preprocessed for the KD runs, and in a
-  ``pseudo`` run's job, before its training, the pseudo-label dataset (:mod:`recokd.bench.pseudo`).
+  ``pseudo`` run's job (and, label-free, ``--labelled-cases 0``, in every student's), before its seeding
+  and training, the pseudo-label dataset (:mod:`recokd.bench.pseudo`).
 
 Started as ``python -c "from recokd.bench.worker import main; ..." JOB.json`` (see :func:`command`).
 """
@@ -138,13 +139,13 @@ def _run(job: dict[str, Any]) -> None:
     from recokd.evaluation.evaluate import evaluate_folders
 
     started = time.perf_counter()
+    if job.get("pseudo") is not None:  # made by the first run that needs it: before the seeding, so that
+        from recokd.bench.pseudo import ensure_pseudo_dataset  # every run of a seed starts from one state
+
+        ensure_pseudo_dataset(job["pseudo"])
     seed = job.get("seed")
     if seed is not None:
         seed_everything(int(seed))
-    if job.get("pseudo") is not None:
-        from recokd.bench.pseudo import ensure_pseudo_dataset
-
-        ensure_pseudo_dataset(job["pseudo"])
     trained = _train(job)
     train_s = time.perf_counter() - started
 

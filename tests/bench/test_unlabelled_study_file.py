@@ -1,0 +1,59 @@
+"""``benchmarks/studies/unlabelled.toml`` (issue 27) loads and describes the benches it should: the evidence
+study's data and teacher (its folder, or the study's own with ``--tiny``), the extra unlabelled phantoms, the
+sweeps with and without ``--pseudo-label-loss``, the final benches at U = 39 / 200 and the label-free ones
+(no training here; tests/test_unlabelled_study.py runs it on tiny settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recokd.bench.study import load_study
+from recokd.bench.study_steps import bench_argv
+from recokd.cli import build_parser
+from tests.doc_blocks import ROOT
+
+STUDY = ROOT / "benchmarks/studies/unlabelled.toml"
+
+
+def _benches(tiny: bool, folder: Path) -> dict[str, object]:
+    study = load_study(STUDY, tiny=tiny, folder=folder)
+    return {Path(s.fields["output"]).relative_to(folder).as_posix(): build_parser().parse_args(
+        ["bench", *bench_argv(s)]) for s in study.steps if s.kind == "bench"}
+
+
+def test_the_steps_and_the_shared_data(tmp_path: Path) -> None:
+    study = load_study(STUDY, folder=tmp_path / "unlabelled")
+    assert study.default_steps() == [
+        "data", "teacher", "unlabelled-data", "sweep", "final-u39", "final-u200", "label-free"
+    ]
+    evidence = tmp_path / "unlabelled/../evidence/data"
+    assert study.env["nnUNet_raw"] == str(evidence / "nnUNet_raw")
+    assert study.variables["teacher"] == str(
+        evidence / "nnUNet_results/Dataset801_P32s2p0/nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres")
+    tiny = load_study(STUDY, tiny=True, folder=tmp_path / "t")
+    assert tiny.env["nnUNet_raw"] == str(tmp_path / "t/data/nnUNet_raw")  # everything in the tiny folder
+
+
+def test_the_benches(tmp_path: Path) -> None:
+    benches = _benches(False, tmp_path)
+    assert list(benches) == ["sweep/plain", "sweep/pseudo-label-loss", "final-u39", "final-u200",
+                             "label-free-u39", "label-free-u200"]
+    for name, args in benches.items():
+        assert (args.dataset, args.t, args.optimizer) == ("801", "3", "adam") and args.no_augmentation, name
+        assert (args.epochs, args.iters_per_epoch) == (20, 50), name
+        assert args.unlabelled_images.endswith("Dataset804_P32s2p0Unlabelled/imagesTr"), name
+        assert "pseudo" in args.methods.split(","), name
+    assert benches["sweep/plain"].seed_list == "0" and not benches["sweep/plain"].pseudo_label_loss
+    assert benches["sweep/pseudo-label-loss"].pseudo_label_loss
+    assert "reco+logits:100" in benches["sweep/plain"].methods
+    for name, u in (("final-u39", 39), ("final-u200", 200)):
+        args = benches[name]
+        assert (args.labelled_cases, args.unlabelled_cases, args.seeds, args.test_images) == (9, u, 5, None)
+        assert args.methods == "pseudo,logits,reco+logits,reco,dist,cwd"
+    for name, u in (("label-free-u39", 39), ("label-free-u200", 200)):
+        args = benches[name]
+        assert (args.labelled_cases, args.unlabelled_cases, args.warmup) == (0, u, 0.0)
+        assert args.methods == "pseudo,logits,reco+logits"
+    swept = load_study(STUDY, sets=["rl_weight=:10", "final_pll=false"], folder=tmp_path)
+    args = build_parser().parse_args(["bench", *bench_argv(swept.select(["final-u39"])[0])])
+    assert "reco+logits:10" in args.methods.split(",") and not args.pseudo_label_loss

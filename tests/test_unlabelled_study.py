@@ -1,0 +1,67 @@
+"""``benchmarks/studies/unlabelled.toml`` (issue 27: few labels, many unlabelled scans) end to end on its tiny
+settings (``--tiny``: 10 + 2 phantoms, the evidence study's data and teacher built in the temporary study
+folder, 4 extra unlabelled phantoms, 5 labelled cases, U = 3 and 7, one seed, 1 epoch x 2 iterations), in a
+temporary study folder (``--folder``), and the label-free students (5 and 12 scans). The figures mean
+nothing; what is tested is that every step runs and each bench writes its report with the comparison
+against the pseudo-label student."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.doc_blocks import ROOT
+
+pytestmark = pytest.mark.slow
+
+STUDY = ROOT / "benchmarks/studies/unlabelled.toml"
+BENCHES = ("sweep/plain", "sweep/pseudo-label-loss", "final-u39", "final-u200")
+LABEL_FREE = ("label-free-u39", "label-free-u200")
+
+
+@pytest.mark.timeout(1800)
+def test_the_unlabelled_study_runs_on_tiny_settings(tmp_path: Path) -> None:
+    folder = tmp_path / "unlabelled"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}  # the study's own folders
+    proc = subprocess.run(
+        [sys.executable, "-m", "recokd.cli", "study", str(STUDY), "--tiny", "--folder", str(folder)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    log = proc.stdout + proc.stderr
+    (tmp_path / "log.txt").write_text(log)
+    assert proc.returncode == 0, log[-6000:]
+    assert "Traceback" not in log, log[-6000:]
+
+    extra = folder / "data/unlabelled_raw/Dataset804_P32s2p0Unlabelled/imagesTr"
+    assert len(list(extra.glob("*_0000.nii.gz"))) == 4
+    for bench in BENCHES:
+        md = (folder / bench / "results.md").read_text()
+        assert "## Against the pseudo-label student" in md, bench
+        assert "labelled cases (--labelled-cases 5)" in md, bench
+        with (folder / bench / "runs.csv").open(newline="") as f:
+            methods = [r["method"] for r in csv.DictReader(f)]
+        assert methods == ["teacher", "nokd", "pseudo", "reco+logits"], (bench, methods)
+    for bench in LABEL_FREE:  # no student sees a label: no nokd, every method against pseudo only
+        md = (folder / bench / "results.md").read_text()
+        assert "## Against the pseudo-label student" in md and "There is no 'nokd' student" in md, bench
+        with (folder / bench / "runs.csv").open(newline="") as f:
+            assert [r["method"] for r in csv.DictReader(f)] == ["teacher", "pseudo", "reco+logits"], bench
+    free = json.loads((folder / "label-free-u200/labelled/split.json").read_text())
+    assert (free["labelled"], len(free["unlabelled"]), len(free["unlabelled_images"])) == ([], 10, 2)
+    assert "--pseudo-label-loss" in (folder / "sweep/pseudo-label-loss/results.md").read_text()
+    assert "--pseudo-label-loss" not in (folder / "sweep/plain/results.md").read_text()
+
+    # U = 3: the dataset's unlabelled cases only; U = 7: its 5 + the first 2 extra phantoms
+    small = json.loads((folder / "final-u39/labelled/split.json").read_text())
+    assert (len(small["unlabelled"]), small["unlabelled_images"]) == (3, [])
+    large = json.loads((folder / "final-u200/labelled/split.json").read_text())
+    assert len(large["unlabelled"]) == 5
+    assert large["unlabelled_images"] == ["P32s2p0Unlabelled_000", "P32s2p0Unlabelled_001"]
+    md = (folder / "final-u200/results.md").read_text()
+    assert "5 of the other 5 training cases + 2 extra scan(s)" in md
