@@ -65,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.labels.split(",")]
     small = [names.index(n.strip()) for n in args.small.split(",") if n.strip() in names]
     curves = {}
-    short = [f"{fold.parent.name}/{fold.name}" for fold in args.folds]
-    for fold, label in zip(args.folds, short, strict=True):
+    for fold in args.folds:
         curve = read_curve(fold)
-        if short.count(label) > 1:  # the same model in several results folders: name the folder too
-            label = f"{fold.parent.parent.parent.name}/{label}"
+        label = f"{fold.parent.name}/{fold.name}"
+        root = fold.parent.parent.parent.name  # nnU-Net's results folder
+        if root.startswith("nnUNet_results") and root != "nnUNet_results":  # a variant trained apart
+            label = f"{root}/{label}"
         curves[label] = curve
         print(f"\n{label}  ({len(curve)} epochs x {args.iters_per_epoch} iterations)")
         print(f"{'iters':>6} {'min':>6} {'mean':>6} {'small':>6}  " + " ".join(f"{n[:8]:>8}" for n in names))

@@ -452,15 +452,17 @@ def run_score(step: Step, ctx: Context) -> None:
         raise UserError(f"{ctx.study.path}: {step.where} field 'model': {model} has no finished fold "
                             f"{f.get('fold', 0)} (checkpoint_final.pth): train it first")
     predictions, output = Path(f["predictions"]), Path(f["output"])
+    # paths under the current directory passed relative to it (the commands run there), so that the
+    # written report names no machine's folders
+    images, labels, pred = ctx.show(f["images"]), ctx.show(f["labels"]), ctx.show(str(predictions))
     if not predictions.exists():
-        ctx.run(step, [ctx.entry_point("recokd"), "predict", "-i", f["images"], "-o", str(predictions),
+        ctx.run(step, [ctx.entry_point("recokd"), "predict", "-i", images, "-o", pred,
                        "-d", model.parent.name, "-c", configuration, "-f", str(f.get("fold", 0)),
                        "-tr", trainer, "-p", plans, "--device", "cpu", "--disable-tta", "-npp", "0",
                        "-nps", "0"],
                 env={"nnUNet_results": str(model.parent.parent)})
-    dataset_json = model / "dataset.json"
-    ctx.run(step, [ctx.entry_point("recokd"), "evaluate", str(predictions), f["labels"], "--dataset-json",
-                   str(dataset_json), "-o", str(output), "--overwrite"],
+    ctx.run(step, [ctx.entry_point("recokd"), "evaluate", pred, labels, "--dataset-json",
+                   ctx.show(str(model / "dataset.json")), "-o", ctx.show(str(output)), "--overwrite"],
             stdout=output.with_name(output.name + ".txt"))
 
 
