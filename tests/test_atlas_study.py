@@ -1,12 +1,13 @@
 """``benchmarks/RESULTS.md``'s "Real anatomy" commands (``recokd study benchmarks/studies/atlas.toml``) run as
 written, on tiny settings (``--tiny``: 10 + 2 cases, 2 epochs of 2 iterations), in a temporary study folder
-(``--folder``): the dataset, the teacher, the t=2 / t=3 students and the curves of all three, and the
-teacher with AdamW in its own results folder. The figures mean nothing. Skipped where Debian's
-mricron-data (the template and atlas) is not installed."""
+(``--folder``): the dataset, the teacher, the teacher with AdamW in its own results folder, the t=2 / t=3
+students, the curves of all four and the test scores of the AdamW teacher and the students. The figures
+mean nothing. Skipped where Debian's mricron-data (the template and atlas) is not installed."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
@@ -54,6 +55,12 @@ def test_atlas_study_commands_run_as_written(tmp_path: Path) -> None:
     with (study / "curves.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["run"].split("__")[1] for r in rows} == set(plans)
-    assert len(rows) == 3 * 2  # every epoch of every run
+    assert len(rows) == 4 * 2  # every epoch of every run, the AdamW teacher named by its results folder
+    assert sum(r["run"].startswith("nnUNet_results_adamw/") for r in rows) == 2
     assert "Amygdala_R" in rows[0] and "Caudate_L" in rows[0]
     assert (study / "curves.png").stat().st_size > 0
+    # the test step: the AdamW teacher and both students scored on the held-out cases
+    for run in ("teacher_adamw", "student_t2", "student_t3"):
+        summary = json.loads((study / "test" / run / "summary.json").read_text())
+        assert summary["num_cases"] == 2, run
+        assert "foreground mean" in (study / "test" / f"{run}.txt").read_text()
