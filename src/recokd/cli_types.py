@@ -7,26 +7,25 @@ import json
 from typing import Any
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1, else argparse's usage error naming the value."""
+def _int_at_least(text: str, minimum: int, expected: str) -> int:
+    """``text`` as an integer >= ``minimum``, else argparse's usage error naming the value."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1, else argparse's usage error naming the value."""
+    return _int_at_least(text, 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0, else argparse's usage error naming the value."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 def kd_option(text: str) -> tuple[str, Any]:
