@@ -446,20 +446,21 @@ def run_score(step: Step, ctx: Context) -> None:
     (summary.json, per-case CSV) and ``output``.txt (the table)."""
     f = step.fields
     model = Path(f["model"])
-    trainer, plans, configuration = model.name.split("__")
-    finished = (model / layout.fold_folder_name(f.get("fold", 0)) / "checkpoint_final.pth").is_file()
-    if not finished and not ctx.dry_run:
+    parts = layout.parse_model_folder_name(model.name)
+    assert parts is not None  # checked by _check_score
+    fold = f.get("fold", 0)
+    if not (model / layout.fold_folder_name(fold) / layout.CHECKPOINT_FINAL).is_file() and not ctx.dry_run:
         raise UserError(f"{ctx.study.path}: {step.where} field 'model': {model} has no finished fold "
-                            f"{f.get('fold', 0)} (checkpoint_final.pth): train it first")
+                        f"{fold} ({layout.CHECKPOINT_FINAL}): train it first")
     predictions, output = Path(f["predictions"]), Path(f["output"])
     # paths under the current directory passed relative to it (the commands run there), so that the
     # written report names no machine's folders
     images, labels, pred = ctx.show(f["images"]), ctx.show(f["labels"]), ctx.show(str(predictions))
     if not predictions.exists():
         ctx.run(step, [ctx.entry_point("recokd"), "predict", "-i", images, "-o", pred,
-                       "-d", model.parent.name, "-c", configuration, "-f", str(f.get("fold", 0)),
-                       "-tr", trainer, "-p", plans, "--device", "cpu", "--disable-tta", "-npp", "0",
-                       "-nps", "0"],
+                       "-d", model.parent.name, "-c", parts.configuration, "-f", str(fold),
+                       "-tr", parts.trainer, "-p", parts.plans, "--device", "cpu", "--disable-tta",
+                       "-npp", "0", "-nps", "0"],
                 env={"nnUNet_results": str(model.parent.parent)})
     ctx.run(step, [ctx.entry_point("recokd"), "evaluate", pred, labels, "--dataset-json",
                    ctx.show(str(model / "dataset.json")), "-o", ctx.show(str(output)), "--overwrite"],
@@ -467,7 +468,7 @@ def run_score(step: Step, ctx: Context) -> None:
 
 
 def _check_score(path: Path, step: Step) -> None:
-    if len(Path(step.fields["model"]).name.split("__")) != 3:
+    if layout.parse_model_folder_name(Path(step.fields["model"]).name) is None:
         raise UserError(f"{path}: {step.where} field 'model': expected nnU-Net's model folder "
                         f"Trainer__Plans__Configuration, got {step.fields['model']!r}")
 
@@ -485,15 +486,14 @@ def _script(ctx: Context, name: str) -> str:
 def run_curves(step: Step, ctx: Context) -> None:
     """``benchmarks/learning_curves.py`` on every matching fold folder, into ``output`` .csv / .png / .txt."""
     f = step.fields
-    roots = [Path(r) for r in [ctx.study.data / "nnUNet_results", *f.get("also_results", [])]]
+    first = Path(f.get("results") or ctx.study.data / "nnUNet_results")
+    roots = [first, *map(Path, f.get("also_results", []))]
     name = layout.model_folder_name(
         layout.SHORT_TRAINER_NO_DA,
         f.get("plans", "nnUNetPlans*"),
         f.get("configuration", "3d_fullres") + f.get("suffix", ""),
     )
     pattern = f"{name}/{layout.fold_folder_name(0)}"
-    if f.get("results"):
-        roots[0] = Path(f["results"])
     folds = [str(p) for root in roots for p in sorted((root / f["dataset"]).glob(pattern)) if p.is_dir()]
     if not folds and not ctx.dry_run:
         raise UserError(
