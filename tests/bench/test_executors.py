@@ -175,7 +175,7 @@ def test_local_jobs_run_students_two_at_a_time_one_gpu_each(
     assert status[RunSpec("teacher", None, None)] == "failed" and status[RunSpec("nokd", 2, 0)] == "failed"
     assert "t2 reco seed 0: FAILED: no teacher" in out and "t2 reco seed 1: FAILED: no teacher" in out
     gpus = {
-        re.search(r"CUDA_VISIBLE_DEVICES=(\S*)\)", (s.folder(layout.out) / "run.log").read_text()).group(1)
+        re.search(r"CUDA_VISIBLE_DEVICES=([^,\s]*),", (s.folder(layout.out) / "run.log").read_text()).group(1)
         for s in (RunSpec("teacher", None, None), RunSpec("nokd", 2, 0))
     }
     assert gpus <= {"0", "1"} and re.search(r"teacher: started on GPU [01]\n", out)
@@ -210,3 +210,22 @@ def test_a_stopped_training_continues_from_its_last_checkpoint(
     with pytest.raises(UserError):
         _train(job)
     assert "--overwrite\n" in capsys.readouterr().out
+
+
+def test_local_jobs_without_gpus_share_the_cpu_cores(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RECOKD_CPU_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    teacher = tmp_path / "results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres"
+    runner, layout = _setup(tmp_path, teacher=str(teacher))
+    runner.selection = Selection(["nokd"], [2], [0, 1])
+    runner.executor = LocalExecutor(jobs=2)
+    assert runner.executor.summary() == "2 local run(s) at a time, 2 CPU thread(s) each"
+    runner.run_all(layout)  # real workers: every run fails fast (no dataset, no teacher)
+    for seed in (0, 1):
+        log = (RunSpec("nokd", 2, seed).folder(layout.out) / "run.log").read_text()
+        assert "RECOKD_CPU_THREADS=2)" in log
+    assert LocalExecutor(jobs=8).cpu_share() == 1  # never below one thread
+    monkeypatch.setenv("RECOKD_CPU_THREADS", "3")  # the user's own setting is kept
+    assert runner.executor.summary() == "2 local run(s) at a time, 3 CPU thread(s) each"

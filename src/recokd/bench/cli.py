@@ -324,8 +324,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="local: N runs at once, each on its own GPU (CUDA_VISIBLE_DEVICES) when there are GPUs "
-        "(default: %(default)s)",
+        help="local: N runs at once, each on its own GPU (CUDA_VISIBLE_DEVICES) when there are GPUs, "
+        "else on its share of the CPU cores (RECOKD_CPU_THREADS; default: %(default)s)",
     )
     g.add_argument("--slurm-partition", default=None, help="slurm: the partition of the jobs")
     g.add_argument(

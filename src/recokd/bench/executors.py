@@ -29,6 +29,7 @@ from recokd.bench.config import LOG_FILE, TEACHER, RunSpec
 from recokd.bench.worker import command
 from recokd.errors import UserError
 from recokd.json_files import write_json_atomic
+from recokd.nnunet.layout import CPU_THREADS_ENV
 
 if TYPE_CHECKING:
     from recokd.bench.runner import Layout
@@ -103,8 +104,19 @@ class LocalExecutor:
     gpus: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        gpus = f", GPUs {','.join(self.gpus)}" if self.gpus else ""
+        if self.gpus:
+            gpus = f", GPUs {','.join(self.gpus)}"
+        elif self.jobs > 1:
+            threads = os.environ.get(CPU_THREADS_ENV) or self.cpu_share()
+            gpus = f", {threads} CPU thread(s) each"
+        else:
+            gpus = ""
         return f"{self.jobs} local run(s) at a time{gpus}"
+
+    def cpu_share(self) -> int:
+        """Torch's CPU threads of each of ``jobs`` runs at once without GPUs: its share of the cores (at least
+        one), so that N runs do not each take every core and slow one another down."""
+        return max(1, (os.cpu_count() or 1) // self.jobs)
 
     def execute(self, runner: RunEvents, layout: Layout, specs: list[RunSpec]) -> None:
         free: queue.Queue[str | None] = queue.Queue()
@@ -138,6 +150,8 @@ class LocalExecutor:
             job, env = runner.run_job(layout, spec)
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
+            elif self.jobs > 1 and CPU_THREADS_ENV not in os.environ:
+                env[CPU_THREADS_ENV] = str(self.cpu_share())
             show_stderr = runner.worker_options(spec, env)
             if self.jobs > 1:
                 runner.note(spec, "started" + (f" on GPU {gpu}" if gpu is not None else ""))

@@ -30,7 +30,7 @@ from typing import Any
 
 from recokd.errors import UserError
 from recokd.json_files import write_json_atomic
-from recokd.nnunet.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST, SHORT_ENV
+from recokd.nnunet.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST, CPU_THREADS_ENV, SHORT_ENV
 from recokd.nnunet.settings import SETTINGS_FILE
 
 
@@ -238,7 +238,8 @@ def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     print(
         f"=== {job['kind']} job {argv[0]} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
-        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')})",
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}, "
+        f"{CPU_THREADS_ENV}={os.environ.get(CPU_THREADS_ENV, '')})",
         flush=True,
     )
     try:

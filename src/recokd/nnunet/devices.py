@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from recokd.errors import UserError
+from recokd.nnunet.layout import CPU_THREADS_ENV
 
 
 def add_device_argument(p: argparse.ArgumentParser) -> None:
@@ -31,14 +33,25 @@ def torch_device(name: str, num_gpus: int = 1):
     return torch.device(name)
 
 
-def set_nnunet_threads(device) -> None:
-    """Torch threads as nnU-Net's entry points set them."""
+def cpu_threads() -> int:
+    """Torch's threads on a CPU: ``RECOKD_CPU_THREADS`` when set (``bench --jobs N`` sets it to each run's
+    share of the cores), else every core, as nnU-Net's entry points."""
     import multiprocessing
 
+    given = os.environ.get(CPU_THREADS_ENV, "").strip()
+    if not given:
+        return multiprocessing.cpu_count()
+    if not given.isdigit() or int(given) < 1:
+        raise UserError(f"environment variable {CPU_THREADS_ENV}: expected a positive integer, got {given!r}")
+    return int(given)
+
+
+def set_nnunet_threads(device) -> None:
+    """Torch threads as nnU-Net's entry points set them (on a CPU: :func:`cpu_threads`)."""
     import torch
 
     if device.type == "cpu":
-        torch.set_num_threads(multiprocessing.cpu_count())
+        torch.set_num_threads(cpu_threads())
     elif device.type == "cuda":
         torch.set_num_threads(1)
         try:

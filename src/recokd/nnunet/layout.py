@@ -62,6 +62,9 @@ SHORT_VAL_ITERS_ENV = "RECOKD_SHORT_VAL_ITERS"
 SHORT_SAVE_EVERY_ENV = "RECOKD_SHORT_SAVE_EVERY"
 #: the optimiser of the short and KD trainers: ``sgd`` (nnU-Net's) or ``adam`` (:mod:`recokd.nnunet.optim`)
 SHORT_OPTIMIZER_ENV = "RECOKD_SHORT_OPTIMIZER"
+#: torch's CPU threads of a training or prediction (default: every core, as nnU-Net); ``bench --jobs N`` on a
+#: CPU gives each of its N runs its share of the cores (:mod:`recokd.nnunet.devices`)
+CPU_THREADS_ENV = "RECOKD_CPU_THREADS"
 #: the schedule variables, in the order messages list them
 SHORT_ENV = (SHORT_EPOCHS_ENV, SHORT_ITERS_ENV, SHORT_VAL_ITERS_ENV, SHORT_OPTIMIZER_ENV)
 
