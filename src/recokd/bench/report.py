@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recokd.bench.agreement import AGREEMENT_DIR
 from recokd.bench.config import NOKD, PSEUDO, RESULT_FILE, TEACHER
 from recokd.bench.stats import PairedTest, Stat, gap_recovered, holm, mean_sd, paired_test
 from recokd.report_paths import shown_path
@@ -53,6 +54,10 @@ class RunResult:
     wall_s: float | None = None
     device: str | None = None
     folder: str | None = None
+    #: Dice against the teacher's segmentations of the test scans (:mod:`recokd.bench.agreement`): the mean
+    #: over foreground classes and over the small group; None when not measured
+    agreement_dice: float | None = None
+    agreement_small: float | None = None
 
 
 @dataclass
@@ -74,6 +79,8 @@ class SummaryRow:
     parameters: int | None = None
     flops_per_patch: int | None = None
     latency_s: float | None = None
+    agreement_dice: Stat = field(default_factory=lambda: mean_sd([]))
+    agreement_small: Stat = field(default_factory=lambda: mean_sd([]))
 
 
 
@@ -102,6 +109,13 @@ def load_run_result(folder: Path) -> RunResult:
     with (evaluation / "per_case.csv").open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             cases.setdefault(row["case"], []).append(float(row["dice"]))
+    agreement_dice = agreement_small = None
+    agreement = folder / AGREEMENT_DIR / "summary.json"
+    if agreement.is_file():
+        agreed = json.loads(agreement.read_text(encoding="utf-8"))
+        agreement_dice = _number(agreed["foreground_mean"].get("dice"))
+        agreed_small = (agreed.get("groups") or {}).get("small") or {}
+        agreement_small = _number(agreed_small.get("dice")) if agreed_small else None
     return RunResult(
         method=record["method"],
         t=record.get("t"),
@@ -115,6 +129,8 @@ def load_run_result(folder: Path) -> RunResult:
         wall_s=record.get("wall_s"),
         device=record.get("device"),
         folder=str(folder),
+        agreement_dice=agreement_dice,
+        agreement_small=agreement_small,
     )
 
 
@@ -149,6 +165,8 @@ def summarize(
             parameters=prof.get("parameters"),
             flops_per_patch=prof.get("flops_per_patch"),
             latency_s=prof.get("latency_s"),
+            agreement_dice=mean_sd([r.agreement_dice for r in runs]),
+            agreement_small=mean_sd([r.agreement_small for r in runs]),
         )
 
     rows: list[SummaryRow] = []
@@ -221,6 +239,8 @@ def runs_csv(results: Sequence[RunResult], base: str | Path | None = None) -> st
         "small_dice",
         "hd95_mm",
         *[f"dice_{c}" for c in classes],
+        "agreement_dice",
+        "agreement_small_dice",
         "n_cases",
         "wall_s",
         "device",
@@ -237,6 +257,8 @@ def runs_csv(results: Sequence[RunResult], base: str | Path | None = None) -> st
                 "small_dice": r.small_dice,
                 "hd95_mm": r.hd95_mm,
                 **{f"dice_{c}": r.class_dice.get(c) for c in classes},
+                "agreement_dice": r.agreement_dice,
+                "agreement_small_dice": r.agreement_small,
                 "n_cases": len(r.case_dice),
                 "wall_s": r.wall_s,
                 "device": r.device,
@@ -250,7 +272,8 @@ def summary_csv(rows: Sequence[SummaryRow]) -> str:
     """One row per (method, t): mean and sd over seeds, the paired test, gap recovered, efficiency."""
     classes = list(rows[0].class_dice) if rows else []
     fields = ["method", "t", "n_runs", "seeds"]
-    for name in ("mean_dice", "small_dice", "hd95_mm", *[f"dice_{c}" for c in classes]):
+    for name in ("mean_dice", "small_dice", "hd95_mm", *[f"dice_{c}" for c in classes], "agreement_dice",
+                 "agreement_small_dice"):
         fields += [f"{name}_mean", f"{name}_sd"]
     fields += [
         "delta_dice_vs_nokd",
@@ -281,6 +304,8 @@ def summary_csv(rows: Sequence[SummaryRow]) -> str:
             "small_dice": r.small_dice,
             "hd95_mm": r.hd95_mm,
             **{f"dice_{c}": s for c, s in r.class_dice.items()},
+            "agreement_dice": r.agreement_dice,
+            "agreement_small_dice": r.agreement_small,
         }
         for name, s in stats.items():
             d[f"{name}_mean"], d[f"{name}_sd"] = s.mean, s.sd
@@ -402,6 +427,33 @@ def pseudo_table(rows: Sequence[SummaryRow]) -> str:
     return "\n".join(lines)
 
 
+def agreement_table(rows: Sequence[SummaryRow]) -> str:
+    """The students' agreement with the teacher on the test scans (the rows where it was measured)."""
+    head = ["model", "t", "seeds", "Dice vs teacher", "small Dice vs teacher", "mean Dice (labels)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for r in rows:
+        if r.agreement_dice.mean is None:
+            continue
+        cells = [
+            display_name(r.method),
+            "" if r.t is None else str(r.t),
+            str(len(r.seeds)),
+            _ms(r.agreement_dice),
+            _ms(r.agreement_small),
+            _ms(r.mean_dice),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: the conventions of :func:`agreement_table` (in results.md when it is there)
+AGREEMENT_CONVENTIONS = """\
+- **Dice vs teacher** (agreement): the student's segmentations of the test scans scored against the
+  teacher's instead of the labels (the same code and conventions as the mean Dice; the labels are not
+  used), as one can measure it on unlabelled scans: how closely the student copies its teacher.
+"""
+
+
 #: the conventions of :func:`pseudo_table` (in results.md when it is there)
 PSEUDO_CONVENTIONS = """\
 - **Δ Dice vs pseudo-labels**, **p**: each method against the pseudo-label student of the same t (stock
@@ -467,6 +519,11 @@ def results_markdown(
     with_pseudo = any(r.vs_pseudo for r in rows)
     if with_pseudo:
         parts += ["## Against the pseudo-label student", "", pseudo_table(rows), ""]
+    with_agreement = any(r.agreement_dice.mean is not None for r in rows)
+    if with_agreement:
+        parts += [
+            "## Agreement with the teacher on the test scans (labels unused)", "", agreement_table(rows), ""
+        ]
     parts += [
         "## Per-class Dice (mean ± sd over seeds)",
         "",
@@ -474,7 +531,8 @@ def results_markdown(
         "",
         "## Conventions",
         "",
-        CONVENTIONS + (PSEUDO_CONVENTIONS if with_pseudo else ""),
+        CONVENTIONS + (PSEUDO_CONVENTIONS if with_pseudo else "")
+        + (AGREEMENT_CONVENTIONS if with_agreement else ""),
     ]
     if missing:
         parts += ["## Missing or failed runs (not in the tables)", "", *[f"- {m}" for m in missing], ""]

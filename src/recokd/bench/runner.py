@@ -7,7 +7,8 @@ Folder layout (``OUT`` = ``-o``)::
     OUT/nnUNet_raw, nnUNet_preprocessed   --phantoms only: the generated dataset
     OUT/teacher/                     the teacher run: nnUNet_results (unless --teacher), predictions,
                                      evaluation, job.json, run.log, result.json
-    OUT/runs/t<T>/<method>/seed<S>/  a student run: the same files
+    OUT/runs/t<T>/<method>/seed<S>/  a student run: the same files, and agreement/ (its segmentations
+                                     scored against the teacher's: :mod:`recokd.bench.agreement`)
     OUT/profile/<teacher|t<T>>.json  parameters, FLOPs, CPU latency per architecture
     OUT/labelled/, OUT/pseudo/       --labelled-cases only: the students' views of the dataset and the
                                      pseudo-label dataset (:mod:`recokd.bench.labelled`)
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recokd.bench import report
+from recokd.bench.agreement import AGREEMENT_DIR, write_agreement
 from recokd.bench.claims import CLAIM_FILE, bench_lock, describe, read_claim
 from recokd.bench.config import (
     NOKD,
@@ -538,6 +540,8 @@ class BenchRunner:
             "dataset_json": str(layout.dataset_json) if layout.dataset_json else None,
             "class_groups": {"small": study.small_classes} if study.small_classes else None,
             "evaluation": str(folder / "evaluation"),
+            "teacher_predictions": None if spec.method == TEACHER else str(self.teacher_predictions()),
+            "agreement": str(folder / AGREEMENT_DIR),
             "result": str(folder / RESULT_FILE),
             "record": {
                 "method": spec.method,
@@ -719,9 +723,30 @@ class BenchRunner:
 
     # ------------------------------------------------------------------ report
 
+    def teacher_predictions(self) -> Path:
+        """The teacher run's segmentations of the test scans (the reference of the students' agreement)."""
+        return RunSpec(TEACHER, None, None).folder(self.out) / "predictions"
+
+    def backfill_agreement(self, layout: Layout, status: dict[RunSpec, str]) -> None:
+        """The agreement with the teacher (:mod:`recokd.bench.agreement`) of finished students that lack it
+        (finished before it was measured), where their predictions and the teacher's are on disk."""
+        teacher = self.teacher_predictions()
+        todo = [s for s, v in status.items() if v == "done" and s.method != TEACHER
+                and not (s.folder(self.out) / AGREEMENT_DIR / "summary.json").is_file()
+                and (s.folder(self.out) / "predictions").is_dir()]
+        if not todo or not teacher.is_dir():
+            return
+        self.echo(f"agreement with the teacher of {len(todo)} finished run(s) ...")
+        groups = {"small": self.study.small_classes} if self.study.small_classes else None
+        for spec in todo:
+            folder = spec.folder(self.out)
+            write_agreement(folder / "predictions", teacher, folder / AGREEMENT_DIR,
+                            dataset_json=layout.dataset_json, class_groups=groups)
+
     def write_report(
         self, layout: Layout, status: dict[RunSpec, str], profiles: dict[str, dict[str, Any]]
     ) -> list[report.SummaryRow]:
+        self.backfill_agreement(layout, status)
         results = [report.load_run_result(s.folder(self.out)) for s, v in status.items() if v == "done"]
         rows = report.summarize(results, self.selection.methods, self.selection.ts, profiles)
         small = next((r.small_classes for r in results if r.small_classes), [])

@@ -8,8 +8,9 @@ sets the environment, this module only does the work:
 - ``run``: seed ``random``/numpy/torch, train (``recokd train`` for KD methods, stock nnU-Net
   ``run_training`` with ``nnUNetTrainerShort`` for the teacher and the no-KD students) unless the
   fold already holds ``checkpoint_final.pth``, predict the test images (``recokd predict``),
-  evaluate them (:func:`recokd.evaluation.evaluate.evaluate_folders`) and write ``result.json``
-  last (its presence marks the run as finished);
+  evaluate them (:func:`recokd.evaluation.evaluate.evaluate_folders`), score a student's against the
+  teacher's predictions (:mod:`recokd.bench.agreement`) and write ``result.json`` last (its presence
+  marks the run as finished);
 - ``profile``: :func:`recokd.evaluation.profile.profile_model` of one architecture;
 - ``unlabelled`` (``--labelled-cases``): the unlabelled scans preprocessed for the KD runs, and in a
   ``pseudo`` run's job (and, label-free, ``--labelled-cases 0``, in every student's), before its seeding
@@ -169,6 +170,15 @@ def _run(job: dict[str, Any]) -> None:
         f"mean foreground Dice {summary['foreground_mean']['dice']:.4f} over {len(result.cases)} case(s)",
         flush=True,
     )
+    teacher_predictions = job.get("teacher_predictions")
+    if teacher_predictions and Path(teacher_predictions).is_dir():
+        from recokd.bench.agreement import write_agreement
+
+        agreement = write_agreement(
+            job["predictions"], teacher_predictions, job["agreement"], dataset_json=job.get("dataset_json"),
+            class_groups=groups,
+        )
+        print(f"agreement with the teacher (Dice against its segmentations): {agreement:.4f}", flush=True)
     write_json_atomic(
         Path(job["result"]),
         {
