@@ -76,6 +76,13 @@ def test_bench_with_unlabelled_cases_and_pseudo_labels(tmp_path: Path, capsys: p
     with (out / "summary.csv").open(newline="") as f:
         summary = {r["method"]: r for r in csv.DictReader(f)}
     assert summary["reco"]["n_pairs_vs_pseudo"] == "2" and summary["pseudo"]["n_pairs"] == "2"
+    # every student scored against the teacher's segmentations by its worker (not the teacher itself)
+    assert not (out / "teacher/agreement").exists()
+    for method in ("nokd", "reco", "pseudo"):
+        agreed = json.loads((runs / method / "seed0/agreement/summary.json").read_text())
+        assert agreed["num_cases"] == 2 and float(summary[method]["agreement_dice_mean"]) >= 0, method
+        assert "agreement with the teacher" in (runs / method / "seed0/run.log").read_text(), method
+    assert "## Agreement with the teacher on the test scans (labels unused)" in md
 
     assert main(argv) == 0
     again = capsys.readouterr().out
