@@ -229,3 +229,33 @@ def test_local_jobs_without_gpus_share_the_cpu_cores(
     assert LocalExecutor(jobs=8).cpu_share() == 1  # never below one thread
     monkeypatch.setenv("RECOKD_CPU_THREADS", "3")  # the user's own setting is kept
     assert runner.executor.summary() == "2 local run(s) at a time, 3 CPU thread(s) each"
+
+
+def test_a_stock_run_trains_on_its_share_of_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nnU-Net's run_training keeps torch's threads (its entry point sets them): the worker sets them from
+    RECOKD_CPU_THREADS before it, as for `recokd train` runs."""
+    import nnunetv2.run.run_training as nnunet_training
+    import torch
+
+    from recokd.bench import worker
+
+    seen = []
+
+    def run_training(*args, **kwargs) -> None:  # records the threads nnU-Net's training would run with
+        seen.append(torch.get_num_threads())
+        (tmp_path / "fold_0").mkdir()
+        (tmp_path / "fold_0/checkpoint_final.pth").write_bytes(b"")
+
+    monkeypatch.setattr(nnunet_training, "run_training", run_training)
+    monkeypatch.setenv("RECOKD_CPU_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what torch would keep without the worker's setting
+    try:
+        train = {"type": "stock", "dataset": "Dataset001_X", "configuration": "3d_fullres", "fold": "0",
+                 "trainer": "nnUNetTrainerShortNoDA", "plans": "nnUNetPlans", "device": "cpu"}
+        assert worker._train({"train": train, "fold_folder": str(tmp_path / "fold_0")})
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]

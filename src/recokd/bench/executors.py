@@ -152,6 +152,7 @@ class LocalExecutor:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
             elif self.jobs > 1 and CPU_THREADS_ENV not in os.environ:
                 env[CPU_THREADS_ENV] = str(self.cpu_share())
+                env.setdefault("OMP_NUM_THREADS", env[CPU_THREADS_ENV])  # numpy's / scipy's OpenMP too
             show_stderr = runner.worker_options(spec, env)
             if self.jobs > 1:
                 runner.note(spec, "started" + (f" on GPU {gpu}" if gpu is not None else ""))

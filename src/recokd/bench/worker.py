@@ -113,6 +113,11 @@ def _train(job: dict[str, Any]) -> bool:
         import torch
         from nnunetv2.run.run_training import run_training
 
+        from recokd.nnunet.devices import set_nnunet_threads
+
+        # nnU-Net's entry point sets the threads, run_training does not: without this a run of `--jobs N` on
+        # a CPU would take torch's default (every core) instead of its share
+        set_nnunet_threads(torch.device(train["device"]))
         if restart:
             shutil.rmtree(fold)
         print(
