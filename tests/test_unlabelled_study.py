@@ -56,6 +56,13 @@ def test_the_unlabelled_study_runs_on_tiny_settings(tmp_path: Path) -> None:
     assert (free["labelled"], len(free["unlabelled"]), len(free["unlabelled_images"])) == ([], 10, 2)
     assert "--pseudo-label-loss" in (folder / "sweep/pseudo-label-loss/results.md").read_text()
     assert "--pseudo-label-loss" not in (folder / "sweep/plain/results.md").read_text()
+    for bench, warmup in (("sweep/warmup-0", 0.0), ("sweep/warmup-0.6", 0.6)):  # no pseudo, nokd only beside
+        config = json.loads((folder / bench / "bench_config.json").read_text())
+        assert config["study"]["warmup"] == warmup, bench
+        with (folder / bench / "runs.csv").open(newline="") as f:
+            assert [r["method"] for r in csv.DictReader(f)] == ["teacher", "nokd", "reco+logits"], bench
+    # every student's agreement with the teacher, in every bench
+    assert "## Agreement with the teacher on the test scans" in (folder / "final-u39/results.md").read_text()
 
     # U = 3: the dataset's unlabelled cases only; U = 7: its 5 + the first 2 extra phantoms
     small = json.loads((folder / "final-u39/labelled/split.json").read_text())

@@ -24,7 +24,7 @@ def _benches(tiny: bool, folder: Path) -> dict[str, object]:
 def test_the_steps_and_the_shared_data(tmp_path: Path) -> None:
     study = load_study(STUDY, folder=tmp_path / "unlabelled")
     assert study.default_steps() == [
-        "data", "teacher", "unlabelled-data", "sweep", "final-u39", "final-u200", "label-free"
+        "data", "teacher", "unlabelled-data", "sweep", "sweep-warmup", "final-u39", "final-u200", "label-free"
     ]
     evidence = tmp_path / "unlabelled/../evidence/data"
     assert study.env["nnUNet_raw"] == str(evidence / "nnUNet_raw")
@@ -36,16 +36,20 @@ def test_the_steps_and_the_shared_data(tmp_path: Path) -> None:
 
 def test_the_benches(tmp_path: Path) -> None:
     benches = _benches(False, tmp_path)
-    assert list(benches) == ["sweep/pseudo-label-loss", "sweep/plain", "final-u39", "final-u200",
-                             "label-free-u39", "label-free-u200"]
+    assert list(benches) == ["sweep/pseudo-label-loss", "sweep/plain", "sweep/warmup-0", "sweep/warmup-0.6",
+                             "final-u39", "final-u200", "label-free-u39", "label-free-u200"]
     for name, args in benches.items():
         assert (args.dataset, args.t, args.optimizer) == ("801", "3", "adam") and args.no_augmentation, name
         assert (args.epochs, args.iters_per_epoch) == (20, 50), name
         assert args.unlabelled_images.endswith("Dataset804_P32s2p0Unlabelled/imagesTr"), name
-        assert "pseudo" in args.methods.split(",") and args.jobs == 1, name
+        assert args.jobs == 1, name
+        assert ("pseudo" in args.methods.split(",")) == ("warmup" not in name), name
     assert benches["sweep/plain"].seed_list == "0" and not benches["sweep/plain"].pseudo_label_loss
     assert benches["sweep/pseudo-label-loss"].pseudo_label_loss
-    assert "reco+logits:100" in benches["sweep/plain"].methods
+    assert {"reco+logits:100", "reco:1000", "cwd:100"} <= set(benches["sweep/plain"].methods.split(","))
+    assert [benches[f"sweep/warmup-{w}"].warmup for w in ("0", "0.6")] == [0.0, 0.6]
+    assert benches["sweep/warmup-0"].methods == "logits,reco+logits,reco,dist,cwd"
+    assert benches["final-u39"].warmup == 0.2
     for name, u in (("final-u39", 39), ("final-u200", 200)):
         args = benches[name]
         assert (args.labelled_cases, args.unlabelled_cases, args.seeds, args.test_images) == (9, u, 5, None)
@@ -54,6 +58,8 @@ def test_the_benches(tmp_path: Path) -> None:
         args = benches[name]
         assert (args.labelled_cases, args.unlabelled_cases, args.warmup) == (0, u, 0.0)
         assert args.methods == "pseudo,logits,reco+logits"
-    swept = load_study(STUDY, sets=["rl_weight=:10", "final_pll=false", "jobs=2"], folder=tmp_path)
+    swept = load_study(STUDY, sets=["rl_weight=:10", "final_pll=false", "jobs=2", "final_warmup=0.6"],
+                       folder=tmp_path)
     args = build_parser().parse_args(["bench", *bench_argv(swept.select(["final-u39"])[0])])
     assert "reco+logits:10" in args.methods.split(",") and not args.pseudo_label_loss and args.jobs == 2
+    assert args.warmup == 0.6
