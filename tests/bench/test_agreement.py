@@ -10,33 +10,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-
 from recokd.bench.agreement import AGREEMENT_DIR, write_agreement
 from recokd.bench.config import RunSpec, Selection, Study
 from recokd.bench.report import load_run_result
 from recokd.bench.runner import BenchRunner, Layout
+from tests.bench.test_report import _write_nifti
 
 LABELS = {"background": 0, "organ": 1, "dot": 2}
-
-
-def _write(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = sitk.GetImageFromArray(array.astype(np.uint8))
-    image.SetSpacing((1.0, 1.0, 2.0))
-    sitk.WriteImage(image, str(path))
 
 
 def _teacher_and_student(teacher_dir: Path, student_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     """Two cases: the student copies the teacher in the first, is shifted by 2 voxels in the second."""
     cases = {}
+    teacher_dir.mkdir(parents=True, exist_ok=True)
+    student_dir.mkdir(parents=True, exist_ok=True)
     for i, shift in enumerate((0, 2)):
         teacher = np.zeros((8, 16, 16), np.uint8)
         teacher[2:6, 2:12, 2:12] = 1
         teacher[3:5, 13:15, 13:15] = 2
         student = np.roll(teacher, shift, axis=2)
-        _write(teacher, teacher_dir / f"case{i}.nii.gz")
-        _write(student, student_dir / f"case{i}.nii.gz")
+        _write_nifti(teacher, teacher_dir / f"case{i}.nii.gz")
+        _write_nifti(student, student_dir / f"case{i}.nii.gz")
         cases[f"case{i}"] = {"teacher": teacher, "student": student}
     return cases
 

@@ -379,13 +379,11 @@ def main_table(rows: Sequence[SummaryRow]) -> str:
         "GFLOPs/patch",
         "CPU s/case",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    body = []
     for r in rows:
         test = r.test
-        cells = [
-            display_name(r.method),
-            "" if r.t is None else str(r.t),
-            str(len(r.seeds)),
+        body.append([
+            *_who(r),
             _ms(r.mean_dice),
             _ms(r.small_dice),
             _ms(r.hd95_mm, ".1f"),
@@ -398,9 +396,19 @@ def main_table(rows: Sequence[SummaryRow]) -> str:
             _params(r.parameters),
             _f(None if r.flops_per_patch is None else r.flops_per_patch / 1e9, ".2f"),
             _f(r.latency_s, ".3f"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        ])
+    return _markdown_table(head, body)
+
+
+def _markdown_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A Markdown table: the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    return "\n".join([*lines, *("| " + " | ".join(cells) + " |" for cells in body)])
+
+
+def _who(r: SummaryRow) -> list[str]:
+    """A row's first cells: the model, its t, its number of seeds."""
+    return [display_name(r.method), "" if r.t is None else str(r.t), str(len(r.seeds))]
 
 
 def pseudo_table(rows: Sequence[SummaryRow]) -> str:
@@ -408,42 +416,20 @@ def pseudo_table(rows: Sequence[SummaryRow]) -> str:
     head = [
         "model", "t", "seeds", "mean Dice", "Δ Dice vs pseudo-labels", "p (Wilcoxon)", "p (Holm)", "pairs"
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    for r in rows:
-        test = r.vs_pseudo
-        if test is None:
-            continue
-        cells = [
-            display_name(r.method),
-            "" if r.t is None else str(r.t),
-            str(len(r.seeds)),
-            _ms(r.mean_dice),
-            _f(test.mean_difference, "+.3f"),
-            _p(test.p_value),
-            _p(r.p_holm_vs_pseudo),
-            str(test.n_pairs),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _markdown_table(head, [
+        [*_who(r), _ms(r.mean_dice), _f(r.vs_pseudo.mean_difference, "+.3f"), _p(r.vs_pseudo.p_value),
+         _p(r.p_holm_vs_pseudo), str(r.vs_pseudo.n_pairs)]
+        for r in rows if r.vs_pseudo is not None
+    ])
 
 
 def agreement_table(rows: Sequence[SummaryRow]) -> str:
     """The students' agreement with the teacher on the test scans (the rows where it was measured)."""
     head = ["model", "t", "seeds", "Dice vs teacher", "small Dice vs teacher", "mean Dice (labels)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    for r in rows:
-        if r.agreement_dice.mean is None:
-            continue
-        cells = [
-            display_name(r.method),
-            "" if r.t is None else str(r.t),
-            str(len(r.seeds)),
-            _ms(r.agreement_dice),
-            _ms(r.agreement_small),
-            _ms(r.mean_dice),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _markdown_table(head, [
+        [*_who(r), _ms(r.agreement_dice), _ms(r.agreement_small), _ms(r.mean_dice)]
+        for r in rows if r.agreement_dice.mean is not None
+    ])
 
 
 #: the conventions of :func:`agreement_table` (in results.md when it is there)
