@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from recokd.bench.agreement import AGREEMENT_DIR, write_agreement
 from recokd.bench.config import RunSpec, Selection, Study
 from recokd.bench.report import load_run_result
