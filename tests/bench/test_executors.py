@@ -226,6 +226,9 @@ def test_local_jobs_without_gpus_share_the_cpu_cores(
     for seed in (0, 1):
         log = (RunSpec("nokd", 2, seed).folder(layout.out) / "run.log").read_text()
         assert "RECOKD_CPU_THREADS=2)" in log
+    # the teacher runs alone first: every core
+    teacher_log = RunSpec("teacher", None, None).folder(layout.out) / "run.log"
+    assert "RECOKD_CPU_THREADS=4)" in teacher_log.read_text()
     assert LocalExecutor(jobs=8).cpu_share() == 1  # never below one thread
     monkeypatch.setenv("RECOKD_CPU_THREADS", "3")  # the user's own setting is kept
     assert runner.executor.summary() == "2 local run(s) at a time, 3 CPU thread(s) each"

@@ -113,10 +113,12 @@ class LocalExecutor:
             gpus = ""
         return f"{self.jobs} local run(s) at a time{gpus}"
 
-    def cpu_share(self) -> int:
-        """Torch's CPU threads of each of ``jobs`` runs at once without GPUs: its share of the cores (at least
-        one), so that N runs do not each take every core and slow one another down."""
-        return max(1, (os.cpu_count() or 1) // self.jobs)
+    def cpu_share(self, runs: int | None = None) -> int:
+        """Torch's CPU threads of each run without GPUs when ``jobs`` (or fewer: ``runs``, e.g. the teacher
+        alone) run at once: its share of the cores (at least one), so that they do not each take every core
+        and slow one another down."""
+        at_once = self.jobs if runs is None else max(1, min(self.jobs, runs))
+        return max(1, (os.cpu_count() or 1) // at_once)
 
     def execute(self, runner: RunEvents, layout: Layout, specs: list[RunSpec]) -> None:
         free: queue.Queue[str | None] = queue.Queue()
@@ -129,11 +131,16 @@ class LocalExecutor:
                 for spec in group:
                     self._one(runner, layout, spec, free)
                 continue
+            share = self.cpu_share(len(group))
             with ThreadPoolExecutor(self.jobs) as pool:
-                for future in [pool.submit(self._one, runner, layout, spec, free) for spec in group]:
+                for future in [pool.submit(self._one, runner, layout, spec, free, share) for spec in group]:
                     future.result()
 
-    def _one(self, runner: RunEvents, layout: Layout, spec: RunSpec, free: queue.Queue[str | None]) -> None:
+    def _one(
+        self, runner: RunEvents, layout: Layout, spec: RunSpec, free: queue.Queue[str | None],
+        share: int | None = None,
+    ) -> None:
+        """One run in a worker process (``share``: its CPU threads when several run at once without GPUs)."""
         missing = runner.teacher_missing(layout) if spec.method != TEACHER else None
         if missing is not None and spec.method != "nokd":
             runner.no_teacher(spec, missing)
@@ -150,8 +157,8 @@ class LocalExecutor:
             job, env = runner.run_job(layout, spec)
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
-            elif self.jobs > 1 and CPU_THREADS_ENV not in os.environ:
-                env[CPU_THREADS_ENV] = str(self.cpu_share())
+            elif share is not None and CPU_THREADS_ENV not in os.environ:
+                env[CPU_THREADS_ENV] = str(share)
                 env.setdefault("OMP_NUM_THREADS", env[CPU_THREADS_ENV])  # numpy's / scipy's OpenMP too
             show_stderr = runner.worker_options(spec, env)
             if self.jobs > 1:
