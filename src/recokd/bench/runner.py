@@ -538,7 +538,7 @@ class BenchRunner:
             "predictions": str(folder / "predictions"),
             "test_labels": str(layout.test_labels),
             "dataset_json": str(layout.dataset_json) if layout.dataset_json else None,
-            "class_groups": {"small": study.small_classes} if study.small_classes else None,
+            "class_groups": self.class_groups(),
             "evaluation": str(folder / "evaluation"),
             "teacher_predictions": None if spec.method == TEACHER else str(self.teacher_predictions()),
             "agreement": str(folder / AGREEMENT_DIR),
@@ -723,6 +723,11 @@ class BenchRunner:
 
     # ------------------------------------------------------------------ report
 
+    def class_groups(self) -> dict[str, list[str]] | None:
+        """The evaluation's class groups: ``--small-classes`` as the group ``small`` (None: the phantoms' size
+        groups, from their dataset.json)."""
+        return {"small": self.study.small_classes} if self.study.small_classes else None
+
     def teacher_predictions(self) -> Path:
         """The teacher run's segmentations of the test scans (the reference of the students' agreement)."""
         return RunSpec(TEACHER, None, None).folder(self.out) / "predictions"
@@ -737,11 +742,10 @@ class BenchRunner:
         if not todo or not teacher.is_dir():
             return
         self.echo(f"agreement with the teacher of {len(todo)} finished run(s) ...")
-        groups = {"small": self.study.small_classes} if self.study.small_classes else None
         for spec in todo:
             folder = spec.folder(self.out)
             write_agreement(folder / "predictions", teacher, folder / AGREEMENT_DIR,
-                            dataset_json=layout.dataset_json, class_groups=groups)
+                            dataset_json=layout.dataset_json, class_groups=self.class_groups())
 
     def write_report(
         self, layout: Layout, status: dict[RunSpec, str], profiles: dict[str, dict[str, Any]]
