@@ -49,9 +49,9 @@ def test_the_benches(tmp_path: Path) -> None:
     pools = [(benches[n].labelled_cases, benches[n].unlabelled_cases) for n in benches]
     assert pools == [(9, 31), (9, 91), (0, 40)]
     assert benches["label-free-u40"].warmup == 0.0
-    swept = _benches(tmp_path, ["rl_weight=:10", "logits_weight=:100", "final_pll=false"])
-    assert swept["final-u31"].methods == "pseudo,logits:100,reco+logits:10"
-    assert swept["label-free-u40"].methods == "pseudo,logits:100,reco+logits:10"
+    swept = _benches(tmp_path, ["rl_method=reco:10+logits", "logits_method=logits:100", "final_pll=false"])
+    assert swept["final-u31"].methods == "pseudo,logits:100,reco:10+logits"
+    assert swept["label-free-u40"].methods == "pseudo,logits:100,reco:10+logits"
     assert not swept["final-u91"].pseudo_label_loss
     tiny = _benches(tmp_path, tiny=True)
     assert [(tiny[n].labelled_cases, tiny[n].unlabelled_cases) for n in tiny] == [(5, 3), (5, 7), (0, 12)]

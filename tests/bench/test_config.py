@@ -14,6 +14,7 @@ from recokd.bench.config import (
     Selection,
     Study,
     check_or_write_config,
+    method_weights_text,
     parse_int_list,
     parse_methods,
     plan_runs,
@@ -49,6 +50,15 @@ def test_methods_default_to_every_registered_one_and_unknown_names_are_refused()
     for bad in ("reco:x", "reco:0", "reco:nan", "recoo:2", "reco+reco:2"):
         with pytest.raises(UserError, match="unknown method"):
             parse_methods(bad)
+
+
+def test_the_report_spells_out_each_terms_weight() -> None:
+    """A suffix weighs its own term only: reco+logits:10 and reco:10+logits are different students."""
+    text = method_weights_text(["pseudo", "reco", "reco:10", "reco+logits:10", "reco:100+logits"], 0.01)
+    assert text is not None and text.endswith(
+        "reco:10 = reco 0.1; reco+logits:10 = reco 0.01 + logits 0.1; reco:100+logits = reco 1 + logits 0.01")
+    assert "W x 0.01" in text
+    assert method_weights_text(["pseudo", "reco", "cwd"], 0.01) is None
 
 
 def test_int_lists() -> None:

@@ -26,6 +26,7 @@ def test_the_steps_and_the_shared_data(tmp_path: Path) -> None:
     assert study.default_steps() == [
         "data", "teacher", "unlabelled-data", "sweep", "sweep-warmup", "final-u39", "final-u200", "label-free"
     ]
+    assert "sweep-plain" in study.step_names()  # stopped part-way: run only when named
     evidence = tmp_path / "unlabelled/../evidence/data"
     assert study.env["nnUNet_raw"] == str(evidence / "nnUNet_raw")
     assert study.variables["teacher"] == str(
@@ -46,7 +47,8 @@ def test_the_benches(tmp_path: Path) -> None:
         assert ("pseudo" in args.methods.split(",")) == ("warmup" not in name), name
     assert benches["sweep/plain"].seed_list == "0" and not benches["sweep/plain"].pseudo_label_loss
     assert benches["sweep/pseudo-label-loss"].pseudo_label_loss
-    assert {"reco+logits:100", "reco:1000", "cwd:100"} <= set(benches["sweep/plain"].methods.split(","))
+    assert {"reco+logits:100", "reco:1000", "cwd:100", "reco:100+logits"} <= set(
+        benches["sweep/plain"].methods.split(","))
     assert [benches[f"sweep/warmup-{w}"].warmup for w in ("0", "0.6")] == [0.0, 0.6]
     assert benches["sweep/warmup-0"].methods == "logits,reco+logits,reco,dist,cwd"
     assert benches["final-u39"].warmup == 0.2
@@ -58,8 +60,8 @@ def test_the_benches(tmp_path: Path) -> None:
         args = benches[name]
         assert (args.labelled_cases, args.unlabelled_cases, args.warmup) == (0, u, 0.0)
         assert args.methods == "pseudo,logits,reco+logits"
-    swept = load_study(STUDY, sets=["rl_weight=:10", "final_pll=false", "jobs=2", "final_warmup=0.6"],
-                       folder=tmp_path)
+    sets = ["rl_method=reco:10+logits", "final_pll=false", "jobs=2", "final_warmup=0.6"]
+    swept = load_study(STUDY, sets=sets, folder=tmp_path)
     args = build_parser().parse_args(["bench", *bench_argv(swept.select(["final-u39"])[0])])
-    assert "reco+logits:10" in args.methods.split(",") and not args.pseudo_label_loss and args.jobs == 2
+    assert "reco:10+logits" in args.methods.split(",") and not args.pseudo_label_loss and args.jobs == 2
     assert args.warmup == 0.6

@@ -99,6 +99,29 @@ def parse_methods(text: str | None, registered: list[str] | None = None) -> list
     return list(dict.fromkeys(n for n in names if n not in (NOKD, TEACHER)))
 
 
+def method_weights_text(methods: list[str], kd_weight: float) -> str | None:
+    """Each weighted or combined spec of ``methods`` with the weight of each of its terms, in words.
+
+    A suffix weighs one term: ``reco:10+logits`` is ReCo-KD at 10 x ``kd_weight`` plus logit KD at
+    1 x, so ``reco+logits:10`` (logits at 10 x, ReCo-KD at 1 x) is a different student. ``None`` when
+    every method is a single term at 1 x.
+    """
+    from recokd.kd.registry import parse_method_spec
+
+    parts = []
+    for spec in methods:
+        if spec in (NOKD, TEACHER, PSEUDO):
+            continue
+        terms = parse_method_spec(spec)
+        if len(terms) == 1 and terms[0][1] == 1.0:
+            continue
+        parts.append(f"{spec} = " + " + ".join(f"{name} {w * kd_weight:g}" for name, w in terms))
+    if not parts:
+        return None
+    return (f"KD terms and their weights lambda_max (a suffix :W weighs its term only, W x {kd_weight:g}): "
+            + "; ".join(parts))
+
+
 # ---------------------------------------------------------------------------- configuration
 
 

@@ -46,6 +46,7 @@ from recokd.bench.config import (
     RunSpec,
     Selection,
     Study,
+    method_weights_text,
     plan_runs,
 )
 from recokd.bench.executors import LocalExecutor, claim_alive, launch
@@ -805,6 +806,9 @@ class BenchRunner:
             " (python random, numpy and torch seeded per run)",
             f"training device(s): {', '.join(devices) or 'n/a'}; prediction without test-time mirroring",
         ]
+        weights = method_weights_text(self.selection.methods, study.kd_weight)
+        if weights:
+            lines.insert(3, weights)
         if layout.split is not None:
             lines.append(self.split_line(layout.split, shown))
         prof = next(iter(profiles.values()), None)
