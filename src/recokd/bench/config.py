@@ -36,6 +36,8 @@ MIN_LABELLED_CASES = 5
 PHANTOM_DATASET_ID = 991
 PHANTOM_DATASET_NAME = "BenchPhantoms"
 RESULT_FILE = "result.json"
+#: a run's segmentations of the test scans, in its folder
+PREDICTIONS_DIR = "predictions"
 LOG_FILE = "run.log"
 
 

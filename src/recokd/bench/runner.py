@@ -40,6 +40,7 @@ from recokd.bench.agreement import AGREEMENT_DIR, write_agreement
 from recokd.bench.claims import CLAIM_FILE, bench_lock, describe, read_claim
 from recokd.bench.config import (
     NOKD,
+    PREDICTIONS_DIR,
     PSEUDO,
     RESULT_FILE,
     TEACHER,
@@ -531,12 +532,12 @@ class BenchRunner:
             "train": train,
             "fold_folder": str(fold_folder),
             "predict_argv": [
-                "predict", "-i", str(layout.test_images), "-o", str(folder / "predictions"),
+                "predict", "-i", str(layout.test_images), "-o", str(folder / PREDICTIONS_DIR),
                 "-d", model.parent.name, "-c", study.configuration, "-f", study.fold,
                 "-tr", trainer, "-p", plans,
                 "--device", self.device, "--disable-tta", "-npp", n_proc, "-nps", n_proc, "--overwrite",
             ],
-            "predictions": str(folder / "predictions"),
+            "predictions": str(folder / PREDICTIONS_DIR),
             "test_labels": str(layout.test_labels),
             "dataset_json": str(layout.dataset_json) if layout.dataset_json else None,
             "class_groups": self.class_groups(),
@@ -731,7 +732,7 @@ class BenchRunner:
 
     def teacher_predictions(self) -> Path:
         """The teacher run's segmentations of the test scans (the reference of the students' agreement)."""
-        return RunSpec(TEACHER, None, None).folder(self.out) / "predictions"
+        return RunSpec(TEACHER, None, None).folder(self.out) / PREDICTIONS_DIR
 
     def backfill_agreement(self, layout: Layout, status: dict[RunSpec, str]) -> None:
         """The agreement with the teacher (:mod:`recokd.bench.agreement`) of finished students that lack it
@@ -739,13 +740,13 @@ class BenchRunner:
         teacher = self.teacher_predictions()
         todo = [s for s, v in status.items() if v == "done" and s.method != TEACHER
                 and not (s.folder(self.out) / AGREEMENT_DIR / "summary.json").is_file()
-                and (s.folder(self.out) / "predictions").is_dir()]
+                and (s.folder(self.out) / PREDICTIONS_DIR).is_dir()]
         if not todo or not teacher.is_dir():
             return
         self.echo(f"agreement with the teacher of {len(todo)} finished run(s) ...")
         for spec in todo:
             folder = spec.folder(self.out)
-            write_agreement(folder / "predictions", teacher, folder / AGREEMENT_DIR,
+            write_agreement(folder / PREDICTIONS_DIR, teacher, folder / AGREEMENT_DIR,
                             dataset_json=layout.dataset_json, class_groups=self.class_groups())
 
     def write_report(
