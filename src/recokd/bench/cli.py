@@ -88,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"no-KD student and the teacher are always included; '{PSEUDO}' adds the pseudo-label student (stock "
         "nnU-Net on the labelled cases + the teacher's hard segmentations of the unlabelled ones, made once "
         "per bench; needs --labelled-cases), compared like a method and, in its own table, against every KD "
-        "method",
+        "method; a weight suffix weighs its own term, in multiples of --kd-weight: reco:10 (ReCo-KD at 10x), "
+        "reco:10+logits (ReCo-KD at 10x + logit KD at 1x; reco+logits:10 is logit KD at 10x)",
     )
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument(
