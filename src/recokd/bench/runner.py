@@ -802,14 +802,12 @@ class BenchRunner:
             f"test set: {n_cases} cases, {shown(layout.test_images)} scored against "
             f"{shown(layout.test_labels)}",
             f"schedule: {study.schedule_text(shown(study.teacher) if study.teacher else None)}",
+            *filter(None, [method_weights_text(self.selection.methods, study.kd_weight)]),
             f"student widths: teacher widths / 2^t (c_min {study.c_min}); "
             f"t = {', '.join(map(str, self.selection.ts))}; seeds {', '.join(map(str, self.selection.seeds))}"
             " (python random, numpy and torch seeded per run)",
             f"training device(s): {', '.join(devices) or 'n/a'}; prediction without test-time mirroring",
         ]
-        weights = method_weights_text(self.selection.methods, study.kd_weight)
-        if weights:
-            lines.insert(3, weights)
         if layout.split is not None:
             lines.append(self.split_line(layout.split, shown))
         prof = next(iter(profiles.values()), None)
