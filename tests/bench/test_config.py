@@ -91,6 +91,9 @@ def test_config_written_resumed_and_refused_when_the_study_differs(tmp_path: Pat
     assert check_or_write_config(out, _study(), Selection(["reco", "at"], [2, 3], [0, 1, 2])) is True
     saved = json.loads((out / CONFIG_FILE).read_text())
     assert saved["study"]["epochs"] == 5 and len(saved["selections"]) == 2
+    # resuming with a selection asked before records it once
+    assert check_or_write_config(out, _study(), Selection(["reco"], [2], [0])) is True
+    assert json.loads((out / CONFIG_FILE).read_text()) == saved
     with pytest.raises(UserError) as e:
         check_or_write_config(out, _study(epochs=6, kd_weight=0.1), Selection(["reco"], [2], [0]))
     msg = str(e.value)

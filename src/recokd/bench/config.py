@@ -450,7 +450,8 @@ def study_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
 
 
 def check_or_write_config(out: Path, study: Study, selection: Selection) -> bool:
-    """Refuse an ``out`` folder that holds another study (or is not a bench folder); record this call.
+    """Refuse an ``out`` folder that holds another study (or is not a bench folder); record this call's
+    selection (once: the file's ``selections`` lists each distinct selection asked of the folder).
 
     Returns True when the folder was a bench of this study already (a resumed bench).
     """
@@ -481,7 +482,8 @@ def check_or_write_config(out: Path, study: Study, selection: Selection) -> bool
             f"output folder {out} is not empty and holds no {CONFIG_FILE} (not a bench folder); "
             "choose another -o folder or pass --overwrite to delete its content"
         )
-    history.append(asdict(selection))
+    if asdict(selection) not in history:  # a resume with the same selection records nothing new
+        history.append(asdict(selection))
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"reco_kd_bench": CONFIG_FORMAT, "study": current, "selections": history})
     return resumed
