@@ -34,7 +34,7 @@ from typing import Any
 
 from recokd.bench.agreement import AGREEMENT_DIR
 from recokd.bench.config import NOKD, PSEUDO, RESULT_FILE, TEACHER
-from recokd.bench.stats import PairedTest, Stat, gap_recovered, holm, mean_sd, paired_test
+from recokd.bench.stats import PairedTest, Stat, gap_recovered, holm, mean_sd, paired_test, seed_test
 from recokd.report_paths import shown_path
 
 
@@ -81,6 +81,8 @@ class SummaryRow:
     latency_s: float | None = None
     agreement_dice: Stat = field(default_factory=lambda: mean_sd([]))
     agreement_small: Stat = field(default_factory=lambda: mean_sd([]))
+    #: seed -> that seed's run mean Dice (the seed-by-seed table)
+    seed_dice: dict[int | None, float | None] = field(default_factory=dict)
 
 
 
@@ -167,6 +169,7 @@ def summarize(
             latency_s=prof.get("latency_s"),
             agreement_dice=mean_sd([r.agreement_dice for r in runs]),
             agreement_small=mean_sd([r.agreement_small for r in runs]),
+            seed_dice={r.seed: r.mean_dice for r in runs},
         )
 
     rows: list[SummaryRow] = []
@@ -432,6 +435,52 @@ def agreement_table(rows: Sequence[SummaryRow]) -> str:
     ])
 
 
+def seed_table(rows: Sequence[SummaryRow]) -> str:
+    """Each student seed by seed: its runs' mean Dice in seed order, and against the no-KD and the
+    pseudo-label students of its t (when there are such runs) the seeds it wins and the seed-level
+    paired permutation test (:func:`recokd.bench.stats.seed_test`), Holm-corrected over the methods of
+    the t."""
+    with_pseudo = any(r.method == PSEUDO for r in rows)
+    seeds = sorted({s for r in rows if r.t is not None for s in r.seed_dice}, key=lambda s: (s is None, s))
+    head = ["model", "t", "mean Dice at seed " + " / ".join(map(str, seeds)), "seeds > no KD", "p (seeds)",
+            "p (Holm)"]
+    if with_pseudo:
+        head += ["seeds > pseudo-labels", "p (seeds)", "p (Holm)"]
+    body = []
+    for t in dict.fromkeys(r.t for r in rows if r.t is not None):
+        of_t = [r for r in rows if r.t == t]
+        baselines = {m: next((r for r in of_t if r.method == m), None) for m in (NOKD, PSEUDO)}
+        cells: dict[int, list[str]] = {id(r): [] for r in of_t}
+        for method in (NOKD, PSEUDO) if with_pseudo else (NOKD,):
+            base = baselines[method]
+            tests = {id(r): seed_test(r.seed_dice, base.seed_dice)
+                     for r in of_t if base is not None and r.method not in (NOKD, method)}
+            adjusted = dict(zip(tests, holm([x.p_value for x in tests.values()]), strict=True))
+            for r in of_t:
+                x = tests.get(id(r))
+                cells[id(r)] += (["", "", ""] if x is None or not x.n_seeds else
+                                 [f"{x.better}/{x.n_seeds}", _p(x.p_value), _p(adjusted[id(r)])])
+        for r in of_t:
+            per_seed = " / ".join(
+                "–" if seed not in r.seed_dice else _f(r.seed_dice[seed], ".3f") or "n/a" for seed in seeds
+            )
+            body.append([display_name(r.method), str(t), per_seed, *cells[id(r)]])
+    return _markdown_table(head, body)
+
+
+def seed_conventions(with_pseudo: bool) -> str:
+    """The conventions of :func:`seed_table` (in results.md when it is there)."""
+    versus = "**seeds > no KD** (> pseudo-labels)" if with_pseudo else "**seeds > no KD**"
+    return f"""\
+- **Seed by seed**: each run's mean Dice, in seed order (–: no run of that seed); {versus}: the
+  seeds at which the run beats the baseline's run of the same seed; **p (seeds)**: the exact two-sided
+  paired permutation test of the mean per-seed difference (every sign flip,
+  scipy.stats.permutation_test), **p (Holm)** over the methods of one t. The seed is the independent
+  unit (a class a run learns or misses moves all its test cases); with n seeds p cannot go below 2/2^n
+  (0.0625 at 5 seeds).
+"""
+
+
 #: the conventions of :func:`agreement_table` (in results.md when it is there)
 AGREEMENT_CONVENTIONS = """\
 - **Dice vs teacher** (agreement): the student's segmentations of the test scans scored against the
@@ -505,6 +554,9 @@ def results_markdown(
     with_pseudo = any(r.vs_pseudo for r in rows)
     if with_pseudo:
         parts += ["## Against the pseudo-label student", "", pseudo_table(rows), ""]
+    with_seeds = any(len(r.seeds) > 1 for r in rows if r.t is not None)
+    if with_seeds:
+        parts += ["## Seed by seed", "", seed_table(rows), ""]
     with_agreement = any(r.agreement_dice.mean is not None for r in rows)
     if with_agreement:
         parts += [
@@ -518,6 +570,7 @@ def results_markdown(
         "## Conventions",
         "",
         CONVENTIONS + (PSEUDO_CONVENTIONS if with_pseudo else "")
+        + (seed_conventions(with_pseudo) if with_seeds else "")
         + (AGREEMENT_CONVENTIONS if with_agreement else ""),
     ]
     if missing:

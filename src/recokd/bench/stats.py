@@ -1,17 +1,21 @@
 """The statistics of a bench table (the conventions are :mod:`recokd.bench.report`'s docstring and each
 ``results.md``): mean and sample sd over seeds, the paired Wilcoxon test against the no-KD student over
-(seed, test case) pairs, Holm's correction, and the share of the teacher - no-KD gap recovered."""
+(seed, test case) pairs, the seed-level paired permutation test, Holm's correction, and the share of the
+teacher - no-KD gap recovered."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 #: the teacher must beat the no-KD student by more than this for a gap to be recovered
 GAP_EPS = 1e-9
+#: :func:`seed_test` enumerates every sign flip up to this many seeds
+EXACT_SEED_TEST_MAX = 16
 
 
 class PairedRun(Protocol):
@@ -41,6 +45,15 @@ class PairedTest:
     p_value: float | None
     note: str = ""
 
+
+@dataclass(frozen=True)
+class SeedTest:
+    """A method against a baseline seed by seed (:func:`seed_test`)."""
+
+    n_seeds: int  #: seeds with a run of both
+    better: int  #: seeds at which the method's run beats the baseline's
+    mean_difference: float | None  #: mean over those seeds of (method - baseline) mean Dice
+    p_value: float | None
 
 
 def mean_sd(values: Sequence[float | None]) -> Stat:
@@ -88,6 +101,42 @@ def paired_test(
         warnings.simplefilter("ignore")  # scipy's small-sample notes
         res = wilcoxon([a for a, _ in pairs], [b for _, b in pairs], alternative="two-sided")
     return PairedTest(len(pairs), delta, float(res.statistic), float(res.pvalue))
+
+
+def seed_test(
+    method: Mapping[int | None, float | None], baseline: Mapping[int | None, float | None]
+) -> SeedTest:
+    """The runs of a method against those of a baseline, one pair per seed present in both (seed ->
+    the run's mean Dice): how many seeds the method wins, and the exact two-sided paired permutation
+    test of the mean difference (every sign flip of the per-seed differences,
+    ``scipy.stats.permutation_test``). The seed is the unit that is independent: one run's test cases
+    share its weights, so a class a run learns or misses moves all of them. With n seeds p cannot go
+    below 2 / 2^n (0.0625 at 5 seeds); p is None below 2 seeds or without a non-zero difference. Above
+    :data:`EXACT_SEED_TEST_MAX` seeds, 2^that random sign flips (seeded) stand in for all of them."""
+    diffs = []
+    for seed, value in method.items():
+        base = baseline.get(seed)
+        if value is None or base is None or math.isnan(value) or math.isnan(base):
+            continue
+        diffs.append(value - base)
+    if not diffs:
+        return SeedTest(0, 0, None, None)
+    better = sum(d > 0 for d in diffs)
+    delta = sum(diffs) / len(diffs)
+    if len(diffs) < 2 or all(d == 0 for d in diffs):
+        return SeedTest(len(diffs), better, delta, None)
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    if len(diffs) <= EXACT_SEED_TEST_MAX:
+        sampling: dict[str, Any] = {"n_resamples": np.inf}
+    else:  # scipy >= 1.15 names the generator rng, older ones random_state
+        name = "rng" if "rng" in inspect.signature(permutation_test).parameters else "random_state"
+        sampling = {"n_resamples": 2**EXACT_SEED_TEST_MAX, name: np.random.default_rng(0)}
+    res = permutation_test(
+        (np.asarray(diffs),), np.mean, permutation_type="samples", alternative="two-sided", **sampling
+    )
+    return SeedTest(len(diffs), better, delta, min(1.0, float(res.pvalue)))
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
