@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 STUDY = ROOT / "benchmarks/studies/unlabelled.toml"
 BENCHES = ("sweep/pseudo-label-loss", "final-u39", "final-u200")
 LABEL_FREE = ("label-free-u39", "label-free-u200")
-SECTION = "## Few labels, many unlabelled scans (issue 27; in progress, 2026-12-06)"
+SECTION = "## Few labels, many unlabelled scans (issue 27; in progress, 2026-12-07)"
 
 
 @pytest.mark.timeout(1800)
