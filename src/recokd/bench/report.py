@@ -34,7 +34,16 @@ from typing import Any
 
 from recokd.bench.agreement import AGREEMENT_DIR
 from recokd.bench.config import NOKD, PSEUDO, RESULT_FILE, TEACHER
-from recokd.bench.stats import PairedTest, Stat, gap_recovered, holm, mean_sd, paired_test, seed_test
+from recokd.bench.stats import (
+    PairedTest,
+    SeedTest,
+    Stat,
+    gap_recovered,
+    holm,
+    mean_sd,
+    paired_test,
+    seed_test,
+)
 from recokd.report_paths import shown_path
 
 
@@ -83,6 +92,12 @@ class SummaryRow:
     agreement_small: Stat = field(default_factory=lambda: mean_sd([]))
     #: seed -> that seed's run mean Dice (the seed-by-seed table)
     seed_dice: dict[int | None, float | None] = field(default_factory=dict)
+    #: the seed-level tests against the no-KD and the pseudo-label students of the same t, Holm-corrected
+    #: over the methods of the t like :attr:`test` and :attr:`vs_pseudo`
+    seeds_vs_nokd: SeedTest | None = None
+    p_holm_seeds: float | None = None
+    seeds_vs_pseudo: SeedTest | None = None
+    p_holm_seeds_vs_pseudo: float | None = None
 
 
 
@@ -184,6 +199,7 @@ def summarize(
         if nokd:
             rows.append(nokd)
         pseudo_runs = sorted((r for r in of_t if r.method == PSEUDO), key=lambda r: r.seed or 0)
+        pseudo_seed_dice = {r.seed: r.mean_dice for r in pseudo_runs}
         tested, vs_pseudo = [], []
         for m in methods:
             runs = sorted((r for r in of_t if r.method == m), key=lambda r: r.seed or 0)
@@ -192,6 +208,7 @@ def summarize(
             r = row(m, t, runs, f"t{t}")
             if nokd:
                 r.test = paired_test(runs, nokd_runs)
+                r.seeds_vs_nokd = seed_test(r.seed_dice, nokd.seed_dice)
                 tested.append(r)
                 if teacher:
                     r.gap_dice = gap_recovered(r.mean_dice.mean, nokd.mean_dice.mean, teacher.mean_dice.mean)
@@ -200,13 +217,17 @@ def summarize(
                     )
             if pseudo_runs and m != PSEUDO:
                 r.vs_pseudo = paired_test(runs, pseudo_runs, "the pseudo-label student")
+                r.seeds_vs_pseudo = seed_test(r.seed_dice, pseudo_seed_dice)
                 vs_pseudo.append(r)
             rows.append(r)
-        for r, p in zip(tested, holm([r.test.p_value for r in tested if r.test]), strict=True):
-            r.p_holm = p
-        p_vs_pseudo = holm([r.vs_pseudo.p_value if r.vs_pseudo else None for r in vs_pseudo])
-        for r, p in zip(vs_pseudo, p_vs_pseudo, strict=True):
-            r.p_holm_vs_pseudo = p
+        p_cases = holm([r.test.p_value for r in tested if r.test])
+        p_seeds = holm([r.seeds_vs_nokd.p_value for r in tested if r.seeds_vs_nokd])
+        for r, p, q in zip(tested, p_cases, p_seeds, strict=True):
+            r.p_holm, r.p_holm_seeds = p, q
+        p_cases = holm([r.vs_pseudo.p_value if r.vs_pseudo else None for r in vs_pseudo])
+        p_seeds = holm([r.seeds_vs_pseudo.p_value if r.seeds_vs_pseudo else None for r in vs_pseudo])
+        for r, p, q in zip(vs_pseudo, p_cases, p_seeds, strict=True):
+            r.p_holm_vs_pseudo, r.p_holm_seeds_vs_pseudo = p, q
     return rows
 
 
@@ -438,33 +459,30 @@ def agreement_table(rows: Sequence[SummaryRow]) -> str:
 def seed_table(rows: Sequence[SummaryRow]) -> str:
     """Each student seed by seed: its runs' mean Dice in seed order, and against the no-KD and the
     pseudo-label students of its t (when there are such runs) the seeds it wins and the seed-level
-    paired permutation test (:func:`recokd.bench.stats.seed_test`), Holm-corrected over the methods of
-    the t."""
+    paired permutation test (:func:`recokd.bench.stats.seed_test`, computed by :func:`summarize`),
+    Holm-corrected over the methods of the t."""
     with_pseudo = any(r.method == PSEUDO for r in rows)
-    seeds = sorted({s for r in rows if r.t is not None for s in r.seed_dice}, key=lambda s: (s is None, s))
+    students = [r for r in rows if r.t is not None]
+    seeds = sorted({s for r in students for s in r.seed_dice}, key=lambda s: (s is None, s))
     head = ["model", "t", "mean Dice at seed " + " / ".join(map(str, seeds)), "seeds > no KD", "p (seeds)",
             "p (Holm)"]
     if with_pseudo:
         head += ["seeds > pseudo-labels", "p (seeds)", "p (Holm)"]
+
+    def cells(test: SeedTest | None, p_holm: float | None) -> list[str]:
+        if test is None or not test.n_seeds:
+            return ["", "", ""]
+        return [f"{test.better}/{test.n_seeds}", _p(test.p_value), _p(p_holm)]
+
     body = []
-    for t in dict.fromkeys(r.t for r in rows if r.t is not None):
-        of_t = [r for r in rows if r.t == t]
-        baselines = {m: next((r for r in of_t if r.method == m), None) for m in (NOKD, PSEUDO)}
-        cells: dict[int, list[str]] = {id(r): [] for r in of_t}
-        for method in (NOKD, PSEUDO) if with_pseudo else (NOKD,):
-            base = baselines[method]
-            tests = {id(r): seed_test(r.seed_dice, base.seed_dice)
-                     for r in of_t if base is not None and r.method not in (NOKD, method)}
-            adjusted = dict(zip(tests, holm([x.p_value for x in tests.values()]), strict=True))
-            for r in of_t:
-                x = tests.get(id(r))
-                cells[id(r)] += (["", "", ""] if x is None or not x.n_seeds else
-                                 [f"{x.better}/{x.n_seeds}", _p(x.p_value), _p(adjusted[id(r)])])
-        for r in of_t:
-            per_seed = " / ".join(
-                "–" if seed not in r.seed_dice else _f(r.seed_dice[seed], ".3f") or "n/a" for seed in seeds
-            )
-            body.append([display_name(r.method), str(t), per_seed, *cells[id(r)]])
+    for r in students:
+        per_seed = " / ".join(
+            "–" if seed not in r.seed_dice else _f(r.seed_dice[seed], ".3f") or "n/a" for seed in seeds
+        )
+        line = [display_name(r.method), str(r.t), per_seed, *cells(r.seeds_vs_nokd, r.p_holm_seeds)]
+        if with_pseudo:
+            line += cells(r.seeds_vs_pseudo, r.p_holm_seeds_vs_pseudo)
+        body.append(line)
     return _markdown_table(head, body)
 
 
