@@ -1,7 +1,7 @@
 """``benchmarks/studies/atlas_unlabelled.toml`` (issue 27 on real anatomy) loads and describes the benches it
 should: the atlas study's data and AdamW teacher (its folder, or the study's own with ``--tiny``), the extra
-unlabelled deformations, the benches at U = 31 / 91 and the label-free one, with the phantom sweep's weights
-passed in by ``--set`` (no training here)."""
+unlabelled deformations, the benches at U = 31 / 91 and the label-free one, at the phantom sweep's weights
+or others passed in by ``--set`` (no training here)."""
 
 from __future__ import annotations
 
@@ -44,13 +44,16 @@ def test_the_benches(tmp_path: Path) -> None:
         assert (args.epochs, args.iters_per_epoch, args.seeds) == (20, 50, 3) and args.no_augmentation, name
         assert args.unlabelled_images.endswith("Dataset814_SubcorticalUnlabelled/imagesTr"), name
         assert args.small_classes == "Pallidum_L,Pallidum_R,Amygdala_L,Amygdala_R", name
-        assert args.methods == "pseudo,logits,reco+logits" and args.pseudo_label_loss, name
+        assert args.pseudo_label_loss, name
         assert args.test_images is None, name  # the dataset's held-out cases
     pools = [(benches[n].labelled_cases, benches[n].unlabelled_cases) for n in benches]
     assert pools == [(9, 31), (9, 91), (0, 40)]
+    # the phantom sweep's weights, and DIST beside the issue's methods in the benches with labels
+    assert [benches[n].methods for n in benches] == ["pseudo,logits,reco:100+logits,dist:10"] * 2 + [
+        "pseudo,logits,reco:100+logits"]
     assert benches["label-free-u40"].warmup == 0.0
     swept = _benches(tmp_path, ["rl_method=reco:10+logits", "logits_method=logits:100", "final_pll=false"])
-    assert swept["final-u31"].methods == "pseudo,logits:100,reco:10+logits"
+    assert swept["final-u31"].methods == "pseudo,logits:100,reco:10+logits,dist:10"
     assert swept["label-free-u40"].methods == "pseudo,logits:100,reco:10+logits"
     assert not swept["final-u91"].pseudo_label_loss
     tiny = _benches(tmp_path, tiny=True)
