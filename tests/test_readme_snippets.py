@@ -3,10 +3,13 @@ nnU-Net U-Nets of different widths, and the loss it builds trains the student (f
 
 from __future__ import annotations
 
+import shlex
+
+import pytest
 import torch
 from torch import nn
 
-from tests.doc_blocks import code_blocks
+from tests.doc_blocks import ROOT, code_blocks
 
 
 def _unet(widths: list[int], num_classes: int) -> nn.Module:
@@ -90,3 +93,19 @@ def test_readme_bench_commands_parse_with_the_real_parser() -> None:
     more = labelled[1]  # its scans folder is the reader's (tests/bench/test_unlabelled_pool.py builds such)
     assert (more.unlabelled_images, more.unlabelled_cases, more.pseudo_label_loss) == (
         "more_scans/", 100, True)
+
+
+def test_readme_study_commands_run_as_dry_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``recokd study`` line of "Studies" (the ``eval "$(...)"`` one included) runs from the clone's
+    root as written, with ``--dry-run`` added where it is not ``--list``/``--env``: the files, steps and
+    ``--set`` variables it names exist."""
+    from recokd.cli import main
+
+    monkeypatch.chdir(ROOT)
+    text = "".join(code_blocks("README.md", "## Studies", "bash")).replace('eval "$(', "").replace(')"', "")
+    lines = [shlex.split(line, comments=True) for line in text.splitlines()]
+    commands = [argv for argv in lines if argv[:2] == ["recokd", "study"]]
+    assert len(commands) >= 6
+    for argv in commands:
+        extra = [] if {"--list", "--env", "--dry-run"} & set(argv) else ["--dry-run"]
+        assert main([*argv[1:], *extra]) == 0, argv

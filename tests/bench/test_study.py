@@ -207,6 +207,22 @@ def test_dry_run_prints_each_bench_of_a_step_relative_to_the_current_directory(
     assert lines[3].endswith("--methods reco:100 --output benchmarks/results/evidence/sweep/long")
 
 
+def test_report_only_runs_the_begun_benches_with_report_only_and_nothing_else(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study/sweep/long").mkdir(parents=True)
+    (tmp_path / "study/sweep/long" / CONFIG_FILE).write_text("{}")  # begun; the other sweep benches not
+    assert main(["study", str(EVIDENCE), "data", "teacher", "sweep", "--folder", "study", "--report-only",
+                 "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("+ ")]
+    assert len(lines) == 1 and lines[0].startswith("+ recokd bench ")
+    assert lines[0].endswith("--methods reco:100 --output study/sweep/long --report-only")
+    assert err.count("skipped: no bench in study/sweep/") == 3
+    assert "== data" not in err and "== teacher" not in err  # no data, planning or training step
+
+
 def test_only_if_runs_the_warmup_benches_once_the_best_weight_is_set(capsys: pytest.CaptureFixture) -> None:
     assert len(_dry(capsys, str(EVIDENCE), "adam-sweep")) == 1
     lines = _dry(capsys, str(EVIDENCE), "adam-sweep", "--set", "adam_best=reco")

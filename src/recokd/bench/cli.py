@@ -16,6 +16,7 @@ from recokd.bench.config import (
     PHANTOM_DATASET_ID,
     PHANTOM_DATASET_NAME,
     PSEUDO,
+    RESULT_FILE,
     PhantomSpec,
     Selection,
     Study,
@@ -311,6 +312,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="delete the output folder's content first (also one holding another bench)",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report of the runs finished so far and start none (e.g. while the bench runs in "
+        "another shell or on Slurm): the unfinished runs are listed as missing, the architectures not "
+        "profiled yet are left out of the cost columns",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("where the runs run (see README: Running a study on a cluster)")
     g.add_argument(
@@ -556,6 +564,8 @@ def _run(args: argparse.Namespace) -> int:
     study = build_study(args)
     check_selection(study, selection)
     study.check_kd_options(selection.kd_methods)
+    if args.report_only:
+        check_report_only(args, out)
     if args.overwrite and out.exists():
         from recokd.bench.claims import CLAIM_FILE, describe, read_claim
         from recokd.bench.executors import claim_alive
@@ -569,7 +579,7 @@ def _run(args: argparse.Namespace) -> int:
         if not (out / CONFIG_FILE).is_file() and any(out.iterdir()):
             print(f"--overwrite: {out} is not a bench folder; deleting its content")
         shutil.rmtree(out)
-    resumed = check_or_write_config(out, study, selection)
+    resumed = check_or_write_config(out, study, selection, record=not args.report_only)
     n = len(plan_runs(selection, nokd=not study.label_free))
     print(
         f"{'resuming the' if resumed else 'new'} bench in {out}: {n} runs (teacher, then for t in "
@@ -589,5 +599,16 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         report_dir=report_dir,
         executor=executor,
+        report_only=args.report_only,
     )
     return runner.run()
+
+
+def check_report_only(args: argparse.Namespace, out: Path) -> None:
+    """``--report-only`` needs a bench folder with a finished run, and starts nothing over."""
+    if args.overwrite or args.rerun:
+        raise UserError("--report-only starts no run: leave out --overwrite and --rerun")
+    if not (out / CONFIG_FILE).is_file():
+        raise UserError(f"--report-only: {out} holds no bench ({CONFIG_FILE} missing): run the bench first")
+    if not any(out.glob(f"**/{RESULT_FILE}")):
+        raise UserError(f"--report-only: no run of the bench in {out} has finished yet (no {RESULT_FILE})")

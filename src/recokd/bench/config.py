@@ -449,9 +449,10 @@ def study_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     return out
 
 
-def check_or_write_config(out: Path, study: Study, selection: Selection) -> bool:
+def check_or_write_config(out: Path, study: Study, selection: Selection, record: bool = True) -> bool:
     """Refuse an ``out`` folder that holds another study (or is not a bench folder); record this call's
-    selection (once: the file's ``selections`` lists each distinct selection asked of the folder).
+    selection (once: the file's ``selections`` lists each distinct selection asked of the folder; not when
+    ``record`` is False, e.g. ``--report-only``).
 
     Returns True when the folder was a bench of this study already (a resumed bench).
     """
@@ -482,6 +483,8 @@ def check_or_write_config(out: Path, study: Study, selection: Selection) -> bool
             f"output folder {out} is not empty and holds no {CONFIG_FILE} (not a bench folder); "
             "choose another -o folder or pass --overwrite to delete its content"
         )
+    if not record:
+        return resumed
     if asdict(selection) not in history:  # a resume with the same selection records nothing new
         history.append(asdict(selection))
     out.mkdir(parents=True, exist_ok=True)

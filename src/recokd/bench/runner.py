@@ -263,6 +263,7 @@ class BenchRunner:
         profile_on_test_case: bool = True,
         echo: Callable[[str], None] = print,
         executor: LocalExecutor | SlurmBench | None = None,
+        report_only: bool = False,
     ):
         """``progress``: a bar over the runs; ``training_progress``: instead, each training run's own bar
         over its iterations (:mod:`recokd.nnunet.progress`) on this process's stderr, the workers'
@@ -271,13 +272,15 @@ class BenchRunner:
         bench's runs that leaves the main report in place); ``print_table``: print the main table at
         the end; ``profile_on_test_case``: time the sliding window on the first test case (False: on a
         synthetic volume of twice the patch per axis, i.e. several tiles, when the test cases are no
-        larger than one patch)."""
+        larger than one patch); ``report_only``: start no run and profile nothing, write the report of the
+        runs finished so far (the others listed as not finished)."""
         self.out = out
         self.study = study
         self.selection = selection
         self.device = device
         self.rerun = rerun
-        self.profile = profile
+        self.profile = profile and not report_only
+        self.report_only = report_only
         self.profile_repeats = profile_repeats
         self.profile_threads = profile_threads
         self.progress = progress and not training_progress
@@ -621,6 +624,15 @@ class BenchRunner:
         self._bar.close()
         return {spec: status[spec] for spec in runs}
 
+    def finished_so_far(self) -> dict[RunSpec, str]:
+        """``--report-only``: every planned run, ``"done"`` where its result is written, else ``"not
+        finished"`` (nothing is started)."""
+        runs = plan_runs(self.selection, nokd=not self.study.label_free)
+        status = {s: "done" if (s.folder(self.out) / RESULT_FILE).is_file() else "not finished" for s in runs}
+        done = sum(v == "done" for v in status.values())
+        self.echo(f"report only: {done} of {len(runs)} runs finished")
+        return status
+
     # the executor's events (recokd.bench.executors.RunEvents)
 
     def _resolve(self, spec: RunSpec, state: str, detail: str | None = None) -> None:
@@ -875,7 +887,7 @@ class BenchRunner:
         started = time.perf_counter()
         with bench_lock(self.out):  # one command at a time writes the dataset and the student plans
             self.layout = layout = self.prepare()
-        self.status = status = self.run_all(layout)
+        self.status = status = self.finished_so_far() if self.report_only else self.run_all(layout)
         flying = [spec for spec, state in status.items() if state == "in flight"]
         if flying and not self.failures:  # --no-wait: the jobs were submitted
             self.echo(

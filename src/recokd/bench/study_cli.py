@@ -30,6 +30,12 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="override a variable of the file's [vars], repeatable (VALUE as TOML, else text), e.g. "
         "--set few_weight=:10 --set seeds=5",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="the bench steps only, each as recokd bench --report-only: the report of the runs finished so "
+        "far, no run started (the other steps are skipped, and so are benches not begun)",
+    )
     what = p.add_mutually_exclusive_group()
     what.add_argument("--list", action="store_true", help="list the steps with what each does, and stop")
     what.add_argument(
@@ -85,6 +91,7 @@ def parse_rest(args: argparse.Namespace) -> argparse.Namespace:
         list=args.list or rest.list,
         env=args.env or rest.env,
         dry_run=args.dry_run or rest.dry_run,
+        report_only=args.report_only or rest.report_only,
     )
 
 
@@ -117,5 +124,5 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    run_steps(Context(study, dry_run=args.dry_run), steps)
+    run_steps(Context(study, dry_run=args.dry_run, report_only=args.report_only), steps)
     return 0

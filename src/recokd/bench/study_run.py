@@ -47,10 +47,12 @@ def export_lines(study: StudyFile) -> str:
 @dataclass
 class Context:
     """Where a study runs: its file, the current directory (paths under it are printed relative to it), the
-    folder of the ``recokd`` / nnU-Net entry points, and whether commands only print."""
+    folder of the ``recokd`` / nnU-Net entry points, whether commands only print, and whether only the bench
+    steps' reports are written (``recokd study --report-only``)."""
 
     study: StudyFile
     dry_run: bool = False
+    report_only: bool = False
     cwd: Path = field(default_factory=Path.cwd)
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
 

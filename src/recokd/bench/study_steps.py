@@ -432,8 +432,18 @@ def _check_bench(path: Path, step: Step) -> None:
 
 
 def run_bench(step: Step, ctx: Context) -> None:
-    """``recokd bench`` (it resumes by itself: finished runs are kept)."""
-    ctx.run(step, [ctx.entry_point("recokd"), "bench", *bench_argv(step)])
+    """``recokd bench`` (it resumes by itself: finished runs are kept); with ``ctx.report_only`` its
+    ``--report-only`` report of the runs finished so far, where the bench has begun."""
+    argv = [ctx.entry_point("recokd"), "bench", *bench_argv(step)]
+    if ctx.report_only:
+        from recokd.bench.config import CONFIG_FILE
+
+        if not (Path(step.fields["output"]) / CONFIG_FILE).is_file():
+            print(f"   ({step.where} skipped: no bench in {ctx.show(step.fields['output'])} yet)",
+                  file=sys.stderr, flush=True)
+            return
+        argv.append("--report-only")
+    ctx.run(step, argv)
 
 
 # ---------------------------------------------------------------------------- score
@@ -660,9 +670,11 @@ KINDS: dict[str, Kind] = {
 
 def run_steps(ctx: Context, steps: list[Step]) -> None:
     """Run the entries in order: the ``about`` line of each step once, entries whose ``only_if`` is "" and
-    refused ones (a ``needs`` path missing) reported."""
+    refused ones (a ``needs`` path missing) reported; with ``ctx.report_only`` the bench entries only."""
     announced: set[str] = set()
     for step in steps:
+        if ctx.report_only and step.kind != "bench":  # --report-only: the benches' reports only
+            continue
         if step.name not in announced:
             announced.add(step.name)
             print(f"== {step.name}: {step.about}", file=sys.stderr, flush=True)
