@@ -160,6 +160,9 @@ def test_csv_and_markdown(runs: list[RunResult]) -> None:
     assert float(summ["reco"]["wilcoxon_p"]) == pytest.approx(rows[2].test.p_value, rel=1e-5)
     assert float(summ["reco"]["gflops_per_patch"]) == pytest.approx(0.26)
     assert summ["at"]["wilcoxon_p"] == "" and summ["nokd"]["delta_dice_vs_nokd"] == ""
+    assert float(summ["nokd"]["share_of_teacher_dice"]) == pytest.approx(
+        rows[1].mean_dice.mean / rows[0].mean_dice.mean, rel=1e-5)
+    assert summ["teacher"]["share_of_teacher_dice"] == ""
 
     md = results_markdown(
         rows,
@@ -174,8 +177,9 @@ def test_csv_and_markdown(runs: list[RunResult]) -> None:
     cells = [c.strip() for c in reco_line.strip("|").split("|")]
     assert cells[:3] == ["reco", "2", "2"]
     assert cells[3] == f"{rows[2].mean_dice.mean:.3f} ± {rows[2].mean_dice.sd:.3f}"
-    assert cells[6] == f"{rows[2].test.mean_difference:+.3f}" and cells[9] == "6"
-    assert cells[12:] == ["0.35M", "0.26", "0.250"]
+    assert cells[4] == f"{rows[2].mean_dice.mean / rows[0].mean_dice.mean:.2f}"  # ÷ teacher
+    assert cells[7] == f"{rows[2].test.mean_difference:+.3f}" and cells[10] == "6"
+    assert cells[13:] == ["0.35M", "0.26", "0.250"]
     assert "| no KD | 2 | 2 |" in table and "| teacher |  | 1 |" in table
     assert "Wilcoxon" in md and "Holm" in md and "sample sd" in md
 

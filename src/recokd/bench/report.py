@@ -85,6 +85,8 @@ class SummaryRow:
     p_holm_vs_pseudo: float | None = None
     gap_dice: float | None = None
     gap_small: float | None = None
+    #: the row's mean Dice / the teacher's (seed means), e.g. a label-free student's share of its teacher
+    of_teacher: float | None = None
     parameters: int | None = None
     flops_per_patch: int | None = None
     latency_s: float | None = None
@@ -197,6 +199,7 @@ def summarize(
         nokd_runs = sorted((r for r in of_t if r.method == NOKD), key=lambda r: r.seed or 0)
         nokd = row(NOKD, t, nokd_runs, f"t{t}") if nokd_runs else None
         if nokd:
+            nokd.of_teacher = share_of(nokd.mean_dice.mean, teacher)
             rows.append(nokd)
         pseudo_runs = sorted((r for r in of_t if r.method == PSEUDO), key=lambda r: r.seed or 0)
         pseudo_seed_dice = {r.seed: r.mean_dice for r in pseudo_runs}
@@ -206,6 +209,7 @@ def summarize(
             if not runs:
                 continue
             r = row(m, t, runs, f"t{t}")
+            r.of_teacher = share_of(r.mean_dice.mean, teacher)
             if nokd:
                 r.test = paired_test(runs, nokd_runs)
                 r.seeds_vs_nokd = seed_test(r.seed_dice, nokd.seed_dice)
@@ -229,6 +233,12 @@ def summarize(
         for r, p, q in zip(vs_pseudo, p_cases, p_seeds, strict=True):
             r.p_holm_vs_pseudo, r.p_holm_seeds_vs_pseudo = p, q
     return rows
+
+
+def share_of(mean_dice: float | None, teacher: SummaryRow | None) -> float | None:
+    """``mean_dice`` / the teacher row's mean Dice (None without either, or with a teacher at 0)."""
+    base = teacher.mean_dice.mean if teacher else None
+    return None if mean_dice is None or not base else mean_dice / base
 
 
 # ---------------------------------------------------------------------------- CSV
@@ -304,6 +314,7 @@ def summary_csv(rows: Sequence[SummaryRow]) -> str:
         "wilcoxon_p",
         "wilcoxon_p_holm",
         "n_pairs",
+        "share_of_teacher_dice",
         "gap_recovered_dice",
         "gap_recovered_small_dice",
         "parameters",
@@ -341,6 +352,7 @@ def summary_csv(rows: Sequence[SummaryRow]) -> str:
                 n_pairs=r.test.n_pairs,
             )
         d.update(
+            share_of_teacher_dice=r.of_teacher,
             gap_recovered_dice=r.gap_dice,
             gap_recovered_small_dice=r.gap_small,
             parameters=r.parameters,
@@ -391,6 +403,7 @@ def main_table(rows: Sequence[SummaryRow]) -> str:
         "t",
         "seeds",
         "mean Dice",
+        "÷ teacher",
         "small Dice",
         "HD95 mm",
         "Δ Dice vs no KD",
@@ -409,6 +422,7 @@ def main_table(rows: Sequence[SummaryRow]) -> str:
         body.append([
             *_who(r),
             _ms(r.mean_dice),
+            _f(r.of_teacher, ".2f"),
             _ms(r.small_dice),
             _ms(r.hd95_mm, ".1f"),
             _f(test.mean_difference, "+.3f") if test else "",
@@ -541,8 +555,9 @@ CONVENTIONS = """\
   difference, p the two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences
   dropped); pairs of one case across seeds are not independent, so read p as descriptive.
   **p (Holm)**: Holm's step-down correction over the methods of one t.
-- **gap rec.**: (method − no KD) / (teacher − no KD) on the seed means (mean Dice; small Dice);
-  empty when the teacher is not better than the no-KD student.
+- **÷ teacher**: the mean Dice over the teacher's (seed means), e.g. the share of its teacher a label-free
+  student keeps. **gap rec.**: (method − no KD) / (teacher − no KD) on the seed means (mean Dice; small
+  Dice); empty when the teacher is not better than the no-KD student.
 - **params**, **GFLOPs/patch** (torch.utils.flop_counter, 2 FLOPs per multiply-add, one patch, batch 1) and
   **CPU s/case** (nnU-Net sliding window on the volume named under "profile" above, the first test case
   when its files are found, mirroring off, median of repeats after a warm-up; preprocessing and export
