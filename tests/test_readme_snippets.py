@@ -53,8 +53,6 @@ def test_readme_python_example_runs_and_trains_the_student() -> None:
 
 
 def _recokd_lines(heading: str) -> list[list[str]]:
-    import shlex
-
     lines = "".join(code_blocks("README.md", heading, "bash")).replace("\\\n", " ").splitlines()
     commands = [shlex.split(line, comments=True) for line in lines if line.startswith("recokd ")]
     assert commands

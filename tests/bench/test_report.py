@@ -239,15 +239,18 @@ def test_load_run_result_reads_what_the_worker_writes(tmp_path: Path) -> None:
     assert math.isclose(np.mean(list(loaded.case_dice.values())), loaded.mean_dice)
 
 
-def _finished_run(folder: Path, method: str, t: int | None, seed: int | None) -> None:
-    """The files of a finished bench run: result.json and the evaluation's summary.json/per_case.csv."""
+def _finished_run(folder: Path, method: str, t: int | None, seed: int | None, dice: float = 0.8) -> None:
+    """The files of a finished bench run: result.json and the evaluation's summary.json/per_case.csv (mean
+    Dice ``dice``: every class at it, one case whose organ / vessel are 0.1 above / below it)."""
     evaluation = folder / "evaluation"
     evaluation.mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps({"method": method, "t": t, "seed": seed, "device": "cpu",
                                                     "wall_s": 1.0, "evaluation": str(evaluation)}))
-    (evaluation / "summary.json").write_text(json.dumps({
-        "foreground_mean": {"dice": 0.8, "hd95_mm": 2.0}, "per_class": {c: {"dice": 0.8} for c in CLASSES}}))
-    (evaluation / "per_case.csv").write_text("case,class,dice\nc1,organ,0.9\nc1,vessel,0.7\n")
+    summary = {"foreground_mean": {"dice": dice, "hd95_mm": 2.0},
+               "per_class": {c: {"dice": dice} for c in CLASSES}}
+    (evaluation / "summary.json").write_text(json.dumps(summary))
+    (evaluation / "per_case.csv").write_text(
+        f"case,class,dice\nc1,organ,{dice + 0.1:.6g}\nc1,vessel,{dice - 0.1:.6g}\n")
 
 
 @pytest.mark.parametrize("report_dir", [None, "more-seeds"])

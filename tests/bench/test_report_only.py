@@ -4,7 +4,6 @@ test_study.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,22 +11,8 @@ import pytest
 from recokd.bench.config import CONFIG_FILE, RunSpec, Selection, Study, check_or_write_config
 from recokd.bench.runner import BenchRunner, Layout
 from recokd.cli import main
-
-CLASSES = ["organ", "vessel"]
-TINY = ["--phantoms", "--phantom-cases", "6", "--phantom-test-cases", "2", "--epochs", "1",
-        "--iters-per-epoch", "2", "--device", "cpu", "--no-progress"]
-
-
-def _finished_run(folder: Path, method: str, t: int | None, seed: int | None, dice: float) -> None:
-    """The files of a finished bench run: result.json and the evaluation's summary.json/per_case.csv."""
-    evaluation = folder / "evaluation"
-    evaluation.mkdir(parents=True)
-    (folder / "result.json").write_text(json.dumps({"method": method, "t": t, "seed": seed, "device": "cpu",
-                                                    "wall_s": 1.0, "evaluation": str(evaluation)}))
-    summary = {"foreground_mean": {"dice": dice, "hd95_mm": 2.0},
-               "per_class": {c: {"dice": dice} for c in CLASSES}}
-    (evaluation / "summary.json").write_text(json.dumps(summary))
-    (evaluation / "per_case.csv").write_text(f"case,class,dice\nc1,organ,{dice}\nc1,vessel,{dice}\n")
+from tests.bench.test_cli import TINY
+from tests.bench.test_report import _finished_run
 
 
 class _NoRuns:

@@ -199,7 +199,6 @@ def summarize(
         nokd_runs = sorted((r for r in of_t if r.method == NOKD), key=lambda r: r.seed or 0)
         nokd = row(NOKD, t, nokd_runs, f"t{t}") if nokd_runs else None
         if nokd:
-            nokd.of_teacher = share_of(nokd.mean_dice.mean, teacher)
             rows.append(nokd)
         pseudo_runs = sorted((r for r in of_t if r.method == PSEUDO), key=lambda r: r.seed or 0)
         pseudo_seed_dice = {r.seed: r.mean_dice for r in pseudo_runs}
@@ -209,7 +208,6 @@ def summarize(
             if not runs:
                 continue
             r = row(m, t, runs, f"t{t}")
-            r.of_teacher = share_of(r.mean_dice.mean, teacher)
             if nokd:
                 r.test = paired_test(runs, nokd_runs)
                 r.seeds_vs_nokd = seed_test(r.seed_dice, nokd.seed_dice)
@@ -232,6 +230,9 @@ def summarize(
         p_seeds = holm([r.seeds_vs_pseudo.p_value if r.seeds_vs_pseudo else None for r in vs_pseudo])
         for r, p, q in zip(vs_pseudo, p_cases, p_seeds, strict=True):
             r.p_holm_vs_pseudo, r.p_holm_seeds_vs_pseudo = p, q
+    for r in rows:
+        if r.method != TEACHER:
+            r.of_teacher = share_of(r.mean_dice.mean, teacher)
     return rows
 
 
