@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from recokd.bench import runner
 from recokd.bench.cli import build_selection, build_study
@@ -253,6 +254,34 @@ def test_training_skips_a_finished_run_and_continues_a_stopped_one(
     assert line.endswith("-device cpu --c")
     (fold / "checkpoint_final.pth").touch()
     assert _dry(capsys, *args) == []
+
+
+def test_a_trained_teacher_keeps_its_weights_only_where_the_step_says_so(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    model = "Dataset811_Subcortical/nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres/fold_0"
+    weights = {"w": torch.arange(4.0)}
+    checkpoint = {
+        "network_weights": weights,
+        "init_args": {"plans": {}, "configuration": "3d_fullres", "dataset_json": {}},
+        "trainer_name": "nnUNetTrainerShortNoDA",
+        "optimizer_state": {"state": {0: {"exp_avg": torch.ones(4)}}},
+        "grad_scaler_state": None,
+    }
+    for results in ("nnUNet_results", "nnUNet_results_adamw"):
+        (tmp_path / "data" / results / model).mkdir(parents=True)
+        torch.save(checkpoint, tmp_path / "data" / results / model / "checkpoint_final.pth")
+    for step in ("teacher", "teacher-adamw"):  # trained: nothing runs
+        assert main(["study", str(ATLAS), step, "--tiny", "--folder", str(tmp_path)]) == 0
+    assert "optimiser state dropped" in capsys.readouterr().err
+    sgd, adamw = (
+        torch.load(tmp_path / "data" / results / model / "checkpoint_final.pth", weights_only=False)
+        for results in ("nnUNet_results", "nnUNet_results_adamw")
+    )
+    assert "optimizer_state" in sgd  # the SGD teacher's step does not ask for it
+    assert "optimizer_state" not in adamw and "grad_scaler_state" not in adamw
+    assert torch.equal(adamw["network_weights"]["w"], weights["w"])
+    assert (tmp_path / ".gitignore").read_text().startswith("data/*\n!data/nnUNet_results_adamw/\n")
 
 
 def test_students_make_their_plans_then_train_them_with_adamw(

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from recokd.errors import UserError
-from recokd.nnunet.trained_model import load_trained_model, resolve_checkpoint, strip_wrapper_prefixes
+from recokd.nnunet.trained_model import (
+    TRAINING_STATE_KEYS,
+    drop_training_state,
+    load_trained_model,
+    resolve_checkpoint,
+    strip_wrapper_prefixes,
+)
 from tests.nnunet._tiny import (
     TINY_NAME,
     load_tiny_dataset_json,
@@ -161,3 +167,28 @@ def test_relative_path_and_str(teacher_folder, monkeypatch):
     monkeypatch.chdir(folder.parent)
     expected = Path(TRAINER_FOLDER) / "fold_0" / "checkpoint_final.pth"
     assert load_trained_model(TRAINER_FOLDER).checkpoint_path == expected
+
+
+def test_drop_training_state_keeps_what_inference_reads(teacher_folder, tmp_path):
+    folder, weights = teacher_folder
+    slim = tmp_path / TRAINER_FOLDER
+    shutil.copytree(folder, slim)
+    final = slim / "fold_0" / "checkpoint_final.pth"
+    before = torch.load(final, weights_only=False)
+    assert drop_training_state(final) is True
+    after = torch.load(final, weights_only=False)
+    assert set(before) - set(after) == set(TRAINING_STATE_KEYS)
+    assert not list(final.parent.glob("*.partial"))
+    _assert_frozen_teacher(load_trained_model(slim), weights)
+    assert drop_training_state(final) is False  # nothing left to drop: the file is not rewritten
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False)
+    predictor.initialize_from_trained_model_folder(str(slim), use_folds=(0,))  # nnU-Net's own loader
+    loaded = predictor.list_of_parameters[0]
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], weights[k]) for k in weights)
+
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(UserError, match="text.pth could not be read"):
+        drop_training_state(tmp_path / "text.pth")

@@ -212,7 +212,9 @@ def _check_train(path: Path, step: Step) -> None:
 
 
 def run_train(step: Step, ctx: Context) -> None:
-    """Stock nnU-Net training of each plans (:func:`train_plans`), resumable."""
+    """Stock nnU-Net training of each plans (:func:`train_plans`), resumable; with ``drop_optimizer_state``,
+    each final checkpoint then keeps only what inference reads (:func:`~recokd.nnunet.trained_model.
+    drop_training_state`), so that a teacher can be committed."""
     f = step.fields
     dataset, configuration = f["dataset"], f.get("configuration", "3d_fullres")
     did = layout.parse_dataset_folder_name(dataset)[0]
@@ -228,62 +230,76 @@ def run_train(step: Step, ctx: Context) -> None:
             )
         model = layout.model_folder(results, dataset, layout.SHORT_TRAINER_NO_DA, plans, configuration)
         fold = Path(f"{model}{suffix}") / layout.fold_folder_name(f.get("fold", 0))
-        if (fold / layout.CHECKPOINT_FINAL).is_file():
-            continue
-        env = {
-            layout.SHORT_EPOCHS_ENV: str(f["epochs"]),
-            layout.SHORT_ITERS_ENV: str(f["iters"]),
-            layout.SHORT_VAL_ITERS_ENV: str(f["val_iters"]),
-            layout.SEED_ENV: str(f.get("seed", 0)),
-        }
-        if f.get("optimizer"):
-            env[layout.SHORT_OPTIMIZER_ENV] = f["optimizer"]
-        if f.get("save_every", "") != "":
-            env[layout.SHORT_SAVE_EVERY_ENV] = str(f["save_every"])
-        command = [ctx.entry_point("nnUNetv2_train")]
-        if f.get("threads", "") != "":
-            command = [sys.executable, "-c", _THREADS, str(f["threads"])]
-        argv = [
-            *command,
-            str(did),
-            configuration,
-            str(f.get("fold", 0)),
-            "-tr",
-            layout.SHORT_TRAINER_NO_DA,
-            "-p",
-            plans,
-            "-device",
-            f.get("device", "cpu"),
-        ]
-        if not suffix and (fold / layout.CHECKPOINT_LATEST).is_file():
-            argv.append("--c")
-        start = time.monotonic()
-        if suffix:  # trained in a results folder of its own, then moved to the suffixed model folder
-            with tempfile.TemporaryDirectory() as tmp:
-                ctx.run(step, argv, {"nnUNet_results": tmp, **env}, training=True)
-                if not ctx.dry_run:
-                    trained = layout.model_folder(
-                        tmp, dataset, layout.SHORT_TRAINER_NO_DA, plans, configuration
-                    )
-                    fold.parent.mkdir(parents=True, exist_ok=True)
-                    for file in trained.glob("*.json"):
-                        shutil.copy2(file, fold.parent / file.name)
-                    shutil.move(str(trained / fold.name), str(fold))
-        else:
-            ctx.run(
-                step,
-                argv,
-                {**({"nnUNet_results": str(results)} if "results" in f else {}), **env},
-                training=True,
-            )
-        if f.get("time_file") and not ctx.dry_run:
-            out = Path(f["time_file"])
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(
-                f"nnUNetv2_train wall time: {round(time.monotonic() - start)} s ({f['epochs']} epochs "
-                f"x {f['iters']} iterations)\n",
-                encoding="utf-8",
-            )
+        if not (fold / layout.CHECKPOINT_FINAL).is_file():
+            _train_one(step, ctx, did, plans, configuration, fold, results)
+        if f.get("drop_optimizer_state") and not ctx.dry_run:
+            from recokd.nnunet.trained_model import drop_training_state
+
+            final = fold / layout.CHECKPOINT_FINAL
+            if drop_training_state(final):
+                print(f"{ctx.show(str(final))}: the optimiser state dropped", file=sys.stderr)
+
+
+def _train_one(
+    step: Step, ctx: Context, did: int, plans: str, configuration: str, fold: Path, results: Path
+) -> None:
+    """``nnUNetv2_train`` of one plans into ``fold`` (with ``--c`` where a latest checkpoint exists)."""
+    f = step.fields
+    dataset, suffix = f["dataset"], f.get("suffix", "")
+    env = {
+        layout.SHORT_EPOCHS_ENV: str(f["epochs"]),
+        layout.SHORT_ITERS_ENV: str(f["iters"]),
+        layout.SHORT_VAL_ITERS_ENV: str(f["val_iters"]),
+        layout.SEED_ENV: str(f.get("seed", 0)),
+    }
+    if f.get("optimizer"):
+        env[layout.SHORT_OPTIMIZER_ENV] = f["optimizer"]
+    if f.get("save_every", "") != "":
+        env[layout.SHORT_SAVE_EVERY_ENV] = str(f["save_every"])
+    command = [ctx.entry_point("nnUNetv2_train")]
+    if f.get("threads", "") != "":
+        command = [sys.executable, "-c", _THREADS, str(f["threads"])]
+    argv = [
+        *command,
+        str(did),
+        configuration,
+        str(f.get("fold", 0)),
+        "-tr",
+        layout.SHORT_TRAINER_NO_DA,
+        "-p",
+        plans,
+        "-device",
+        f.get("device", "cpu"),
+    ]
+    if not suffix and (fold / layout.CHECKPOINT_LATEST).is_file():
+        argv.append("--c")
+    start = time.monotonic()
+    if suffix:  # trained in a results folder of its own, then moved to the suffixed model folder
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx.run(step, argv, {"nnUNet_results": tmp, **env}, training=True)
+            if not ctx.dry_run:
+                trained = layout.model_folder(
+                    tmp, dataset, layout.SHORT_TRAINER_NO_DA, plans, configuration
+                )
+                fold.parent.mkdir(parents=True, exist_ok=True)
+                for file in trained.glob("*.json"):
+                    shutil.copy2(file, fold.parent / file.name)
+                shutil.move(str(trained / fold.name), str(fold))
+    else:
+        ctx.run(
+            step,
+            argv,
+            {**({"nnUNet_results": str(results)} if "results" in f else {}), **env},
+            training=True,
+        )
+    if f.get("time_file") and not ctx.dry_run:
+        out = Path(f["time_file"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
+            f"nnUNetv2_train wall time: {round(time.monotonic() - start)} s ({f['epochs']} epochs "
+            f"x {f['iters']} iterations)\n",
+            encoding="utf-8",
+        )
 
 
 # ---------------------------------------------------------------------------- subset
@@ -612,6 +628,7 @@ _TRAIN_FIELDS = {
     "optimizer": STR,
     "save_every": OPT_INT,
     "threads": OPT_INT,
+    "drop_optimizer_state": BOOL,  # keep only what inference needs in checkpoint_final.pth (to commit it)
     "results": STR,
     "suffix": STR,
     "time_file": STR,

@@ -135,6 +135,28 @@ def read_nnunet_checkpoint(file: Path, role: str = "teacher") -> dict:
     return ckpt
 
 
+#: what only *continuing* a training needs: nnU-Net's optimiser (AdamW: twice the weights' size) and AMP state
+TRAINING_STATE_KEYS = ("optimizer_state", "grad_scaler_state")
+
+
+def drop_training_state(file: Path) -> bool:
+    """Rewrite the nnU-Net checkpoint ``file`` without :data:`TRAINING_STATE_KEYS`, keeping everything that
+    inference, KD and ``recokd evaluate`` read (weights, ``init_args``, ``trainer_name``, mirroring axes,
+    ``logging``). An AdamW checkpoint shrinks to about a third, small enough to commit a teacher so that every
+    run of a study, on any machine, distils the same weights. The file is replaced atomically; ``True`` if it
+    changed, ``False`` if it held no training state. nnU-Net can no longer *continue* (``--c``) or re-validate
+    (``--val``) from it: both load the optimiser."""
+    ckpt = read_nnunet_checkpoint(file, role="trained")
+    if not any(k in ckpt for k in TRAINING_STATE_KEYS):
+        return False
+    for key in TRAINING_STATE_KEYS:
+        ckpt.pop(key, None)
+    partial = file.with_name(file.name + ".partial")
+    torch.save(ckpt, partial)
+    partial.replace(file)
+    return True
+
+
 def checkpoint_plans(ckpt: dict) -> dict:
     """The plans a checkpoint was trained with (``init_args["plans"]``, without the ``continue_training``
     flag that ``run_training`` adds and ``nnUNetTrainer.__init__`` pops)."""
