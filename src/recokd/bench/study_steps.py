@@ -212,9 +212,9 @@ def _check_train(path: Path, step: Step) -> None:
 
 
 def run_train(step: Step, ctx: Context) -> None:
-    """Stock nnU-Net training of each plans (:func:`train_plans`), resumable; with ``drop_optimizer_state``,
-    each final checkpoint then keeps only what inference reads (:func:`~recokd.nnunet.trained_model.
-    drop_training_state`), so that a teacher can be committed."""
+    """Stock nnU-Net training of each plans (:func:`train_plans`), resumable. With ``drop_optimizer_state``,
+    each final checkpoint then keeps only what inference reads (:func:`drop_training_state` of
+    ``recokd.nnunet.trained_model``), so that a teacher can be committed."""
     f = step.fields
     dataset, configuration = f["dataset"], f.get("configuration", "3d_fullres")
     did = layout.parse_dataset_folder_name(dataset)[0]
