@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from recokd.atomic_files import atomic_path
 from recokd.errors import UserError
 from recokd.nnunet.layout import CHECKPOINT_FINAL, fold_folder_name, parse_fold
 
@@ -143,7 +144,8 @@ def drop_training_state(file: Path) -> bool:
     """Rewrite the nnU-Net checkpoint ``file`` without :data:`TRAINING_STATE_KEYS`, keeping everything that
     inference, KD and ``recokd evaluate`` read (weights, ``init_args``, ``trainer_name``, mirroring axes,
     ``logging``). An AdamW checkpoint shrinks to about a third, small enough to commit a teacher so that every
-    run of a study, on any machine, distils the same weights. The file is replaced atomically; ``True`` if it
+    run of a study, on any machine, distils the same weights. The file is replaced atomically
+    (:func:`~recokd.atomic_files.atomic_path`: a full disk is one line); ``True`` if it
     changed, ``False`` if it held no training state. nnU-Net can no longer *continue* (``--c``) or re-validate
     (``--val``) from it: both load the optimiser."""
     ckpt = read_nnunet_checkpoint(file, role="trained")
@@ -151,9 +153,8 @@ def drop_training_state(file: Path) -> bool:
         return False
     for key in TRAINING_STATE_KEYS:
         ckpt.pop(key, None)
-    partial = file.with_name(file.name + ".partial")
-    torch.save(ckpt, partial)
-    partial.replace(file)
+    with atomic_path(file) as partial:
+        torch.save(ckpt, partial)
     return True
 
 
