@@ -23,7 +23,8 @@ def _benches(folder: Path, sets: list[str] | None = None, tiny: bool = False) ->
 
 def test_the_steps_and_the_atlas_studys_data(tmp_path: Path) -> None:
     study = load_study(STUDY, folder=tmp_path / "atlas-unlabelled")
-    assert study.default_steps() == ["data", "teacher", "unlabelled-data", "final", "final-large", "label-free"]
+    assert study.default_steps() == [
+        "data", "teacher", "unlabelled-data", "final", "final-large", "label-free"]
     atlas = tmp_path / "atlas-unlabelled/../atlas/data"
     assert study.env["nnUNet_raw"] == str(atlas / "nnUNet_raw")
     assert study.variables["teacher"] == str(

@@ -16,6 +16,7 @@ from recokd.nnunet.trained_model import (
     load_trained_model,
     resolve_checkpoint,
     strip_wrapper_prefixes,
+    weights_digest,
 )
 from tests.nnunet._tiny import (
     TINY_NAME,
@@ -192,3 +193,35 @@ def test_drop_training_state_keeps_what_inference_reads(teacher_folder, tmp_path
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(UserError, match="text.pth could not be read"):
         drop_training_state(tmp_path / "text.pth")
+
+
+def test_weights_digest_names_the_weights_and_nothing_else(teacher_folder, tmp_path):
+    import hashlib
+
+    folder, weights = teacher_folder
+    final = folder / "fold_0" / "checkpoint_final.pth"
+    digest = weights_digest(final)
+    # the definition, written out: name, dtype, shape and raw bytes of each tensor, in name order
+    reference = hashlib.sha256()
+    for name in sorted(weights):
+        w = weights[name]
+        reference.update(f"{name}|{w.dtype}|{tuple(w.shape)}|".encode() + w.contiguous().numpy().tobytes())
+    assert digest == reference.hexdigest()
+
+    ckpt = torch.load(final, weights_only=False)
+    assert "optimizer_state" in ckpt
+    slim = tmp_path / "slim.pth"
+    shutil.copy(final, slim)
+    assert drop_training_state(slim) and weights_digest(slim) == digest  # the weights are the same teacher
+    prefixed = {f"module.{k}": v for k, v in reversed(ckpt["network_weights"].items())}
+    wrapped = dict(ckpt, network_weights=prefixed)
+    torch.save(wrapped, tmp_path / "wrapped.pth")
+    assert weights_digest(tmp_path / "wrapped.pth") == digest  # DDP's prefix and the order do not count
+
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    nudged = dict(ckpt["network_weights"])
+    nudged[name] = nudged[name].clone()
+    flat = nudged[name].view(-1)
+    flat[0] = torch.nextafter(flat[0], flat[0] + 1)  # one weight, one ulp: another teacher
+    torch.save(dict(ckpt, network_weights=nudged), tmp_path / "nudged.pth")
+    assert weights_digest(tmp_path / "nudged.pth") != digest

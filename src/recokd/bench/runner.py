@@ -4,6 +4,8 @@ and the report. Light on imports: nnU-Net and torch run in the workers (:mod:`re
 Folder layout (``OUT`` = ``-o``)::
 
     OUT/bench_config.json            the study (compared on resume) and every selection asked for
+    OUT/teacher_weights.json         the digest of the teacher's weights (compared on resume:
+                                     :mod:`recokd.bench.teacher_identity`)
     OUT/nnUNet_raw, nnUNet_preprocessed   --phantoms only: the generated dataset
     OUT/teacher/                     the teacher run: nnUNet_results (unless --teacher), predictions,
                                      evaluation, job.json, run.log, result.json
@@ -59,6 +61,7 @@ from recokd.bench.labelled import (
     unlabelled_pool,
     write_labelled_views,
 )
+from recokd.bench.teacher_identity import TEACHER_WEIGHTS_FILE, check_teacher_identity
 from recokd.environ import temporary_environ
 from recokd.errors import UserError
 from recokd.nnunet.layout import (
@@ -597,6 +600,10 @@ class BenchRunner:
         from tqdm import tqdm
 
         runs = plan_runs(self.selection, nokd=not self.study.label_free)
+        if self.rerun and any(s.method == TEACHER for s in runs):  # every run again, with today's teacher
+            (self.out / TEACHER_WEIGHTS_FILE).unlink(missing_ok=True)
+        finished = sum(s.method != TEACHER and (s.folder(self.out) / RESULT_FILE).is_file() for s in runs)
+        self.check_teacher(layout, 0 if self.rerun else finished)
         self.status = status = {}
         self._prefix = {spec: f"[{i}/{len(runs)}] {spec.label}" for i, spec in enumerate(runs, 1)}
         self._bar = tqdm(
@@ -646,10 +653,22 @@ class BenchRunner:
         """A line about ``spec`` (``[i/n] label: text``)."""
         self._write(f"{self._prefix[spec]}: {text}")
 
+    def teacher_checkpoint(self, layout: Layout) -> Path:
+        """The teacher's final checkpoint (the one every KD and pseudo-label run reads)."""
+        return layout.teacher_model / fold_folder_name(self.study.fold) / CHECKPOINT_FINAL
+
     def teacher_missing(self, layout: Layout) -> Path | None:
         """The teacher's final checkpoint if it does not exist (KD runs cannot start), else None."""
-        ckpt = layout.teacher_model / fold_folder_name(self.study.fold) / CHECKPOINT_FINAL
+        ckpt = self.teacher_checkpoint(layout)
         return None if ckpt.is_file() else ckpt
+
+    def check_teacher(self, layout: Layout, finished_runs: int = 0) -> None:
+        """Refuse a teacher other than the one this bench's runs distilled; record it when none is recorded
+        (:mod:`recokd.bench.teacher_identity`)."""
+        with bench_lock(self.out):
+            line = check_teacher_identity(self.out, self.teacher_checkpoint(layout), finished_runs)
+        if line is not None:
+            self.echo(line)
 
     def no_teacher(self, spec: RunSpec, checkpoint: Path) -> None:
         self.note(spec, f"FAILED: no teacher ({checkpoint} is missing; see the teacher run above)")
@@ -682,6 +701,11 @@ class BenchRunner:
         if (folder / RESULT_FILE).is_file():
             res = report.load_run_result(folder)
             self.note(spec, f"done{after} (mean Dice {res.mean_dice:.3f})")
+            if spec.method == TEACHER and self.layout is not None:  # e.g. a teacher this bench trained
+                # not under the bench lock (the Slurm executor may hold it here); one command runs the teacher
+                line = check_teacher_identity(self.out, self.teacher_checkpoint(self.layout))
+                if line is not None:
+                    self._write(line)
             self._resolve(spec, "done")
             return
         named = f"; log: {', '.join(map(str, logs))}" if logs else ""

@@ -158,6 +158,26 @@ def drop_training_state(file: Path) -> bool:
     return True
 
 
+def weights_digest(file: Path) -> str:
+    """SHA-256 (hex) of the network weights of the nnU-Net checkpoint ``file``: every ``network_weights``
+    entry's name, dtype, shape and bytes, in name order, wrapper prefixes removed. Two checkpoints of the same
+    weights give the same digest whatever else they hold (:func:`drop_training_state` keeps it); a re-trained
+    model of the same recipe gives another (nnU-Net training is not bit-identical across CPUs or thread
+    counts)."""
+    import hashlib
+
+    weights = strip_wrapper_prefixes(read_nnunet_checkpoint(file, role="trained")["network_weights"])
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        value = weights[name]
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{file}: network_weights[{name!r}] is not a tensor ({type(value).__name__})")
+        tensor = value.detach().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def checkpoint_plans(ckpt: dict) -> dict:
     """The plans a checkpoint was trained with (``init_args["plans"]``, without the ``continue_training``
     flag that ``run_training`` adds and ``nnUNetTrainer.__init__`` pops)."""
