@@ -19,17 +19,16 @@ from recokd.nnunet.trained_model import drop_training_state, weights_digest
 DATASET = "Dataset991_BenchPhantoms"
 
 
-def _checkpoint(path: Path, seed: int, optimizer: bool = True) -> Path:
-    """An nnU-Net-shaped checkpoint whose weights depend on ``seed`` only."""
+def _checkpoint(path: Path, seed: int) -> Path:
+    """An nnU-Net-shaped checkpoint, optimiser state included, whose weights depend on ``seed`` only."""
     g = torch.Generator().manual_seed(seed)
     ckpt = {
         "network_weights": {"conv.weight": torch.randn(4, 1, 3, 3, 3, generator=g),
                             "conv.bias": torch.zeros(4)},
         "init_args": {"plans": {}, "configuration": "3d_fullres", "dataset_json": {}},
         "trainer_name": "nnUNetTrainer",
+        "optimizer_state": {"state": {0: torch.ones(3)}},
     }
-    if optimizer:
-        ckpt["optimizer_state"] = {"state": {0: torch.ones(3)}}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
     return path

@@ -22,7 +22,7 @@ from pathlib import Path
 from recokd.errors import UserError
 from recokd.json_files import write_json_atomic
 
-#: the record, in the bench folder (``--overwrite`` deletes it with the bench; a teacher ``--rerun`` does not)
+#: the record, in the bench folder (``--overwrite`` deletes it with the bench, ``--rerun`` starts it over)
 TEACHER_WEIGHTS_FILE = "teacher_weights.json"
 
 
@@ -33,7 +33,8 @@ def check_teacher_identity(out: Path, checkpoint: Path, finished_runs: int = 0) 
     Returns a line to show when it recorded (None when it compared, or when ``checkpoint`` does not exist
     yet: the bench's teacher run writes it). ``finished_runs``: student runs already finished, named in
     that line because they were not checked. Raises :class:`~recokd.errors.UserError` naming both digests
-    when the weights differ. Call it holding the bench's lock (:func:`recokd.bench.claims.bench_lock`).
+    when the weights differ. Call it holding the bench's lock (:func:`recokd.bench.claims.bench_lock`) where
+    another command may record at the same time.
     """
     if not checkpoint.is_file():
         return None
