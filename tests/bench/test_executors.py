@@ -1,13 +1,15 @@
 """Executors and claims without Slurm: the sbatch script submitit writes for the ``--slurm-*`` options, the
 options' parsing, the environment a job applies on its node, the claim of a run (one winner among processes
 racing for it; stale claims replaced), and the local executor: ``--jobs 2`` with one GPU per run, a run
-claimed by a live process left alone, a stopped training continued from its last checkpoint."""
+claimed by a live process left alone, a run another command finished meanwhile not started again, a
+stopped training continued from its last checkpoint."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import os
+import queue
 import re
 import socket
 from pathlib import Path
@@ -15,8 +17,14 @@ from pathlib import Path
 import pytest
 
 from recokd.bench.claims import CLAIM_FILE, claim_run, local_claim, local_claim_alive, read_claim
-from recokd.bench.config import RunSpec, Selection
-from recokd.bench.executors import LocalExecutor, SlurmSettings, parse_sbatch_option, parse_slurm_time
+from recokd.bench.config import RESULT_FILE, RunSpec, Selection
+from recokd.bench.executors import (
+    FINISHED_ELSEWHERE,
+    LocalExecutor,
+    SlurmSettings,
+    parse_sbatch_option,
+    parse_slurm_time,
+)
 from recokd.cli import main
 from recokd.errors import UserError
 from tests.bench.test_runner import _setup
@@ -183,6 +191,41 @@ def test_local_jobs_run_students_two_at_a_time_one_gpu_each(
     assert (claimed / CLAIM_FILE).exists()  # another's claim is left alone
     md_status = {s.label: runner.details.get(s) for s in status}
     assert "exit code" in md_status["t2 nokd seed 0"] and "run.log" in md_status["t2 nokd seed 0"]
+
+
+class _Events:
+    """The runner's side of one run, recording what the executor tells it."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.told: list[tuple[str, RunSpec, str]] = []
+
+    def teacher_missing(self, layout: object) -> None:
+        return None
+
+    def run_job(self, layout: object, spec: RunSpec) -> tuple[dict, dict]:
+        raise AssertionError(f"{spec.label} was started again")
+
+    def finished(self, spec: RunSpec, seconds: float | None, detail: str, logs: list[Path]) -> None:
+        self.told.append(("finished", spec, detail))
+
+    def claimed_elsewhere(self, spec: RunSpec, claim: dict) -> None:
+        self.told.append(("claimed", spec, str(claim)))
+
+
+def test_a_run_finished_by_another_command_meanwhile_is_not_started_again(tmp_path: Path) -> None:
+    """Two commands on one folder (e.g. two shells, one thread each): each plans its runs at its start, and
+    the other may finish one of them before this one reaches it."""
+    events = _Events(tmp_path / "out")
+    spec = RunSpec("pseudo", 2, 2)
+    folder = spec.folder(events.out)
+    folder.mkdir(parents=True)
+    (folder / RESULT_FILE).write_text("{}")
+    free: queue.Queue[str | None] = queue.Queue()
+    free.put(None)
+    LocalExecutor()._one(events, None, spec, free)  # type: ignore[arg-type]
+    assert events.told == [("finished", spec, FINISHED_ELSEWHERE)]
+    assert not (folder / CLAIM_FILE).exists()  # not claimed either
 
 
 def test_a_stopped_training_continues_from_its_last_checkpoint(

@@ -25,7 +25,7 @@ from recokd.bench.claims import (
     release_claim,
     write_claim,
 )
-from recokd.bench.config import LOG_FILE, TEACHER, RunSpec
+from recokd.bench.config import LOG_FILE, RESULT_FILE, TEACHER, RunSpec
 from recokd.bench.worker import command
 from recokd.errors import UserError
 from recokd.json_files import write_json_atomic
@@ -66,6 +66,9 @@ def claim_alive(claim: dict[str, Any]) -> bool:
         return slurm_claim_alive(claim)
     return local_claim_alive(claim)
 
+
+#: the detail of a run another command finished after this one planned it (not started again)
+FINISHED_ELSEWHERE = "finished by another command"
 
 class RunEvents(Protocol):
     """What an executor tells the runner (implemented by :class:`recokd.bench.runner.BenchRunner`)."""
@@ -148,7 +151,12 @@ class LocalExecutor:
         folder = spec.folder(runner.out)
         claim = local_claim()
         with bench_lock(runner.out):
-            other = claim_run(folder, claim, claim_alive)
+            # another command on this folder may have finished it since this one planned its runs
+            finished = (folder / RESULT_FILE).is_file()
+            other = None if finished else claim_run(folder, claim, claim_alive)
+        if finished:
+            runner.finished(spec, None, FINISHED_ELSEWHERE, [])
+            return
         if other is not None:
             runner.claimed_elsewhere(spec, other)
             return

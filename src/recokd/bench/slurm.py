@@ -26,8 +26,8 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from recokd.bench.claims import bench_lock, describe, read_claim, release_claim, write_claim
-from recokd.bench.config import LOG_FILE, NOKD, TEACHER, RunSpec
-from recokd.bench.executors import RunEvents, SlurmSettings, claim_alive, launch
+from recokd.bench.config import LOG_FILE, NOKD, RESULT_FILE, TEACHER, RunSpec
+from recokd.bench.executors import FINISHED_ELSEWHERE, RunEvents, SlurmSettings, claim_alive, launch
 from recokd.errors import UserError
 
 if TYPE_CHECKING:
@@ -170,6 +170,9 @@ class SlurmBench:
         with bench_lock(out):
             todo = []
             for spec in specs:
+                if (spec.folder(out) / RESULT_FILE).is_file():  # by another command since this one planned
+                    runner.finished(spec, None, FINISHED_ELSEWHERE, [])
+                    continue
                 claim = read_claim(spec.folder(out))
                 if claim is not None and claim_alive(claim):
                     if claim.get("executor") != "slurm":
