@@ -70,6 +70,7 @@ def claim_alive(claim: dict[str, Any]) -> bool:
 #: the detail of a run another command finished after this one planned it (not started again)
 FINISHED_ELSEWHERE = "finished by another command"
 
+
 class RunEvents(Protocol):
     """What an executor tells the runner (implemented by :class:`recokd.bench.runner.BenchRunner`)."""
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import submitit
 from submitit.helpers import Checkpointable
 
-from recokd.bench.claims import bench_lock, describe, read_claim, release_claim, write_claim
+from recokd.bench.claims import CLAIM_FILE, bench_lock, describe, read_claim, release_claim, write_claim
 from recokd.bench.config import LOG_FILE, NOKD, RESULT_FILE, TEACHER, RunSpec
 from recokd.bench.executors import FINISHED_ELSEWHERE, RunEvents, SlurmSettings, claim_alive, launch
 from recokd.errors import UserError
@@ -171,6 +171,7 @@ class SlurmBench:
             todo = []
             for spec in specs:
                 if (spec.folder(out) / RESULT_FILE).is_file():  # by another command since this one planned
+                    (spec.folder(out) / CLAIM_FILE).unlink(missing_ok=True)  # as BenchRunner.run_all does
                     runner.finished(spec, None, FINISHED_ELSEWHERE, [])
                     continue
                 claim = read_claim(spec.folder(out))
