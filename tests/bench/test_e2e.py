@@ -36,6 +36,8 @@ def test_bench_phantoms_end_to_end_then_resume(tmp_path: Path, capsys: pytest.Ca
     assert main(argv) == 0, capsys.readouterr()
     first = capsys.readouterr().out
     assert first.count(": done in ") == 3 and "skip (done)" not in first
+    # the teacher this bench trained is recorded once it exists, and only compared on resume
+    assert first.count("teacher weights recorded") == 1 and (out / "teacher_weights.json").is_file()
 
     runs = _rows(out / "runs.csv")
     assert [(r["method"], r["t"], r["seed"]) for r in runs] == [

@@ -27,6 +27,7 @@ on one folder never run it twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -299,6 +300,8 @@ class BenchRunner:
         self.details: dict[RunSpec, str] = {}
         self._lock = threading.Lock()
         self._prefix: dict[RunSpec, str] = {}
+        #: prints a line (run_all: above its progress bar)
+        self._write: Callable[[str], None] = echo
         #: filled by :meth:`run`: the layout, every run's status, the profiles and the summary rows
         self.layout: Layout | None = None
         self.status: dict[RunSpec, str] = {}
@@ -662,13 +665,15 @@ class BenchRunner:
         ckpt = self.teacher_checkpoint(layout)
         return None if ckpt.is_file() else ckpt
 
-    def check_teacher(self, layout: Layout, finished_runs: int = 0) -> None:
+    def check_teacher(self, layout: Layout, finished_runs: int = 0, lock: bool = True) -> None:
         """Refuse a teacher other than the one this bench's runs distilled; record it when none is recorded
-        (:mod:`recokd.bench.teacher_identity`)."""
-        with bench_lock(self.out):
-            line = check_teacher_identity(self.out, self.teacher_checkpoint(layout), finished_runs)
+        (:mod:`recokd.bench.teacher_identity`). ``lock``: under the bench lock (not where the caller may
+        hold it already, e.g. the Slurm executor reporting a run)."""
+        ckpt = self.teacher_checkpoint(layout)
+        with bench_lock(self.out) if lock else contextlib.nullcontext():
+            line = check_teacher_identity(self.out, ckpt, finished_runs)
         if line is not None:
-            self.echo(line)
+            self._write(line)
 
     def no_teacher(self, spec: RunSpec, checkpoint: Path) -> None:
         self.note(spec, f"FAILED: no teacher ({checkpoint} is missing; see the teacher run above)")
@@ -701,11 +706,9 @@ class BenchRunner:
         if (folder / RESULT_FILE).is_file():
             res = report.load_run_result(folder)
             self.note(spec, f"done{after} (mean Dice {res.mean_dice:.3f})")
-            if spec.method == TEACHER and self.layout is not None:  # e.g. a teacher this bench trained
-                # not under the bench lock (the Slurm executor may hold it here); one command runs the teacher
-                line = check_teacher_identity(self.out, self.teacher_checkpoint(self.layout))
-                if line is not None:
-                    self._write(line)
+            recorded = (self.out / TEACHER_WEIGHTS_FILE).is_file()  # by run_all, when the teacher existed
+            if spec.method == TEACHER and self.layout is not None and not recorded:  # one this bench trained
+                self.check_teacher(self.layout, lock=False)  # one command runs the teacher: no lock needed
             self._resolve(spec, "done")
             return
         named = f"; log: {', '.join(map(str, logs))}" if logs else ""
