@@ -23,7 +23,7 @@ from tests.doc_blocks import ROOT, code_blocks
 pytestmark = pytest.mark.slow
 
 STUDY = ROOT / "benchmarks/studies/unlabelled.toml"
-BENCHES = ("sweep/pseudo-label-loss", "final-u39", "final-u200")
+BENCHES = ("sweep/pseudo-label-loss", "final-u39", "final-u200", "final-u39-t2")
 LABEL_FREE = ("label-free-u39", "label-free-u200")
 SECTION = "## Few labels, many unlabelled scans (issue 27; in progress, 2026-12-07)"
 
@@ -85,3 +85,5 @@ def test_the_unlabelled_study_runs_on_tiny_settings(tmp_path: Path) -> None:
     assert large["unlabelled_images"] == ["P32s2p0Unlabelled_000", "P32s2p0Unlabelled_001"]
     md = (folder / "final-u200/results.md").read_text()
     assert "5 of the other 5 training cases + 2 extra scan(s)" in md
+    with (folder / "final-u39-t2/runs.csv").open(newline="") as f:  # the wider students
+        assert {r["t"] for r in csv.DictReader(f) if r["method"] != "teacher"} == {"2"}
