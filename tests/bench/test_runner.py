@@ -126,6 +126,29 @@ def test_kd_options_reach_recokd_train(tmp_path: Path) -> None:
     assert "--kd-option" not in runner.run_job(layout, RunSpec("reco", 2, 0))[0]["train"]["argv"]
 
 
+def test_a_width_is_profiled_with_the_weights_that_are_on_this_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    runner, layout = _setup(tmp_path)
+    nokd, reco0, reco1 = RunSpec("nokd", 2, 0), RunSpec("reco", 2, 0), RunSpec("reco", 2, 1)
+    status = {RunSpec("teacher", None, None): "done", nokd: "done", reco0: "done", reco1: "done"}
+    weights = "fold_0/checkpoint_final.pth"
+    for spec in (reco0, reco1):
+        (runner.model_folder(layout, spec) / "fold_0").mkdir(parents=True)
+    assert runner.profiled_models(layout, status) == [("teacher", layout.teacher_model), ("t2", None)]
+    (runner.model_folder(layout, reco1) / weights).write_bytes(b"")  # a run finished on this machine
+    assert runner.profiled_models(layout, status)[1] == ("t2", runner.model_folder(layout, reco1))
+    (runner.model_folder(layout, nokd) / "fold_0").mkdir(parents=True)
+    (runner.model_folder(layout, nokd) / weights).write_bytes(b"")  # the no-KD student's come first
+    assert runner.profiled_models(layout, status)[1] == ("t2", runner.model_folder(layout, nokd))
+    del status[RunSpec("teacher", None, None)]
+    (runner.model_folder(layout, nokd) / weights).unlink()
+    (runner.model_folder(layout, reco1) / weights).unlink()
+    assert runner.profile_all(layout, status) == {}  # nothing to profile: said, not a failure
+    assert "not profiled: t2 (no finished run of this width has its weights" in capsys.readouterr().out
+    assert runner.failures == []
+
+
 def test_an_existing_teacher_is_only_predicted(tmp_path: Path) -> None:
     teacher = tmp_path / "results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres"
     runner, layout = _setup(tmp_path, teacher=str(teacher))

@@ -720,16 +720,26 @@ class BenchRunner:
 
     # ------------------------------------------------------------------ profiles
 
-    def profile_all(self, layout: Layout, status: dict[RunSpec, str]) -> dict[str, dict[str, Any]]:
-        """Parameters, FLOPs and CPU latency of the teacher and of each t's student architecture."""
-        archs: list[tuple[str, Path]] = []
+    def profiled_models(self, layout: Layout, status: dict[RunSpec, str]) -> list[tuple[str, Path | None]]:
+        """The model folder to profile for the teacher and for each width t of a finished run: the first
+        finished run of that width (the no-KD student's first) whose weights are on this machine, None where
+        none has them (a bench resumed on a clone: only the runs' results are committed)."""
+        archs: list[tuple[str, Path | None]] = []
         done = [s for s, v in status.items() if v == "done"]
         if any(s.method == TEACHER for s in done):
             archs.append((TEACHER, layout.teacher_model))
+        weights = f"{fold_folder_name(self.study.fold)}/{CHECKPOINT_FINAL}"
         for t in self.selection.ts:
             of_t = sorted((s for s in done if s.t == t), key=lambda s: (s.method != NOKD, s.seed))
-            if of_t:
-                archs.append((f"t{t}", self.model_folder(layout, of_t[0])))
+            models = [self.model_folder(layout, s) for s in of_t]
+            if models:
+                archs.append((f"t{t}", next((m for m in models if (m / weights).is_file()), None)))
+        return archs
+
+    def profile_all(self, layout: Layout, status: dict[RunSpec, str]) -> dict[str, dict[str, Any]]:
+        """Parameters, FLOPs and CPU latency of the teacher and of each t's student architecture (the models
+        of :meth:`profiled_models`; a width with no weights on this machine is not profiled)."""
+        archs = self.profiled_models(layout, status)
         case = None
         if self.profile_on_test_case:
             case = first_case_files(layout.test_images, layout.dataset_json)
@@ -739,7 +749,11 @@ class BenchRunner:
             out_file = folder / f"{label}.json"
             if self.rerun and out_file.is_file():
                 out_file.unlink()
-            if not out_file.is_file() and self.profile:
+            if model is None:
+                if not out_file.is_file() and self.profile:
+                    self.echo(f"not profiled: {label} (no finished run of this width has its weights on this "
+                              "machine)")
+            elif not out_file.is_file() and self.profile:
                 self.echo(f"profiling {label} ({model.name}) on the CPU ...")
                 job = {
                     "kind": "profile",
