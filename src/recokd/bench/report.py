@@ -562,8 +562,8 @@ CONVENTIONS = """\
 - **params**, **GFLOPs/patch** (torch.utils.flop_counter, 2 FLOPs per multiply-add, one patch, batch 1) and
   **CPU s/case** (nnU-Net sliding window on the volume named under "profile" above, the first test case
   when its files are found, mirroring off, median of repeats after a warm-up; preprocessing and export
-  not timed) are measured once per architecture: the students of one t share it (the no-KD student of
-  the first seed is profiled).
+  not timed) are measured once per architecture: the students of one t share it (the first finished run
+  whose weights are on the machine is profiled, the no-KD student of the first seed when it is).
 """
 
 
