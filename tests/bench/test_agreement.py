@@ -86,7 +86,9 @@ def test_a_bench_measures_the_agreement_of_runs_finished_without_it(tmp_path: Pa
                          echo=lambda _: None)
     layout = Layout(out, study.dataset, data / "nnUNet_raw", data / "nnUNet_preprocessed", raw / "imagesTs",
                     raw / "labelsTs", teacher, {2: "nnUNetPlans_recokd_t2"})
-    specs = [RunSpec("teacher", None, None), RunSpec("nokd", 2, 0), RunSpec("reco", 2, 0)]
+    # reco seed 1: finished where its segmentations are not kept (a run committed from another machine)
+    specs = [RunSpec("teacher", None, None), RunSpec("nokd", 2, 0), RunSpec("reco", 2, 0),
+             RunSpec("reco", 2, 1)]
     for spec in specs:
         _finished_run(spec.folder(out), spec.method, spec.t, spec.seed)
     teacher_predictions = RunSpec("teacher", None, None).folder(out) / "predictions"
@@ -98,9 +100,11 @@ def test_a_bench_measures_the_agreement_of_runs_finished_without_it(tmp_path: Pa
     mean, small = _reference(cases)
     loaded = load_run_result(RunSpec("reco", 2, 0).folder(out))
     assert (loaded.agreement_dice, loaded.agreement_small) == pytest.approx((mean, small))
-    rows = {r["method"]: r for r in csv.DictReader((out / "runs.csv").open())}
-    assert rows["teacher"]["agreement_dice"] == ""
-    assert float(rows["reco"]["agreement_dice"]) == pytest.approx(mean)
+    rows = {(r["method"], r["seed"]): r for r in csv.DictReader((out / "runs.csv").open())}
+    assert rows["teacher", ""]["agreement_dice"] == rows["reco", "1"]["agreement_dice"] == ""
+    assert float(rows["reco", "0"]["agreement_dice"]) == pytest.approx(mean)
     md = (out / "results.md").read_text()
     assert "## Agreement with the teacher on the test scans (labels unused)" in md
-    assert "| reco | 2 | 1 | 0.700 | 0.500 | 0.800 |" in md and "**Dice vs teacher** (agreement)" in md
+    assert "| reco | 2 | 1 of 2 | 0.700 | 0.500 | 0.800 ± 0.000 |" in md
+    assert "**Dice vs teacher** (agreement)" in md
+    assert "| no KD | 2 | 1 | " in md  # every run of it measured

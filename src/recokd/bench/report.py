@@ -463,10 +463,17 @@ def pseudo_table(rows: Sequence[SummaryRow]) -> str:
 
 
 def agreement_table(rows: Sequence[SummaryRow]) -> str:
-    """The students' agreement with the teacher on the test scans (the rows where it was measured)."""
+    """The students' agreement with the teacher on the test scans (the rows where it was measured; "2 of 5"
+    seeds where only some runs have it, e.g. the teacher's segmentations were not on the machine that ran
+    the others)."""
     head = ["model", "t", "seeds", "Dice vs teacher", "small Dice vs teacher", "mean Dice (labels)"]
+
+    def who(r: SummaryRow) -> list[str]:
+        name, t, seeds = _who(r)
+        return [name, t, seeds if r.agreement_dice.n == len(r.seeds) else f"{r.agreement_dice.n} of {seeds}"]
+
     return _markdown_table(head, [
-        [*_who(r), _ms(r.agreement_dice), _ms(r.agreement_small), _ms(r.mean_dice)]
+        [*who(r), _ms(r.agreement_dice), _ms(r.agreement_small), _ms(r.mean_dice)]
         for r in rows if r.agreement_dice.mean is not None
     ])
 
